@@ -1,0 +1,478 @@
+//! Watchdog configuration, read once from the environment into typed values.
+//!
+//! The environment is read through the [`Env`] trait so tests pass a map instead of mutating the
+//! process environment. Every invalid value is an error that names the variable, the value and
+//! the accepted form; the binary turns it into exit code 64 before any port is bound.
+
+pub mod parse;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Names of the environment variables, as OpenFaaS's watchdogs spell them.
+pub mod vars {
+    /// The handler command line.
+    pub const FPROCESS: &str = "fprocess";
+    /// Alias of [`FPROCESS`].
+    pub const FUNCTION_PROCESS: &str = "function_process";
+    /// of-watchdog mode.
+    pub const MODE: &str = "mode";
+    /// Limit on reading a request.
+    pub const READ_TIMEOUT: &str = "read_timeout";
+    /// Limit on producing and writing a response.
+    pub const WRITE_TIMEOUT: &str = "write_timeout";
+    /// Limit on the handler's run time.
+    pub const EXEC_TIMEOUT: &str = "exec_timeout";
+    /// How long to keep serving after a shutdown signal while health reports 503.
+    pub const HEALTHCHECK_INTERVAL: &str = "healthcheck_interval";
+    /// HTTP port.
+    pub const PORT: &str = "port";
+    /// Metrics port.
+    pub const METRICS_PORT: &str = "metrics_port";
+    /// Concurrency limit.
+    pub const MAX_INFLIGHT: &str = "max_inflight";
+    /// Pass request metadata to the handler as `Http_*` variables.
+    pub const CGI_HEADERS: &str = "cgi_headers";
+    /// Wrap the request in JSON on the handler's stdin.
+    pub const MARSHAL_REQUEST: &str = "marshal_request";
+    /// Merge the handler's stderr into the response.
+    pub const COMBINE_OUTPUT: &str = "combine_output";
+    /// Log the handler's output.
+    pub const WRITE_DEBUG: &str = "write_debug";
+    /// Do not write the lock file.
+    pub const SUPPRESS_LOCK: &str = "suppress_lock";
+    /// Response content type.
+    pub const CONTENT_TYPE: &str = "content_type";
+    /// http mode: where the upstream listens.
+    pub const UPSTREAM_URL: &str = "upstream_url";
+    /// Alias of [`UPSTREAM_URL`].
+    pub const HTTP_UPSTREAM_URL: &str = "http_upstream_url";
+    /// http mode: path on the upstream that says it is ready.
+    pub const READY_PATH: &str = "ready_path";
+    /// static mode: the directory served.
+    pub const STATIC_PATH: &str = "static_path";
+    /// Prefix forwarded handler log lines.
+    pub const PREFIX_LOGS: &str = "prefix_logs";
+    /// Longest handler log line before it is split.
+    pub const LOG_BUFFER_SIZE: &str = "log_buffer_size";
+    /// Add the call id to forwarded log lines.
+    pub const LOG_CALLID: &str = "log_callid";
+    /// http mode: buffer the request body.
+    pub const HTTP_BUFFER_REQ_BODY: &str = "http_buffer_req_body";
+    /// Alias of [`HTTP_BUFFER_REQ_BODY`].
+    pub const BUFFER_HTTP: &str = "buffer_http";
+    /// Where temporary files and the lock file go.
+    pub const TMPDIR: &str = "TMPDIR";
+}
+
+/// A source of environment values.
+pub trait Env {
+    /// The value of `name`, if set.
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).cloned()
+    }
+}
+
+impl Env for HashMap<&str, &str> {
+    fn get(&self, name: &str) -> Option<String> {
+        HashMap::get(self, name).map(|v| v.to_string())
+    }
+}
+
+/// An invalid configuration value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A variable holds a value outside its accepted form.
+    #[error("invalid {name}={value:?}: expected {expected}")]
+    Invalid {
+        /// The variable.
+        name: &'static str,
+        /// What it held.
+        value: String,
+        /// The accepted form.
+        expected: &'static str,
+    },
+    /// A required variable is missing.
+    #[error("{name} is not set: {why}")]
+    Missing {
+        /// The variable.
+        name: &'static str,
+        /// Why it is needed.
+        why: &'static str,
+    },
+    /// A mode that this build does not provide.
+    #[error("invalid mode={value:?}: {why}")]
+    UnsupportedMode {
+        /// What `mode` held.
+        value: String,
+        /// Why it cannot run.
+        why: &'static str,
+    },
+}
+
+/// How requests are served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// OpenFaaS classic watchdog: fork per request, buffer output, status from the exit code.
+    Classic,
+    /// of-watchdog `serializing`: like classic, with of-watchdog's defaults and error responses.
+    Serializing,
+    /// of-watchdog `streaming`: fork per request, output streams as it is produced.
+    Streaming,
+}
+
+impl Mode {
+    /// The name used in logs and in the `mode` variable.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Classic => "classic",
+            Mode::Serializing => "serializing",
+            Mode::Streaming => "streaming",
+        }
+    }
+
+    /// Whether the mode is one of of-watchdog's (which changes some defaults).
+    pub fn is_of_watchdog(self) -> bool {
+        !matches!(self, Mode::Classic)
+    }
+}
+
+/// Accepted form of `mode`.
+const MODE_FORM: &str = "unset, serializing, streaming, http or static";
+
+/// The default for `read_timeout` and `write_timeout`.
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default `exec_timeout` in of-watchdog modes.
+pub const DEFAULT_MODE_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default `log_buffer_size`.
+pub const DEFAULT_LOG_BUFFER_SIZE: usize = 64 * 1024;
+
+/// The complete watchdog configuration.
+#[derive(Debug, Clone)]
+pub struct WatchdogConfig {
+    /// The handler's argv, split like a shell would (no shell is run).
+    pub fprocess: Vec<String>,
+    /// How requests are served.
+    pub mode: Mode,
+    /// Limit on reading a request (headers and body); `None` = no limit.
+    pub read_timeout: Option<Duration>,
+    /// Limit on producing and writing a response; `None` = no limit.
+    pub write_timeout: Option<Duration>,
+    /// Limit on the handler's run time; `None` = no limit.
+    pub exec_timeout: Option<Duration>,
+    /// How long to keep serving after a shutdown signal, while health reports 503.
+    pub healthcheck_interval: Duration,
+    /// HTTP port; 0 picks a free one.
+    pub port: u16,
+    /// Metrics port; `None` disables the metrics server.
+    pub metrics_port: Option<u16>,
+    /// Concurrency limit; `None` = unlimited.
+    pub max_inflight: Option<NonZeroUsize>,
+    /// Pass request metadata to the handler as `Http_*` variables.
+    pub cgi_headers: bool,
+    /// Wrap the request in JSON on the handler's stdin.
+    pub marshal_request: bool,
+    /// Merge the handler's stderr into the response body (else it is logged).
+    pub combine_output: bool,
+    /// Log the handler's output and exit details.
+    pub write_debug: bool,
+    /// Do not write the lock file.
+    pub suppress_lock: bool,
+    /// Response content type; `None` = the mode's default.
+    pub content_type: Option<String>,
+    /// Prefix forwarded handler log lines with their stream.
+    pub prefix_logs: bool,
+    /// Longest handler log line before it is split.
+    pub log_buffer_size: NonZeroUsize,
+    /// Add the request's call id to forwarded log lines.
+    pub log_callid: bool,
+    /// Directory for temporary files (spilled output).
+    pub tmp_dir: PathBuf,
+    /// The lock file, `$TMPDIR/.lock`.
+    pub lock_path: PathBuf,
+}
+
+impl WatchdogConfig {
+    /// Reads and validates the whole configuration.
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        let mode = match env.get(vars::MODE).as_deref().map(str::trim) {
+            None | Some("") => Mode::Classic,
+            Some("serializing") => Mode::Serializing,
+            Some("streaming") => Mode::Streaming,
+            Some(other @ ("http" | "static")) => {
+                return Err(ConfigError::UnsupportedMode {
+                    value: other.to_string(),
+                    why: "this build of fwatchdog provides classic (unset), serializing and streaming",
+                });
+            }
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: vars::MODE,
+                    value: other.to_string(),
+                    expected: MODE_FORM,
+                });
+            }
+        };
+
+        let raw_process = first_of(env, &[vars::FPROCESS, vars::FUNCTION_PROCESS]);
+        let fprocess = match raw_process {
+            Some((name, value)) => {
+                let argv = shell_words::split(&value).map_err(|_| ConfigError::Invalid {
+                    name,
+                    value: value.clone(),
+                    expected: "a command line with balanced quotes",
+                })?;
+                if argv.is_empty() {
+                    return Err(ConfigError::Missing {
+                        name: vars::FPROCESS,
+                        why: "it names the handler command to run for each request",
+                    });
+                }
+                argv
+            }
+            None => {
+                return Err(ConfigError::Missing {
+                    name: vars::FPROCESS,
+                    why: "it names the handler command to run for each request",
+                });
+            }
+        };
+
+        let read_timeout = timeout(env, vars::READ_TIMEOUT, Some(DEFAULT_IO_TIMEOUT))?;
+        let write_timeout = timeout(env, vars::WRITE_TIMEOUT, Some(DEFAULT_IO_TIMEOUT))?;
+        let exec_default = mode
+            .is_of_watchdog()
+            .then_some(DEFAULT_MODE_EXEC_TIMEOUT);
+        let exec_timeout = timeout(env, vars::EXEC_TIMEOUT, exec_default)?;
+        let healthcheck_interval = timeout(env, vars::HEALTHCHECK_INTERVAL, write_timeout)?
+            .unwrap_or(Duration::ZERO);
+
+        let port = parsed(env, vars::PORT, parse::port)?.unwrap_or(8080);
+        let metrics_port = match parsed(env, vars::METRICS_PORT, parse::port)? {
+            None => Some(8081),
+            Some(0) => None,
+            Some(p) => Some(p),
+        };
+        let max_inflight =
+            parsed(env, vars::MAX_INFLIGHT, parse::uint)?.and_then(NonZeroUsize::new);
+
+        let log_buffer_size = match parsed(env, vars::LOG_BUFFER_SIZE, parse::uint)? {
+            None => NonZeroUsize::new(DEFAULT_LOG_BUFFER_SIZE),
+            Some(n) => NonZeroUsize::new(n),
+        }
+        .ok_or_else(|| ConfigError::Invalid {
+            name: vars::LOG_BUFFER_SIZE,
+            value: "0".into(),
+            expected: "a positive integer (bytes)",
+        })?;
+
+        let tmp_dir = tmp_dir(env);
+        let lock_path = tmp_dir.join(".lock");
+
+        Ok(WatchdogConfig {
+            fprocess,
+            mode,
+            read_timeout,
+            write_timeout,
+            exec_timeout,
+            healthcheck_interval,
+            port,
+            metrics_port,
+            max_inflight,
+            cgi_headers: flag(env, vars::CGI_HEADERS, true)?,
+            marshal_request: flag(env, vars::MARSHAL_REQUEST, false)?,
+            combine_output: flag(env, vars::COMBINE_OUTPUT, true)?,
+            write_debug: flag(env, vars::WRITE_DEBUG, false)?,
+            suppress_lock: flag(env, vars::SUPPRESS_LOCK, false)?,
+            content_type: env.get(vars::CONTENT_TYPE).filter(|c| !c.trim().is_empty()),
+            prefix_logs: flag(env, vars::PREFIX_LOGS, true)?,
+            log_buffer_size,
+            log_callid: flag(env, vars::LOG_CALLID, false)?,
+            tmp_dir,
+            lock_path,
+        })
+    }
+}
+
+/// What `-run-healthcheck` needs: it must work even where `fprocess` is not in its environment.
+#[derive(Debug, Clone)]
+pub struct HealthcheckConfig {
+    /// No lock file: probe the HTTP endpoint instead.
+    pub suppress_lock: bool,
+    /// The watchdog's port, for the HTTP probe.
+    pub port: u16,
+    /// The lock file, `$TMPDIR/.lock`.
+    pub lock_path: PathBuf,
+}
+
+impl HealthcheckConfig {
+    /// Reads the probe's configuration.
+    pub fn from_env(env: &impl Env) -> Result<Self, ConfigError> {
+        Ok(HealthcheckConfig {
+            suppress_lock: flag(env, vars::SUPPRESS_LOCK, false)?,
+            port: parsed(env, vars::PORT, parse::port)?.unwrap_or(8080),
+            lock_path: tmp_dir(env).join(".lock"),
+        })
+    }
+}
+
+/// `$TMPDIR`, or `/tmp`.
+fn tmp_dir(env: &impl Env) -> PathBuf {
+    env.get(vars::TMPDIR)
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// The first of `names` that is set, with the name it was found under.
+fn first_of(env: &impl Env, names: &[&'static str]) -> Option<(&'static str, String)> {
+    names
+        .iter()
+        .find_map(|name| env.get(name).map(|value| (*name, value)))
+}
+
+/// Parses `name` with `parser`; `None` when the variable is unset or empty.
+fn parsed<T>(
+    env: &impl Env,
+    name: &'static str,
+    parser: fn(&str) -> Result<T, &'static str>,
+) -> Result<Option<T>, ConfigError> {
+    match env.get(name) {
+        None => Ok(None),
+        Some(value) if value.trim().is_empty() => Ok(None),
+        Some(value) => parser(&value)
+            .map(Some)
+            .map_err(|expected| ConfigError::Invalid {
+                name,
+                value,
+                expected,
+            }),
+    }
+}
+
+/// A boolean variable with a default.
+fn flag(env: &impl Env, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+    Ok(parsed(env, name, parse::boolean)?.unwrap_or(default))
+}
+
+/// A timeout variable with a default; `0` means no limit.
+fn timeout(
+    env: &impl Env,
+    name: &'static str,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, ConfigError> {
+    Ok(parsed(env, name, parse::duration)?.unwrap_or(default))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(pairs: &[(&'static str, &'static str)]) -> Result<WatchdogConfig, ConfigError> {
+        let env: HashMap<&str, &str> = pairs.iter().copied().collect();
+        WatchdogConfig::from_env(&env)
+    }
+
+    #[test]
+    fn defaults_match_the_contract() -> Result<(), ConfigError> {
+        let c = config(&[("fprocess", "cat")])?;
+        assert_eq!(c.fprocess, vec!["cat"]);
+        assert_eq!(c.mode, Mode::Classic);
+        assert_eq!(c.read_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.write_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(c.exec_timeout, None);
+        assert_eq!(c.healthcheck_interval, Duration::from_secs(30));
+        assert_eq!(c.port, 8080);
+        assert_eq!(c.metrics_port, Some(8081));
+        assert_eq!(c.max_inflight, None);
+        assert!(c.cgi_headers && c.combine_output && c.prefix_logs);
+        assert!(!c.marshal_request && !c.write_debug && !c.suppress_lock && !c.log_callid);
+        assert_eq!(c.log_buffer_size.get(), 65536);
+        assert_eq!(c.lock_path, PathBuf::from("/tmp/.lock"));
+        Ok(())
+    }
+
+    #[test]
+    fn of_watchdog_modes_default_exec_timeout() -> Result<(), ConfigError> {
+        let c = config(&[("fprocess", "cat"), ("mode", "streaming")])?;
+        assert_eq!(c.mode, Mode::Streaming);
+        assert_eq!(c.exec_timeout, Some(Duration::from_secs(30)));
+        let c = config(&[("fprocess", "cat"), ("mode", "serializing"), ("exec_timeout", "0")])?;
+        assert_eq!(c.exec_timeout, None);
+        Ok(())
+    }
+
+    #[test]
+    fn values_and_aliases() -> Result<(), ConfigError> {
+        let c = config(&[
+            ("function_process", r#"python3 -c "print('hi there')""#),
+            ("read_timeout", "500ms"),
+            ("write_timeout", "1m30s"),
+            ("exec_timeout", "10"),
+            ("healthcheck_interval", "2s"),
+            ("port", "0"),
+            ("metrics_port", "0"),
+            ("max_inflight", "4"),
+            ("cgi_headers", "FALSE"),
+            ("TMPDIR", "/var/tmp"),
+        ])?;
+        assert_eq!(c.fprocess, vec!["python3", "-c", "print('hi there')"]);
+        assert_eq!(c.read_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(c.write_timeout, Some(Duration::from_secs(90)));
+        assert_eq!(c.exec_timeout, Some(Duration::from_secs(10)));
+        assert_eq!(c.healthcheck_interval, Duration::from_secs(2));
+        assert_eq!(c.port, 0);
+        assert_eq!(c.metrics_port, None);
+        assert_eq!(c.max_inflight.map(NonZeroUsize::get), Some(4));
+        assert!(!c.cgi_headers);
+        assert_eq!(c.lock_path, PathBuf::from("/var/tmp/.lock"));
+        Ok(())
+    }
+
+    #[test]
+    fn errors_name_the_variable_value_and_form() {
+        let table: &[(&[(&'static str, &'static str)], &str)] = &[
+            (&[("fprocess", "cat"), ("exec_timeout", "abc")], "invalid exec_timeout=\"abc\""),
+            (&[("fprocess", "cat"), ("read_timeout", "-1")], "invalid read_timeout=\"-1\""),
+            (&[("fprocess", "cat"), ("port", "99999")], "invalid port=\"99999\""),
+            (&[("fprocess", "cat"), ("max_inflight", "lots")], "invalid max_inflight"),
+            (&[("fprocess", "cat"), ("cgi_headers", "yes")], "invalid cgi_headers=\"yes\""),
+            (&[("fprocess", "cat"), ("mode", "turbo")], "invalid mode=\"turbo\""),
+            (&[("fprocess", "cat"), ("mode", "http")], "invalid mode=\"http\""),
+            (&[("fprocess", "cat"), ("log_buffer_size", "0")], "invalid log_buffer_size"),
+            (&[("fprocess", "cat 'unbalanced")], "invalid fprocess"),
+            (&[], "fprocess is not set"),
+            (&[("fprocess", "   ")], "fprocess is not set"),
+        ];
+        for (pairs, want) in table {
+            match config(pairs) {
+                Ok(_) => panic!("{pairs:?} was accepted"),
+                Err(e) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(want), "{pairs:?}: {msg}");
+                }
+            }
+        }
+        let msg = config(&[("fprocess", "cat"), ("exec_timeout", "abc")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(msg.contains(r#"seconds ("10") or a duration"#), "{msg}");
+    }
+}

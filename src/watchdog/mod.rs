@@ -1,0 +1,253 @@
+//! The watchdog: an HTTP server that runs the handler for each request.
+//!
+//! [`run`] takes already-bound listeners and a shutdown future, so tests bind port 0 and pass any
+//! future. Routing: `/_/health` and `/_/ready` answer from the watchdog itself; every other path
+//! and method invokes the function.
+
+pub mod body;
+pub mod cgi;
+pub mod health;
+pub mod invocation;
+pub mod metrics;
+pub mod mode;
+pub mod outcome;
+pub mod server;
+pub mod stdin;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{DEFAULT_IO_TIMEOUT, Mode, WatchdogConfig};
+use crate::process::{ProcessTable, reaper};
+use body::ResponseBody;
+use health::Health;
+use invocation::{Invocation, Reply};
+use metrics::{Metrics, RequestMeasure};
+
+/// Errors that stop the watchdog.
+#[derive(Debug, thiserror::Error)]
+pub enum WatchdogError {
+    /// The lock file could not be written.
+    #[error(transparent)]
+    LockFile(#[from] health::LockFileError),
+    /// The listener has no local address.
+    #[error("cannot read the listening address")]
+    LocalAddr(#[source] std::io::Error),
+}
+
+/// Shared state of a running watchdog.
+#[derive(Debug)]
+pub struct Watchdog {
+    /// The configuration, shared with every invocation.
+    config: Arc<WatchdogConfig>,
+    /// Our children, for group kills at shutdown and for the PID 1 reaper.
+    table: Arc<ProcessTable>,
+    /// Request metrics.
+    metrics: Arc<Metrics>,
+    /// `max_inflight`, when set.
+    limiter: Option<Arc<Semaphore>>,
+    /// Health and lock file.
+    health: Health,
+}
+
+/// Held for the whole life of a request, body included.
+struct Ticket {
+    /// The `max_inflight` slot.
+    _permit: Option<OwnedSemaphorePermit>,
+    /// Records the request's metrics when dropped.
+    _measure: RequestMeasure,
+}
+
+impl Watchdog {
+    /// A watchdog for `config`.
+    pub fn new(config: WatchdogConfig) -> Arc<Self> {
+        let limiter = config
+            .max_inflight
+            .map(|n| Arc::new(Semaphore::new(n.get())));
+        Arc::new(Watchdog {
+            health: Health::new(&config),
+            config: Arc::new(config),
+            table: ProcessTable::new(),
+            metrics: Arc::new(Metrics::new()),
+            limiter,
+        })
+    }
+
+    /// The metrics, for the metrics server.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        Arc::clone(&self.metrics)
+    }
+
+    /// Answers one request.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let reply = match req.uri().path() {
+            "/_/health" => self.health_reply(),
+            "/_/ready" => self.ready_reply(),
+            _ => return Ok(self.invoke(req).await),
+        };
+        Ok(reply.into_response())
+    }
+
+    fn health_reply(&self) -> Reply {
+        if self.health.healthy() {
+            Reply::text((StatusCode::OK, b"OK".to_vec()))
+        } else {
+            Reply::new(StatusCode::SERVICE_UNAVAILABLE, body::empty())
+        }
+    }
+
+    fn ready_reply(&self) -> Reply {
+        if !self.health.healthy() {
+            return Reply::new(StatusCode::SERVICE_UNAVAILABLE, body::empty());
+        }
+        if self
+            .limiter
+            .as_ref()
+            .is_some_and(|l| l.available_permits() == 0)
+        {
+            return Reply::new(StatusCode::TOO_MANY_REQUESTS, body::empty());
+        }
+        Reply::text((StatusCode::OK, b"OK".to_vec()))
+    }
+
+    async fn invoke(self: Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
+        let start = Instant::now();
+        let mut measure = self.metrics.start(req.method());
+        let permit = match &self.limiter {
+            None => None,
+            Some(limiter) => match Arc::clone(limiter).try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    let max = self.config.max_inflight.map_or(0, |n| n.get());
+                    let reply = Reply::text(outcome::too_many(max));
+                    measure.set_code(reply.status);
+                    return reply.into_response();
+                }
+            },
+        };
+        let (parts, body) = req.into_parts();
+        let reply = match Invocation::spawn(&self.config, &self.table, &parts, start) {
+            Err(reply) => reply,
+            Ok(inv) => match self.config.mode {
+                Mode::Classic | Mode::Serializing => mode::buffered::serve(inv, &parts, body).await,
+                Mode::Streaming => mode::streaming::serve(inv, &parts, body).await,
+            },
+        };
+        if parts.method == Method::HEAD {
+            tracing::debug!("HEAD request: body dropped by the server");
+        }
+        measure.set_code(reply.status);
+        let ticket = Ticket {
+            _permit: permit,
+            _measure: measure,
+        };
+        let write_deadline = self.config.write_timeout.map(|t| start + t);
+        Reply {
+            body: body::guarded(reply.body, write_deadline, ticket),
+            ..reply
+        }
+        .into_response()
+    }
+}
+
+/// Runs the watchdog on `listener` (and `metrics_listener`) until `shutdown` resolves, then
+/// drains as the behaviour contract says:
+///
+/// 1. health turns 503 at once and the lock file is removed;
+/// 2. requests are still served for `healthcheck_interval`, so load balancers can notice;
+/// 3. the listener closes and in-flight requests get up to `write_timeout` to finish;
+/// 4. whatever still runs is killed (process groups), and `run` returns.
+pub async fn run(
+    watchdog: Arc<Watchdog>,
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WatchdogError> {
+    let config = Arc::clone(&watchdog.config);
+    let addr = listener.local_addr().map_err(WatchdogError::LocalAddr)?;
+    let root = CancellationToken::new();
+    reaper::spawn_if_pid1(Arc::clone(&watchdog.table), root.child_token());
+
+    if let Some(metrics_listener) = metrics_listener {
+        if let Ok(maddr) = metrics_listener.local_addr() {
+            tracing::info!(addr = %maddr, "metrics listening");
+        }
+        tokio::spawn(metrics::serve(
+            metrics_listener,
+            watchdog.metrics(),
+            root.child_token(),
+        ));
+    }
+
+    let stop_accepting = root.child_token();
+    let connections = TaskTracker::new();
+    let accept = {
+        let watchdog = Arc::clone(&watchdog);
+        tokio::spawn(server::accept_loop(
+            listener,
+            stop_accepting.clone(),
+            connections.clone(),
+            config.read_timeout,
+            move || {
+                let watchdog = Arc::clone(&watchdog);
+                hyper::service::service_fn(move |req| Arc::clone(&watchdog).handle(req))
+            },
+        ))
+    };
+    watchdog.health.start()?;
+    tracing::info!(
+        mode = config.mode.name(),
+        fprocess = %config.fprocess.join(" "),
+        "listening addr={addr}"
+    );
+
+    shutdown.await;
+    watchdog.health.stop();
+    tracing::info!(
+        interval = %humantime::format_duration(config.healthcheck_interval),
+        "shutting down: health reports 503; still serving for healthcheck_interval"
+    );
+    tokio::time::sleep(config.healthcheck_interval).await;
+
+    stop_accepting.cancel();
+    let _ = accept.await;
+    connections.close();
+    let drain = config
+        .write_timeout
+        .or(config.exec_timeout)
+        .unwrap_or(DEFAULT_IO_TIMEOUT);
+    tracing::info!(
+        connections = connections.len(),
+        limit = %humantime::format_duration(drain),
+        "no new connections; draining"
+    );
+    if tokio::time::timeout(drain, connections.wait()).await.is_err() {
+        let left = watchdog.table.live_groups().len();
+        tracing::warn!(
+            connections = connections.len(),
+            handlers = left,
+            "drain deadline reached; killing what is left"
+        );
+        watchdog.table.kill_all();
+        // Killed handlers answer at once; give their connections a moment to write that.
+        let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
+    }
+    root.cancel();
+    watchdog.table.kill_all();
+    watchdog.health.stop();
+    tracing::info!("exiting");
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! Classic and `serializing` modes: run the handler, buffer its output (spilling to a temp file
+//! past a threshold), and answer once its exit status is known.
+
+use http::request::Parts;
+use http::{HeaderValue, StatusCode, header};
+use hyper::body::Incoming;
+
+use super::{Ended, Stdout, supervise};
+use crate::config::Mode;
+use crate::process::spill::{DEFAULT_SPILL_THRESHOLD, SpillBuffer, Spilled};
+use crate::watchdog::body;
+use crate::watchdog::invocation::{Invocation, Reply};
+use crate::watchdog::outcome;
+
+/// Runs one request in a buffered mode.
+pub async fn serve(inv: Invocation, parts: &Parts, body: Incoming) -> Reply {
+    let Invocation {
+        config,
+        mut process,
+        start,
+        run_deadline,
+        stderr_log,
+        feed,
+        ..
+    } = inv.with_body(body, parts);
+    let mut buffer = SpillBuffer::new(DEFAULT_SPILL_THRESHOLD, config.tmp_dir.clone());
+    let combine = config.mode == Mode::Classic && config.combine_output;
+    let ended = supervise(
+        &mut process,
+        feed,
+        Stdout::Buffer {
+            buffer: &mut buffer,
+            combine,
+        },
+        stderr_log,
+        run_deadline,
+    )
+    .await;
+    let duration = start.elapsed();
+    let output = match buffer.finish().await {
+        Ok(output) => output,
+        Err(e) => return Reply::text(outcome::failure(config.mode, &Ended::Io(e))),
+    };
+
+    let mut reply = match ended {
+        Ended::Exited(status) if status.success() => {
+            if config.write_debug {
+                log_output(&output, duration);
+            }
+            let mut reply = Reply::new(StatusCode::OK, body::spilled(output));
+            let content_type = config
+                .content_type
+                .as_deref()
+                .and_then(|c| HeaderValue::from_str(c).ok())
+                .or_else(|| match config.mode {
+                    Mode::Classic => parts.headers.get(header::CONTENT_TYPE).cloned(),
+                    _ => Some(HeaderValue::from_static("application/octet-stream")),
+                });
+            if let Some(ct) = content_type {
+                reply.headers.insert(header::CONTENT_TYPE, ct);
+            }
+            reply
+        }
+        ended => {
+            if config.write_debug {
+                tracing::info!(outcome = ?ended, "function failed");
+            }
+            let (status, text) = outcome::failure(config.mode, &ended);
+            if outcome::includes_output(config.mode, &ended) {
+                Reply::new(status, body::prefixed(text, output))
+            } else {
+                Reply::text((status, text))
+            }
+        }
+    };
+    reply.set_duration(duration);
+    reply
+}
+
+fn log_output(output: &Spilled, duration: std::time::Duration) {
+    const SHOWN: usize = 4096;
+    match output {
+        Spilled::Memory(bytes) => {
+            let shown = &bytes[..bytes.len().min(SHOWN)];
+            tracing::info!(
+                bytes = bytes.len(),
+                seconds = duration.as_secs_f64(),
+                output = %String::from_utf8_lossy(shown),
+                "function succeeded"
+            );
+        }
+        Spilled::File { len, .. } => {
+            tracing::info!(bytes = len, seconds = duration.as_secs_f64(), "function succeeded");
+        }
+    }
+}
