@@ -20,7 +20,11 @@ fn main() -> ExitCode {
     for arg in std::env::args().skip(1) {
         match arg.trim_start_matches('-') {
             "version" => {
-                println!("Version: {}\tSHA: {}", fwatchdog::VERSION, fwatchdog::GIT_SHA);
+                println!(
+                    "Version: {}\tSHA: {}",
+                    fwatchdog::VERSION,
+                    fwatchdog::GIT_SHA
+                );
                 return ExitCode::SUCCESS;
             }
             "run-healthcheck" => healthcheck = true,
@@ -110,9 +114,11 @@ async fn serve(config: WatchdogConfig) -> Result<(), ServeError> {
         })?;
     let metrics_listener = match config.metrics_port {
         None => None,
-        Some(port) => Some(TcpListener::bind(any(port)).await.map_err(|source| {
-            ServeError::BindMetrics { port, source }
-        })?),
+        Some(port) => Some(
+            TcpListener::bind(any(port))
+                .await
+                .map_err(|source| ServeError::BindMetrics { port, source })?,
+        ),
     };
     let signals = fwatchdog::shutdown::signals().map_err(ServeError::Signals)?;
     let shutdown = async {

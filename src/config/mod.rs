@@ -256,12 +256,10 @@ impl WatchdogConfig {
 
         let read_timeout = timeout(env, vars::READ_TIMEOUT, Some(DEFAULT_IO_TIMEOUT))?;
         let write_timeout = timeout(env, vars::WRITE_TIMEOUT, Some(DEFAULT_IO_TIMEOUT))?;
-        let exec_default = mode
-            .is_of_watchdog()
-            .then_some(DEFAULT_MODE_EXEC_TIMEOUT);
+        let exec_default = mode.is_of_watchdog().then_some(DEFAULT_MODE_EXEC_TIMEOUT);
         let exec_timeout = timeout(env, vars::EXEC_TIMEOUT, exec_default)?;
-        let healthcheck_interval = timeout(env, vars::HEALTHCHECK_INTERVAL, write_timeout)?
-            .unwrap_or(Duration::ZERO);
+        let healthcheck_interval =
+            timeout(env, vars::HEALTHCHECK_INTERVAL, write_timeout)?.unwrap_or(Duration::ZERO);
 
         let port = parsed(env, vars::PORT, parse::port)?.unwrap_or(8080);
         let metrics_port = match parsed(env, vars::METRICS_PORT, parse::port)? {
@@ -413,7 +411,11 @@ mod tests {
         let c = config(&[("fprocess", "cat"), ("mode", "streaming")])?;
         assert_eq!(c.mode, Mode::Streaming);
         assert_eq!(c.exec_timeout, Some(Duration::from_secs(30)));
-        let c = config(&[("fprocess", "cat"), ("mode", "serializing"), ("exec_timeout", "0")])?;
+        let c = config(&[
+            ("fprocess", "cat"),
+            ("mode", "serializing"),
+            ("exec_timeout", "0"),
+        ])?;
         assert_eq!(c.exec_timeout, None);
         Ok(())
     }
@@ -448,14 +450,38 @@ mod tests {
     #[test]
     fn errors_name_the_variable_value_and_form() {
         let table: &[(&[(&'static str, &'static str)], &str)] = &[
-            (&[("fprocess", "cat"), ("exec_timeout", "abc")], "invalid exec_timeout=\"abc\""),
-            (&[("fprocess", "cat"), ("read_timeout", "-1")], "invalid read_timeout=\"-1\""),
-            (&[("fprocess", "cat"), ("port", "99999")], "invalid port=\"99999\""),
-            (&[("fprocess", "cat"), ("max_inflight", "lots")], "invalid max_inflight"),
-            (&[("fprocess", "cat"), ("cgi_headers", "yes")], "invalid cgi_headers=\"yes\""),
-            (&[("fprocess", "cat"), ("mode", "turbo")], "invalid mode=\"turbo\""),
-            (&[("fprocess", "cat"), ("mode", "http")], "invalid mode=\"http\""),
-            (&[("fprocess", "cat"), ("log_buffer_size", "0")], "invalid log_buffer_size"),
+            (
+                &[("fprocess", "cat"), ("exec_timeout", "abc")],
+                "invalid exec_timeout=\"abc\"",
+            ),
+            (
+                &[("fprocess", "cat"), ("read_timeout", "-1")],
+                "invalid read_timeout=\"-1\"",
+            ),
+            (
+                &[("fprocess", "cat"), ("port", "99999")],
+                "invalid port=\"99999\"",
+            ),
+            (
+                &[("fprocess", "cat"), ("max_inflight", "lots")],
+                "invalid max_inflight",
+            ),
+            (
+                &[("fprocess", "cat"), ("cgi_headers", "yes")],
+                "invalid cgi_headers=\"yes\"",
+            ),
+            (
+                &[("fprocess", "cat"), ("mode", "turbo")],
+                "invalid mode=\"turbo\"",
+            ),
+            (
+                &[("fprocess", "cat"), ("mode", "http")],
+                "invalid mode=\"http\"",
+            ),
+            (
+                &[("fprocess", "cat"), ("log_buffer_size", "0")],
+                "invalid log_buffer_size",
+            ),
             (&[("fprocess", "cat 'unbalanced")], "invalid fprocess"),
             (&[], "fprocess is not set"),
             (&[("fprocess", "   ")], "fprocess is not set"),

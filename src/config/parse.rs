@@ -69,7 +69,15 @@ mod tests {
         for (input, want) in table {
             assert_eq!(duration(input), Ok(*want), "input {input:?}");
         }
-        for bad in ["", "abc", "-1", "10x", "1.5", "s10", "99999999999999999999999"] {
+        for bad in [
+            "",
+            "abc",
+            "-1",
+            "10x",
+            "1.5",
+            "s10",
+            "99999999999999999999999",
+        ] {
             assert_eq!(duration(bad), Err(DURATION_FORM), "input {bad:?}");
         }
     }

@@ -134,7 +134,10 @@ mod tests {
 
     #[test]
     fn long_lines_are_split_at_the_limit() {
-        assert_eq!(split(4, &[b"abcdefghij\nxy"]), vec!["abcd", "efgh", "ij", "xy"]);
+        assert_eq!(
+            split(4, &[b"abcdefghij\nxy"]),
+            vec!["abcd", "efgh", "ij", "xy"]
+        );
         assert_eq!(split(4, &[b"ab", b"cd", b"ef\n"]), vec!["abcd", "ef"]);
         assert_eq!(split(4, &[b"abcd\n"]), vec!["abcd", ""]);
     }

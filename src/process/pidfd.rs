@@ -23,7 +23,9 @@ impl PidFd {
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
         // SAFETY: `owned` is a valid open fd that the AsyncFd owns until it is dropped.
         let registered = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) };
-        registered.map(PidFd).map_err(|e| io::Error::other(e.to_string()))
+        registered
+            .map(PidFd)
+            .map_err(|e| io::Error::other(e.to_string()))
     }
 
     /// Resolves once the process has exited (it stays a zombie until reaped). Cancel-safe.

@@ -23,7 +23,9 @@ pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A body with these bytes.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into()).map_err(|e| match e {}).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|e| match e {})
+        .boxed_unsync()
 }
 
 /// An empty body.
@@ -147,9 +149,8 @@ impl<H: Unpin> Body for Guarded<H> {
         Poll::Ready(frame)
     }
 
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
+    // `is_end_stream` stays false so that the server polls to the end, which releases `hold`
+    // (and records the request's metrics) as soon as the body is complete.
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()

@@ -132,15 +132,19 @@ mod tests {
     }
 
     fn get<'a>(env: &'a [(String, String)], name: &str) -> Option<&'a str> {
-        env.iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
+        env.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
     }
 
     #[test]
     fn canonical_names() {
-        assert_eq!(canonical_header_name("x-custom-id").as_deref(), Some("X-Custom-Id"));
-        assert_eq!(canonical_header_name("CONTENT-TYPE").as_deref(), Some("Content-Type"));
+        assert_eq!(
+            canonical_header_name("x-custom-id").as_deref(),
+            Some("X-Custom-Id")
+        );
+        assert_eq!(
+            canonical_header_name("CONTENT-TYPE").as_deref(),
+            Some("Content-Type")
+        );
         assert_eq!(canonical_header_name("x_under"), None);
         assert_eq!(canonical_header_name("x.dot"), None);
         assert_eq!(canonical_header_name(""), None);
@@ -203,7 +207,12 @@ mod tests {
 
     #[test]
     fn marshal_envelope() -> Result<(), Box<dyn std::error::Error>> {
-        let p = parts(Request::post("/").header("x-a", "1").header("x-a", "2").body(())?);
+        let p = parts(
+            Request::post("/")
+                .header("x-a", "1")
+                .header("x-a", "2")
+                .body(())?,
+        );
         let mut json = marshal_prefix(&p.headers);
         json.extend_from_slice(b"aGk=");
         json.extend_from_slice(MARSHAL_SUFFIX);

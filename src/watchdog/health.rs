@@ -56,7 +56,9 @@ impl Health {
             match std::fs::remove_file(path) {
                 Ok(()) => tracing::info!(path = %path.display(), "removed lock file"),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot remove lock file"),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove lock file")
+                }
             }
         }
     }
@@ -64,8 +66,7 @@ impl Health {
     /// Whether `/_/health` answers 200: accepting, and the lock file (if any) still exists
     /// (operators may delete it to take the function out of rotation).
     pub fn healthy(&self) -> bool {
-        self.accepting.load(Ordering::SeqCst)
-            && self.lock_path.as_deref().is_none_or(Path::exists)
+        self.accepting.load(Ordering::SeqCst) && self.lock_path.as_deref().is_none_or(Path::exists)
     }
 }
 

@@ -26,6 +26,9 @@ pub struct Reply {
     pub headers: HeaderMap,
     /// Body.
     pub body: ResponseBody,
+    /// Whether sending the body is bound by `write_timeout`. Messages the watchdog writes itself
+    /// (a 504 that says the write_timeout passed, say) are small and must always arrive.
+    pub write_bounded: bool,
 }
 
 impl Reply {
@@ -35,12 +38,14 @@ impl Reply {
             status,
             headers: HeaderMap::new(),
             body,
+            write_bounded: true,
         }
     }
 
     /// A plain-text reply from a status and message (as built in [`outcome`]).
     pub fn text((status, text): (StatusCode, Vec<u8>)) -> Self {
         let mut reply = Reply::new(status, body::full(text));
+        reply.write_bounded = false;
         reply.headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -93,10 +98,12 @@ impl Invocation {
         parts: &Parts,
         start: Instant,
     ) -> Result<Self, Reply> {
-        let (program, args) = config
-            .fprocess
-            .split_first()
-            .ok_or_else(|| Reply::text(outcome::spawn_failed("", &std::io::ErrorKind::NotFound.into())))?;
+        let (program, args) = config.fprocess.split_first().ok_or_else(|| {
+            Reply::text(outcome::spawn_failed(
+                "",
+                &std::io::ErrorKind::NotFound.into(),
+            ))
+        })?;
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(std::process::Stdio::piped())

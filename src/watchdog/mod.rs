@@ -154,7 +154,11 @@ impl Watchdog {
             _permit: permit,
             _measure: measure,
         };
-        let write_deadline = self.config.write_timeout.map(|t| start + t);
+        let write_deadline = self
+            .config
+            .write_timeout
+            .filter(|_| reply.write_bounded)
+            .map(|t| start + t);
         Reply {
             body: body::guarded(reply.body, write_deadline, ticket),
             ..reply
@@ -183,7 +187,7 @@ pub async fn run(
 
     if let Some(metrics_listener) = metrics_listener {
         if let Ok(maddr) = metrics_listener.local_addr() {
-            tracing::info!(addr = %maddr, "metrics listening");
+            tracing::info!(addr = %maddr, "serving metrics");
         }
         tokio::spawn(metrics::serve(
             metrics_listener,
@@ -234,7 +238,10 @@ pub async fn run(
         limit = %humantime::format_duration(drain),
         "no new connections; draining"
     );
-    if tokio::time::timeout(drain, connections.wait()).await.is_err() {
+    if tokio::time::timeout(drain, connections.wait())
+        .await
+        .is_err()
+    {
         let left = watchdog.table.live_groups().len();
         tracing::warn!(
             connections = connections.len(),

@@ -55,10 +55,7 @@ pub fn failure(mode: Mode, ended: &Ended) -> (StatusCode, Vec<u8>) {
             StatusCode::BAD_REQUEST,
             text(format!("{e}: {}\n", source_of(e))),
         ),
-        Ended::ClientGone => (
-            StatusCode::BAD_REQUEST,
-            text("Client went away.\n".into()),
-        ),
+        Ended::ClientGone => (StatusCode::BAD_REQUEST, text("Client went away.\n".into())),
         Ended::Io(e) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             text(format!("Error while running the function: {e}\n")),
@@ -99,7 +96,10 @@ mod tests {
         let exit = Ended::Exited(ExitStatus::from_raw(1 << 8));
         assert_eq!(
             failure(Mode::Classic, &exit),
-            (StatusCode::INTERNAL_SERVER_ERROR, b"exit status 1\n".to_vec())
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                b"exit status 1\n".to_vec()
+            )
         );
         assert!(includes_output(Mode::Classic, &exit));
         let timeout = Ended::TimedOut(Limit::Exec(Duration::from_secs(1)));

@@ -90,7 +90,11 @@ fn log_output(output: &Spilled, duration: std::time::Duration) {
             );
         }
         Spilled::File { len, .. } => {
-            tracing::info!(bytes = len, seconds = duration.as_secs_f64(), "function succeeded");
+            tracing::info!(
+                bytes = len,
+                seconds = duration.as_secs_f64(),
+                "function succeeded"
+            );
         }
     }
 }

@@ -282,7 +282,10 @@ mod tests {
         assert_eq!(describe_exit(ExitStatus::from_raw(0)), "exit status 0");
         assert_eq!(describe_exit(ExitStatus::from_raw(3 << 8)), "exit status 3");
         assert_eq!(describe_exit(ExitStatus::from_raw(9)), "signal: killed");
-        assert_eq!(describe_exit(ExitStatus::from_raw(15)), "signal: terminated");
+        assert_eq!(
+            describe_exit(ExitStatus::from_raw(15)),
+            "signal: terminated"
+        );
     }
 
     #[test]
@@ -290,8 +293,14 @@ mod tests {
         let t = Instant::now();
         let s = Duration::from_secs;
         assert_eq!(run_deadline(t, None, None), None);
-        assert_eq!(run_deadline(t, Some(s(5)), None), Some((t + s(5), Limit::Exec(s(5)))));
-        assert_eq!(run_deadline(t, None, Some(s(5))), Some((t + s(5), Limit::Write(s(5)))));
+        assert_eq!(
+            run_deadline(t, Some(s(5)), None),
+            Some((t + s(5), Limit::Exec(s(5))))
+        );
+        assert_eq!(
+            run_deadline(t, None, Some(s(5))),
+            Some((t + s(5), Limit::Write(s(5))))
+        );
         assert_eq!(
             run_deadline(t, Some(s(5)), Some(s(5))),
             Some((t + s(5), Limit::Exec(s(5))))

@@ -1,0 +1,293 @@
+//! Starting the real binaries on ephemeral ports, reading their logs, and talking HTTP to them.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::net::TcpStream;
+
+/// A generous bound for anything a test waits for.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it returns `Some`, or panics with `what` after `limit`.
+pub async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The log of a running binary, collected by a reader thread.
+#[derive(Clone, Default)]
+pub struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn collect(&self, reader: impl std::io::Read + Send + 'static) {
+        let lines = Arc::clone(&self.0);
+        std::thread::spawn(move || {
+            for line in BufReader::new(reader).lines().map_while(Result::ok) {
+                if std::env::var_os("FWATCHDOG_TEST_ECHO").is_some() {
+                    eprintln!("| {line}");
+                }
+                lines.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+    }
+
+    /// The first value of `key=` on a line containing `needle`.
+    pub fn find_field(&self, needle: &str, key: &str) -> Option<String> {
+        let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        lines.iter().filter(|l| l.contains(needle)).find_map(|l| {
+            let start = l.find(&format!("{key}="))? + key.len() + 1;
+            let value: String = l[start..]
+                .chars()
+                .take_while(|c| !c.is_whitespace())
+                .collect();
+            Some(value.trim_matches('"').to_string())
+        })
+    }
+}
+
+/// A running `fwatchdog`.
+pub struct Watchdog {
+    /// The process.
+    pub child: Child,
+    /// Where it serves requests.
+    pub addr: SocketAddr,
+    /// Where it serves metrics, if enabled.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Its log (stdout and stderr).
+    pub log: Log,
+    /// Its TMPDIR (holds the lock file), removed on drop.
+    pub tmp: tempfile::TempDir,
+}
+
+/// The environment every test watchdog starts from: nothing of the test process leaks in.
+pub fn base_env(tmp: &Path) -> HashMap<String, String> {
+    let mut env = HashMap::new();
+    env.insert(
+        "PATH".to_string(),
+        std::env::var("PATH").unwrap_or_default(),
+    );
+    env.insert("TMPDIR".to_string(), tmp.display().to_string());
+    env.insert("port".to_string(), "0".to_string());
+    env.insert("metrics_port".to_string(), "0".to_string());
+    env.insert("healthcheck_interval".to_string(), "0".to_string());
+    env
+}
+
+/// The fwatchdog binary.
+pub fn fwatchdog_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fwatchdog"))
+}
+
+impl Watchdog {
+    /// Starts fwatchdog with `vars` on top of [`base_env`] and waits until it listens.
+    pub async fn start(vars: &[(&str, &str)]) -> Watchdog {
+        Self::start_with(vars, |cmd| cmd).await
+    }
+
+    /// Like [`Watchdog::start`], letting `wrap` change the command (to run it under another
+    /// program, for example).
+    pub async fn start_with(
+        vars: &[(&str, &str)],
+        wrap: impl FnOnce(Command) -> Command,
+    ) -> Watchdog {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut env = base_env(tmp.path());
+        for (k, v) in vars {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let mut cmd = Command::new(fwatchdog_bin());
+        cmd.env_clear().envs(&env);
+        let mut cmd = wrap(cmd);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn fwatchdog: {e}"));
+        let log = Log::default();
+        if let Some(out) = child.stdout.take() {
+            log.collect(out);
+        }
+        if let Some(err) = child.stderr.take() {
+            log.collect(err);
+        }
+        let addr = eventually("the listening line", DEADLINE, || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("fwatchdog exited early with {status}:\n{}", log.text());
+            }
+            log.find_field("listening addr=", "addr")
+        })
+        .await;
+        let localize = |a: String| -> SocketAddr {
+            let port = a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+            SocketAddr::from((
+                [127, 0, 0, 1],
+                port.unwrap_or_else(|| panic!("bad addr {a}")),
+            ))
+        };
+        let metrics_addr = log.find_field("serving metrics", "addr").map(localize);
+        Watchdog {
+            child,
+            addr: localize(addr),
+            metrics_addr,
+            log,
+            tmp,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// The lock file path.
+    pub fn lock_path(&self) -> PathBuf {
+        self.tmp.path().join(".lock")
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
+            .unwrap_or_else(|e| panic!("kill: {e}"));
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = &mut self.child;
+        eventually("fwatchdog to exit", limit, || {
+            child.try_wait().ok().flatten()
+        })
+        .await
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A response with its whole body.
+pub struct Reply {
+    /// Status, headers.
+    pub head: http::response::Parts,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Reply {
+    /// The status code as a number.
+    pub fn status(&self) -> u16 {
+        self.head.status.as_u16()
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head
+            .headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+}
+
+/// Sends `req` on a new connection and returns the response head with its body stream.
+pub async fn send_streaming<B>(addr: SocketAddr, req: Request<B>) -> Response<Incoming>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap_or_else(|e| panic!("handshake: {e}"));
+    tokio::spawn(conn);
+    sender
+        .send_request(req)
+        .await
+        .unwrap_or_else(|e| panic!("request: {e}"))
+}
+
+/// Sends `req` and collects the whole response.
+pub async fn send<B>(addr: SocketAddr, req: Request<B>) -> Reply
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (head, body) = send_streaming(addr, req).await.into_parts();
+    let body = body
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("body: {e}"))
+        .to_bytes();
+    Reply { head, body }
+}
+
+/// POSTs `body` to `path`.
+pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply {
+    let req = Request::post(path)
+        .header("host", "localhost")
+        .body(Full::new(body.into()))
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    send(addr, req).await
+}
+
+/// GETs `path`.
+pub async fn get(addr: SocketAddr, path: &str) -> Reply {
+    let req = Request::get(path)
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    send(addr, req).await
+}
+
+/// Whether a process is gone (or a zombie, which no longer runs anything).
+pub fn process_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_some_and(|state| state == "Z" || state == "X"),
+    }
+}
+
+/// Reads a pid that a fixture handler wrote to `path`, waiting for it to appear.
+pub async fn read_pid(path: &Path) -> i32 {
+    eventually("a handler to record its pid", DEADLINE, || {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+    })
+    .await
+}

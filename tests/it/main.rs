@@ -1,0 +1,13 @@
+//! Integration tests: the real binaries on ephemeral ports, real handler processes, real HTTP.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    missing_docs,
+    reason = "tests fail loudly and are not public API"
+)]
+
+mod harness;
+mod watchdog_classic;
+mod watchdog_config;
+mod watchdog_lifecycle;
+mod watchdog_modes;
