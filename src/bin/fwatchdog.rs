@@ -125,6 +125,6 @@ async fn serve(config: WatchdogConfig) -> Result<(), ServeError> {
         let name = signals.await;
         tracing::info!(signal = name, "shutdown requested");
     };
-    watchdog::run(Watchdog::new(config), listener, metrics_listener, shutdown).await?;
+    watchdog::run(Watchdog::new(config)?, listener, metrics_listener, shutdown).await?;
     Ok(())
 }

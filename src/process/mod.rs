@@ -11,9 +11,9 @@
 //!   the background: nothing outlives its request.
 
 pub mod lines;
-#[cfg(target_os = "linux")]
 mod pidfd;
 pub mod reaper;
+pub mod spawn;
 pub mod spill;
 
 use std::collections::HashSet;
@@ -24,7 +24,9 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use nix::sys::signal::{Signal, killpg};
 use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
 use nix::unistd::Pid;
-use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
+use tokio::net::unix::pipe;
+
+pub use spawn::{BaseEnv, Program};
 
 /// The pids of the watchdog's own children, so the PID 1 orphan reaper never reaps one of them
 /// (which would steal its exit status from the code waiting on it).
@@ -91,52 +93,86 @@ fn signal_group(pid: i32, signal: Signal) {
     }
 }
 
+/// Everything needed to start the configured handler: the resolved program, the inherited
+/// environment, and the table the children are registered in.
+#[derive(Debug)]
+pub struct Launcher {
+    /// Our children.
+    pub table: Arc<ProcessTable>,
+    /// The handler program.
+    pub program: Program,
+    /// The environment every handler inherits.
+    pub base_env: BaseEnv,
+}
+
+impl Launcher {
+    /// A launcher for `argv` with the current process environment.
+    pub fn new(argv: &[String]) -> io::Result<Self> {
+        Ok(Launcher {
+            table: ProcessTable::new(),
+            program: Program::new(argv, std::env::var_os("PATH").as_deref())?,
+            base_env: BaseEnv::capture(),
+        })
+    }
+
+    /// Starts one handler with `extra` added to its environment.
+    pub fn launch(&self, extra: &[(String, String)]) -> io::Result<HandlerProcess> {
+        HandlerProcess::spawn(&self.table, &self.program, &self.base_env, extra)
+    }
+}
+
 /// A running handler: the leader of its own process group.
 #[derive(Debug)]
 pub struct HandlerProcess {
-    /// The tokio child; `None` once handed to the background reaper on drop.
-    child: Option<Child>,
     /// The leader's pid, which is also the group id.
     pid: i32,
     /// Becomes readable when the leader exits, without reaping it.
-    #[cfg(target_os = "linux")]
     exit_fd: Option<pidfd::PidFd>,
     /// Set once the leader has been reaped: its pid may be reused from then on.
     reaped: bool,
     /// Where our children are registered.
     table: Arc<ProcessTable>,
+    /// The handler's stdin, until taken.
+    stdin: Option<pipe::Sender>,
+    /// The handler's stdout, until taken.
+    stdout: Option<pipe::Receiver>,
+    /// The handler's stderr, until taken.
+    stderr: Option<pipe::Receiver>,
 }
 
 impl HandlerProcess {
-    /// Spawns `cmd` as the leader of a new process group with a parent-death signal.
+    /// Spawns `program` as the leader of a new process group with a parent-death signal (see
+    /// [`spawn`]), with `base` plus `extra` as its environment.
     ///
     /// Must be called on a thread that lives as long as the watchdog (a runtime worker, not a
     /// blocking-pool thread): the parent-death signal fires when the spawning thread exits.
-    pub fn spawn(table: &Arc<ProcessTable>, mut cmd: Command) -> io::Result<Self> {
-        cmd.process_group(0).kill_on_drop(false);
-        set_parent_death_signal(&mut cmd);
-        let child = {
+    pub fn spawn(
+        table: &Arc<ProcessTable>,
+        program: &Program,
+        base: &BaseEnv,
+        extra: &[(String, String)],
+    ) -> io::Result<Self> {
+        let spawned = {
             let _gate = table.gate.read().unwrap_or_else(PoisonError::into_inner);
-            let child = cmd.spawn()?;
-            let pid = child
-                .id()
-                .and_then(|p| i32::try_from(p).ok())
-                .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
-            table.insert(pid);
-            child
+            let spawned = spawn::spawn(program, base, extra)?;
+            table.insert(spawned.pid);
+            spawned
         };
-        let pid = child
-            .id()
-            .and_then(|p| i32::try_from(p).ok())
-            .ok_or_else(|| io::Error::other("spawned child has no pid"))?;
-        Ok(HandlerProcess {
-            child: Some(child),
+        let pid = spawned.pid;
+        // From here on, dropping `process` kills and reaps the child.
+        let mut process = HandlerProcess {
             pid,
-            #[cfg(target_os = "linux")]
             exit_fd: pidfd::PidFd::open(pid).ok(),
             reaped: false,
             table: Arc::clone(table),
-        })
+            stdin: None,
+            stdout: None,
+            stderr: None,
+        };
+        process.stdin = Some(pipe::Sender::from_owned_fd(spawned.stdin)?);
+        process.stdout = Some(pipe::Receiver::from_owned_fd(spawned.stdout)?);
+        process.stderr = Some(pipe::Receiver::from_owned_fd(spawned.stderr)?);
+        Ok(process)
     }
 
     /// The leader's pid (and group id).
@@ -145,18 +181,18 @@ impl HandlerProcess {
     }
 
     /// Takes the child's stdin pipe.
-    pub fn take_stdin(&mut self) -> Option<ChildStdin> {
-        self.child.as_mut().and_then(|c| c.stdin.take())
+    pub fn take_stdin(&mut self) -> Option<pipe::Sender> {
+        self.stdin.take()
     }
 
     /// Takes the child's stdout pipe.
-    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
-        self.child.as_mut().and_then(|c| c.stdout.take())
+    pub fn take_stdout(&mut self) -> Option<pipe::Receiver> {
+        self.stdout.take()
     }
 
     /// Takes the child's stderr pipe.
-    pub fn take_stderr(&mut self) -> Option<ChildStderr> {
-        self.child.as_mut().and_then(|c| c.stderr.take())
+    pub fn take_stderr(&mut self) -> Option<pipe::Receiver> {
+        self.stderr.take()
     }
 
     /// Sends `signal` to the whole group, unless the leader was already reaped.
@@ -174,35 +210,18 @@ impl HandlerProcess {
     /// Resolves when the leader has exited, without reaping it (so the group can still be
     /// signalled safely). Cancel-safe.
     pub async fn exited(&self) -> io::Result<()> {
-        #[cfg(target_os = "linux")]
-        if let Some(fd) = &self.exit_fd {
-            return fd.exited().await;
-        }
-        // No pidfd (old kernel or sandbox): poll without reaping.
-        let pid = Pid::from_raw(self.pid);
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
-        loop {
-            match waitid(Id::Pid(pid), flags) {
-                Ok(WaitStatus::StillAlive) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-                Ok(_) => return Ok(()),
-                Err(e) => return Err(e.into()),
-            }
-        }
+        wait_exited(self.pid, self.exit_fd.as_ref()).await
     }
 
     /// Waits for the leader and reaps it, returning its exit status.
     pub async fn reap(&mut self) -> io::Result<ExitStatus> {
-        let child = self
-            .child
-            .as_mut()
-            .ok_or_else(|| io::Error::other("handler already handed off"))?;
-        let status = child.wait().await?;
-        if !self.reaped {
-            self.reaped = true;
-            self.table.remove(self.pid);
+        if self.reaped {
+            return Err(io::Error::other("handler already reaped"));
         }
+        self.exited().await?;
+        let status = reap_exited(self.pid)?;
+        self.reaped = true;
+        self.table.remove(self.pid);
         Ok(status)
     }
 
@@ -215,56 +234,67 @@ impl HandlerProcess {
     }
 }
 
+/// Resolves once `pid` (our child) has exited, leaving it unreaped.
+async fn wait_exited(pid: i32, exit_fd: Option<&pidfd::PidFd>) -> io::Result<()> {
+    if let Some(fd) = exit_fd {
+        return fd.exited().await;
+    }
+    // No pidfd (old kernel or sandbox): poll without reaping.
+    let pid = Pid::from_raw(pid);
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+    loop {
+        match waitid(Id::Pid(pid), flags) {
+            Ok(WaitStatus::StillAlive) => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            Ok(_) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reaps `pid`, which has exited, and returns its status.
+fn reap_exited(pid: i32) -> io::Result<ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: waitpid on our own child's pid, which is a zombie by now.
+        let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if r == pid {
+            return Ok(ExitStatus::from_raw(status));
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 impl Drop for HandlerProcess {
     fn drop(&mut self) {
         if self.reaped {
             return;
         }
         self.kill_group();
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
         let table = Arc::clone(&self.table);
         let pid = self.pid;
+        let exit_fd = self.exit_fd.take();
+        let reap = move || {
+            if let Err(e) = reap_exited(pid) {
+                tracing::warn!(pid, error = %e, "could not reap killed handler");
+            }
+            table.remove(pid);
+        };
         match tokio::runtime::Handle::try_current() {
             Ok(handle) => {
                 handle.spawn(async move {
-                    if let Err(e) = child.wait().await {
-                        tracing::warn!(pid, error = %e, "could not reap killed handler");
+                    if wait_exited(pid, exit_fd.as_ref()).await.is_ok() {
+                        reap();
                     }
-                    table.remove(pid);
                 });
             }
-            Err(_) => {
-                // No runtime left (process exit): reap synchronously; SIGKILL was sent.
-                if let Err(e) = child.try_wait() {
-                    tracing::warn!(pid, error = %e, "could not reap killed handler");
-                }
-                table.remove(pid);
-            }
+            // No runtime left (the process is exiting): SIGKILL was sent, reap in place.
+            Err(_) => reap(),
         }
     }
 }
-
-/// Arranges for the child to receive SIGKILL when the thread that spawned it dies.
-#[cfg(target_os = "linux")]
-fn set_parent_death_signal(cmd: &mut Command) {
-    let parent = std::process::id();
-    // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (prctl, getppid); it allocates nothing on success.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // The parent may have died between fork and prctl; then nothing would fire.
-            if libc::getppid() as u32 != parent {
-                return Err(io::Error::from_raw_os_error(libc::ESRCH));
-            }
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_parent_death_signal(_cmd: &mut Command) {}

@@ -7,7 +7,6 @@ use std::time::Duration;
 use http::request::Parts;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
-use tokio::process::Command;
 use tokio::time::Instant;
 
 use super::body::{self, ResponseBody};
@@ -16,7 +15,7 @@ use super::stdin::{self, BodyError};
 use super::{cgi, outcome};
 use crate::config::WatchdogConfig;
 use crate::process::lines::LineLog;
-use crate::process::{HandlerProcess, ProcessTable};
+use crate::process::{HandlerProcess, Launcher};
 
 /// A response under construction.
 pub struct Reply {
@@ -94,27 +93,19 @@ impl Invocation {
     /// Spawns the handler for a request; a failure to start is already a reply.
     pub fn spawn(
         config: &Arc<WatchdogConfig>,
-        table: &Arc<ProcessTable>,
+        launcher: &Launcher,
         parts: &Parts,
         start: Instant,
     ) -> Result<Self, Reply> {
-        let (program, args) = config.fprocess.split_first().ok_or_else(|| {
-            Reply::text(outcome::spawn_failed(
-                "",
-                &std::io::ErrorKind::NotFound.into(),
-            ))
-        })?;
-        let mut cmd = Command::new(program);
-        cmd.args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        if config.cgi_headers {
-            cmd.envs(cgi::request_env(parts));
-        }
-        let process = HandlerProcess::spawn(table, cmd).map_err(|e| {
-            tracing::error!(command = %program, error = %e, "cannot start fprocess");
-            Reply::text(outcome::spawn_failed(program, &e))
+        let extra = if config.cgi_headers {
+            cgi::request_env(parts)
+        } else {
+            Vec::new()
+        };
+        let process = launcher.launch(&extra).map_err(|e| {
+            let command = launcher.program.display();
+            tracing::error!(%command, error = %e, "cannot start fprocess");
+            Reply::text(outcome::spawn_failed(command, &e))
         })?;
         let call_id = config
             .log_callid

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{DEFAULT_IO_TIMEOUT, Mode, WatchdogConfig};
-use crate::process::{ProcessTable, reaper};
+use crate::process::{Launcher, reaper};
 use body::ResponseBody;
 use health::Health;
 use invocation::{Invocation, Reply};
@@ -40,6 +40,9 @@ pub enum WatchdogError {
     /// The lock file could not be written.
     #[error(transparent)]
     LockFile(#[from] health::LockFileError),
+    /// `fprocess` cannot be turned into a program to execute.
+    #[error("invalid fprocess")]
+    Program(#[source] std::io::Error),
     /// The listener has no local address.
     #[error("cannot read the listening address")]
     LocalAddr(#[source] std::io::Error),
@@ -50,8 +53,9 @@ pub enum WatchdogError {
 pub struct Watchdog {
     /// The configuration, shared with every invocation.
     config: Arc<WatchdogConfig>,
-    /// Our children, for group kills at shutdown and for the PID 1 reaper.
-    table: Arc<ProcessTable>,
+    /// Starts handlers; its table of our children serves group kills at shutdown and the PID 1
+    /// reaper.
+    launcher: Launcher,
     /// Request metrics.
     metrics: Arc<Metrics>,
     /// `max_inflight`, when set.
@@ -70,17 +74,24 @@ struct Ticket {
 
 impl Watchdog {
     /// A watchdog for `config`.
-    pub fn new(config: WatchdogConfig) -> Arc<Self> {
+    pub fn new(config: WatchdogConfig) -> Result<Arc<Self>, WatchdogError> {
         let limiter = config
             .max_inflight
             .map(|n| Arc::new(Semaphore::new(n.get())));
-        Arc::new(Watchdog {
+        let launcher = Launcher::new(&config.fprocess).map_err(WatchdogError::Program)?;
+        if !launcher.program.is_resolved() {
+            tracing::warn!(
+                fprocess = launcher.program.display(),
+                "fprocess not found on PATH; every request will fail until it exists"
+            );
+        }
+        Ok(Arc::new(Watchdog {
             health: Health::new(&config),
             config: Arc::new(config),
-            table: ProcessTable::new(),
+            launcher,
             metrics: Arc::new(Metrics::new()),
             limiter,
-        })
+        }))
     }
 
     /// The metrics, for the metrics server.
@@ -139,7 +150,7 @@ impl Watchdog {
             },
         };
         let (parts, body) = req.into_parts();
-        let reply = match Invocation::spawn(&self.config, &self.table, &parts, start) {
+        let reply = match Invocation::spawn(&self.config, &self.launcher, &parts, start) {
             Err(reply) => reply,
             Ok(inv) => match self.config.mode {
                 Mode::Classic | Mode::Serializing => mode::buffered::serve(inv, &parts, body).await,
@@ -183,7 +194,7 @@ pub async fn run(
     let config = Arc::clone(&watchdog.config);
     let addr = listener.local_addr().map_err(WatchdogError::LocalAddr)?;
     let root = CancellationToken::new();
-    reaper::spawn_if_pid1(Arc::clone(&watchdog.table), root.child_token());
+    reaper::spawn_if_pid1(Arc::clone(&watchdog.launcher.table), root.child_token());
 
     if let Some(metrics_listener) = metrics_listener {
         if let Ok(maddr) = metrics_listener.local_addr() {
@@ -242,18 +253,18 @@ pub async fn run(
         .await
         .is_err()
     {
-        let left = watchdog.table.live_groups().len();
+        let left = watchdog.launcher.table.live_groups().len();
         tracing::warn!(
             connections = connections.len(),
             handlers = left,
             "drain deadline reached; killing what is left"
         );
-        watchdog.table.kill_all();
+        watchdog.launcher.table.kill_all();
         // Killed handlers answer at once; give their connections a moment to write that.
         let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
     }
     root.cancel();
-    watchdog.table.kill_all();
+    watchdog.launcher.table.kill_all();
     watchdog.health.stop();
     tracing::info!("exiting");
     Ok(())

@@ -6,7 +6,7 @@ use base64::engine::general_purpose::STANDARD;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::io::AsyncWriteExt;
-use tokio::process::ChildStdin;
+use tokio::net::unix::pipe;
 use tokio::time::Instant;
 
 use super::cgi::MARSHAL_SUFFIX;
@@ -51,7 +51,7 @@ impl Base64Stream {
 /// Writes to stdin until the handler closes it; afterwards writes are dropped.
 struct Stdin {
     /// The pipe, `None` once closed by either side.
-    pipe: Option<ChildStdin>,
+    pipe: Option<pipe::Sender>,
 }
 
 impl Stdin {
@@ -69,7 +69,7 @@ impl Stdin {
 /// `marshal_request` envelope (the prefix, the body in base64, the suffix).
 pub async fn feed(
     mut body: Incoming,
-    stdin: Option<ChildStdin>,
+    stdin: Option<pipe::Sender>,
     deadline: Option<Instant>,
     marshal_prefix: Option<Vec<u8>>,
 ) -> Result<(), BodyError> {
