@@ -206,7 +206,9 @@ pub fn spawn(program: &Program, base: &BaseEnv, extra: &[(String, String)]) -> i
     let pid = STACK.with(|stack| {
         let mut stack = stack.borrow_mut();
         if stack.len() < CHILD_STACK {
-            stack.resize(CHILD_STACK, 0);
+            // A zeroed allocation of this size is fresh mmap'd memory: only the pages the
+            // child actually touches become resident.
+            *stack = vec![0; CHILD_STACK];
         }
         // The stack grows down; its top must be 16-byte aligned.
         let top = (stack.as_mut_ptr() as usize + stack.len()) & !15;

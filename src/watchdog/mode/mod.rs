@@ -28,8 +28,46 @@ use crate::process::spill::SpillBuffer;
 /// How long the pipes may stay open after the leader exited and its group was killed.
 const LEAK_GRACE: Duration = Duration::from_millis(200);
 
-/// Size of one read from a handler pipe.
+/// Largest read from a handler pipe. Reads start at [`FIRST_READ`] and double each time a
+/// read fills the space it was given, so small replies (the common case, and the one that
+/// matters under high concurrency) keep only a few KiB per request.
 const READ_CHUNK: usize = 64 * 1024;
+
+/// Space offered to the first read from a handler pipe.
+const FIRST_READ: usize = 4 * 1024;
+
+/// A pipe's read buffer, growing with the output it sees.
+struct ReadBuf {
+    buf: BytesMut,
+    want: usize,
+}
+
+impl ReadBuf {
+    fn new() -> Self {
+        Self {
+            buf: BytesMut::new(),
+            want: FIRST_READ,
+        }
+    }
+
+    /// Reads once from an optional pipe into the buffer; pending forever when there is none.
+    async fn read_from<R: AsyncRead + Unpin>(&mut self, pipe: &mut Option<R>) -> io::Result<usize> {
+        let Some(p) = pipe else {
+            return std::future::pending().await;
+        };
+        self.buf.reserve(self.want);
+        let n = p.read_buf(&mut self.buf).await?;
+        if n >= self.want && self.want < READ_CHUNK {
+            self.want = (self.want * 2).min(READ_CHUNK);
+        }
+        Ok(n)
+    }
+
+    /// Takes what was read so far.
+    fn split(&mut self) -> BytesMut {
+        self.buf.split()
+    }
+}
 
 /// Which limit a deadline enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,20 +129,6 @@ pub enum Stdout<'a> {
     },
 }
 
-/// Reads from an optional pipe; pending forever when there is none.
-async fn read_some<R: AsyncRead + Unpin>(
-    pipe: &mut Option<R>,
-    buf: &mut BytesMut,
-) -> io::Result<usize> {
-    match pipe {
-        Some(p) => {
-            buf.reserve(READ_CHUNK);
-            p.read_buf(buf).await
-        }
-        None => std::future::pending().await,
-    }
-}
-
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
@@ -123,8 +147,8 @@ pub async fn supervise(
 ) -> Ended {
     let mut stdout = process.take_stdout();
     let mut stderr = process.take_stderr();
-    let mut out_buf = BytesMut::with_capacity(READ_CHUNK);
-    let mut err_buf = BytesMut::with_capacity(4096);
+    let mut out_buf = ReadBuf::new();
+    let mut err_buf = ReadBuf::new();
     let mut splitter = LineSplitter::new(stderr_log.max_line);
     let mut emit = |line: &[u8]| stderr_log.emit(line);
     let mut feed = std::pin::pin!(feed);
@@ -172,7 +196,7 @@ pub async fn supervise(
                 process.kill_group();
                 leak_deadline = Some(Instant::now() + LEAK_GRACE);
             }
-            r = read_some(&mut stdout, &mut out_buf), if stdout.is_some() => match r {
+            r = out_buf.read_from(&mut stdout), if stdout.is_some() => match r {
                 Ok(0) | Err(_) => stdout = None,
                 Ok(_) => {
                     let chunk = out_buf.split();
@@ -188,7 +212,7 @@ pub async fn supervise(
                     }
                 }
             },
-            r = read_some(&mut stderr, &mut err_buf), if stderr.is_some() => match r {
+            r = err_buf.read_from(&mut stderr), if stderr.is_some() => match r {
                 Ok(0) | Err(_) => stderr = None,
                 Ok(_) => {
                     let chunk = err_buf.split();
