@@ -126,6 +126,20 @@ pub enum ConfigError {
     },
 }
 
+/// Reads `content_type`: empty means unset; otherwise it must be a valid header value.
+fn content_type(env: &impl Env) -> Result<Option<http::HeaderValue>, ConfigError> {
+    let Some(value) = env.get(vars::CONTENT_TYPE).filter(|c| !c.trim().is_empty()) else {
+        return Ok(None);
+    };
+    http::HeaderValue::from_str(value.trim())
+        .map(Some)
+        .map_err(|_| ConfigError::Invalid {
+            name: vars::CONTENT_TYPE,
+            value,
+            expected: "a media type such as text/plain (visible ASCII, no line breaks)",
+        })
+}
+
 /// How requests are served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -195,7 +209,7 @@ pub struct WatchdogConfig {
     /// Do not write the lock file.
     pub suppress_lock: bool,
     /// Response content type; `None` = the mode's default.
-    pub content_type: Option<String>,
+    pub content_type: Option<http::HeaderValue>,
     /// Prefix forwarded handler log lines with their stream.
     pub prefix_logs: bool,
     /// Longest handler log line before it is split.
@@ -298,7 +312,7 @@ impl WatchdogConfig {
             combine_output: flag(env, vars::COMBINE_OUTPUT, true)?,
             write_debug: flag(env, vars::WRITE_DEBUG, false)?,
             suppress_lock: flag(env, vars::SUPPRESS_LOCK, false)?,
-            content_type: env.get(vars::CONTENT_TYPE).filter(|c| !c.trim().is_empty()),
+            content_type: content_type(env)?,
             prefix_logs: flag(env, vars::PREFIX_LOGS, true)?,
             log_buffer_size,
             log_callid: flag(env, vars::LOG_CALLID, false)?,

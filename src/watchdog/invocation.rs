@@ -13,9 +13,27 @@ use super::body::{self, ResponseBody};
 use super::mode::{Limit, run_deadline};
 use super::stdin::{self, BodyError};
 use super::{cgi, outcome};
-use crate::config::WatchdogConfig;
+use crate::config::{Mode, WatchdogConfig};
 use crate::process::lines::LineLog;
 use crate::process::{HandlerProcess, Launcher};
+
+/// The `Content-Type` of a successful reply: `content_type` when set; otherwise classic mode
+/// echoes the request's (as OpenFaaS's classic watchdog does) and the other modes say
+/// `application/octet-stream` when there is a body to describe.
+pub fn reply_content_type(
+    config: &WatchdogConfig,
+    request: &HeaderMap,
+    has_body: bool,
+) -> Option<HeaderValue> {
+    if let Some(ct) = &config.content_type {
+        return Some(ct.clone());
+    }
+    match config.mode {
+        Mode::Classic => request.get(header::CONTENT_TYPE).cloned(),
+        _ if has_body => Some(HeaderValue::from_static("application/octet-stream")),
+        _ => None,
+    }
+}
 
 /// A response under construction.
 pub struct Reply {

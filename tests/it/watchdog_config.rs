@@ -50,6 +50,10 @@ fn invalid_values_exit_64_naming_the_variable() {
             "cgi_headers=\"maybe\"",
         ),
         (&[("fprocess", "cat"), ("mode", "turbo")], "mode=\"turbo\""),
+        (
+            &[("fprocess", "cat"), ("content_type", "text/plain\u{7f}")],
+            "content_type=",
+        ),
         (&[], "fprocess is not set"),
     ];
     for (vars, needle) in cases {

@@ -2,14 +2,14 @@
 //! past a threshold), and answer once its exit status is known.
 
 use http::request::Parts;
-use http::{HeaderValue, StatusCode, header};
+use http::{StatusCode, header};
 use hyper::body::Incoming;
 
 use super::{Ended, Stdout, supervise};
 use crate::config::Mode;
 use crate::process::spill::{DEFAULT_SPILL_THRESHOLD, SpillBuffer, Spilled};
 use crate::watchdog::body;
-use crate::watchdog::invocation::{Invocation, Reply};
+use crate::watchdog::invocation::{Invocation, Reply, reply_content_type};
 use crate::watchdog::outcome;
 
 /// Runs one request in a buffered mode.
@@ -48,15 +48,7 @@ pub async fn serve(inv: Invocation, parts: &Parts, body: Incoming) -> Reply {
                 log_output(&output, duration);
             }
             let mut reply = Reply::new(StatusCode::OK, body::spilled(output));
-            let content_type = config
-                .content_type
-                .as_deref()
-                .and_then(|c| HeaderValue::from_str(c).ok())
-                .or_else(|| match config.mode {
-                    Mode::Classic => parts.headers.get(header::CONTENT_TYPE).cloned(),
-                    _ => Some(HeaderValue::from_static("application/octet-stream")),
-                });
-            if let Some(ct) = content_type {
+            if let Some(ct) = reply_content_type(&config, &parts.headers, true) {
                 reply.headers.insert(header::CONTENT_TYPE, ct);
             }
             reply

@@ -5,13 +5,13 @@
 //! first byte aborts the response, so a client never mistakes a truncated body for a whole one.
 
 use http::request::Parts;
-use http::{HeaderValue, StatusCode, header};
+use http::{StatusCode, header};
 use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Ended, Stdout, supervise};
 use crate::watchdog::body::{self, BoxError};
-use crate::watchdog::invocation::{Invocation, Reply};
+use crate::watchdog::invocation::{Invocation, Reply, reply_content_type};
 use crate::watchdog::outcome;
 
 /// Chunks buffered between the handler and a slow client.
@@ -65,22 +65,15 @@ pub async fn serve(inv: Invocation, parts: &Parts, body: Incoming) -> Reply {
     match rx.recv().await {
         Some(Ok(first)) => {
             let mut reply = Reply::new(StatusCode::OK, body::channel(Some(first), rx));
-            let content_type = config
-                .content_type
-                .as_deref()
-                .and_then(|c| HeaderValue::from_str(c).ok())
-                .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-            reply.headers.insert(header::CONTENT_TYPE, content_type);
+            if let Some(ct) = reply_content_type(&config, &parts.headers, true) {
+                reply.headers.insert(header::CONTENT_TYPE, ct);
+            }
             reply
         }
         Some(Err(_)) | None => match done_rx.await {
             Ok(Ended::Exited(status)) if status.success() => {
                 let mut reply = Reply::new(StatusCode::OK, body::empty());
-                if let Some(ct) = config
-                    .content_type
-                    .as_deref()
-                    .and_then(|c| HeaderValue::from_str(c).ok())
-                {
+                if let Some(ct) = reply_content_type(&config, &parts.headers, false) {
                     reply.headers.insert(header::CONTENT_TYPE, ct);
                 }
                 reply
