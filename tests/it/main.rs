@@ -6,6 +6,7 @@
     reason = "tests fail loudly and are not public API"
 )]
 
+mod examples;
 mod harness;
 mod watchdog_classic;
 mod watchdog_config;
