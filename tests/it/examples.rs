@@ -7,7 +7,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
-use crate::harness::{DEADLINE, Watchdog, eventually, get, post, process_gone};
+use crate::harness::{Watchdog, get, post, wait_gone};
 
 /// Starts fwatchdog from the repository root, as the examples README does.
 async fn start_example(vars: &[(&str, &str)]) -> Watchdog {
@@ -89,8 +89,5 @@ async fn flaky_fails_times_out_and_leaves_nothing_behind() {
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no pid in {text:?}"));
     assert!(text.ends_with("ok\n"), "{text:?}");
-    eventually("the orphaned sleep to be killed", DEADLINE, || {
-        process_gone(pid).then_some(())
-    })
-    .await;
+    wait_gone(pid, "the orphaned sleep to be killed").await;
 }

@@ -17,6 +17,12 @@ use tokio::net::TcpStream;
 /// A generous bound for anything a test waits for.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// Waits until process `pid` no longer exists (or is a zombie), panicking with `what` after
+/// [`DEADLINE`].
+pub async fn wait_gone(pid: i32, what: &str) {
+    eventually(what, DEADLINE, || process_gone(pid).then_some(())).await;
+}
+
 /// Polls `check` until it returns `Some`, or panics with `what` after `limit`.
 pub async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let end = Instant::now() + limit;

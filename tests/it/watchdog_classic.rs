@@ -8,7 +8,9 @@ use http_body_util::{Full, StreamBody};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{DEADLINE, Watchdog, eventually, get, post, process_gone, read_pid, send};
+use crate::harness::{
+    DEADLINE, Watchdog, eventually, get, post, process_gone, read_pid, send, wait_gone,
+};
 
 #[tokio::test]
 async fn echoes_the_body_with_duration_and_content_type() {
@@ -192,10 +194,7 @@ async fn exec_timeout_kills_the_whole_group_and_answers_on_time() {
     assert_eq!(r.text(), "Killed process.\n");
     assert!(took < Duration::from_secs(10), "answered after {took:?}");
     let grandchild = read_pid(&pidfile).await;
-    eventually("the grandchild to be killed", DEADLINE, || {
-        process_gone(grandchild).then_some(())
-    })
-    .await;
+    wait_gone(grandchild, "the grandchild to be killed").await;
 }
 
 #[tokio::test]
@@ -219,10 +218,7 @@ async fn background_jobs_do_not_outlive_their_request() {
     let r = post(wd.addr, "/", "").await;
     assert_eq!(r.text(), "done\n");
     let bg = read_pid(&pidfile).await;
-    eventually("the background job to be killed", DEADLINE, || {
-        process_gone(bg).then_some(())
-    })
-    .await;
+    wait_gone(bg, "the background job to be killed").await;
 }
 
 #[tokio::test]
@@ -261,10 +257,7 @@ async fn client_disconnect_kills_the_group() {
     let pid = read_pid(&pidfile).await;
     assert!(!process_gone(pid));
     drop(stream);
-    eventually("the handler group to be killed", DEADLINE, || {
-        process_gone(pid).then_some(())
-    })
-    .await;
+    wait_gone(pid, "the handler group to be killed").await;
 }
 
 #[tokio::test]

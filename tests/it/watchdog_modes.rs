@@ -4,7 +4,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 
-use crate::harness::{DEADLINE, Watchdog, post, send_streaming};
+use crate::harness::{DEADLINE, Watchdog, post, send_streaming, wait_gone};
 
 #[tokio::test]
 async fn serializing_success_and_failure() {
@@ -129,8 +129,5 @@ async fn streaming_client_disconnect_kills_the_handler() {
     let _ = body.frame().await;
     let pid = crate::harness::read_pid(&pidfile).await;
     drop(body);
-    crate::harness::eventually("the streaming handler to be killed", DEADLINE, || {
-        crate::harness::process_gone(pid).then_some(())
-    })
-    .await;
+    wait_gone(pid, "the streaming handler to be killed").await;
 }
