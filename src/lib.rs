@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod process;
+pub mod proxy;
 pub mod shutdown;
 pub mod watchdog;
 

@@ -63,6 +63,10 @@ pub mod vars {
     pub const HTTP_BUFFER_REQ_BODY: &str = "http_buffer_req_body";
     /// Alias of [`HTTP_BUFFER_REQ_BODY`].
     pub const BUFFER_HTTP: &str = "buffer_http";
+    /// http mode: the most bytes `http_buffer_req_body` buffers.
+    pub const HTTP_BUFFER_REQ_BODY_LIMIT: &str = "http_buffer_req_body_limit";
+    /// http mode: the longest an upgraded (websocket) connection may stay open.
+    pub const UPGRADE_TIMEOUT: &str = "upgrade_timeout";
     /// Where temporary files and the lock file go.
     pub const TMPDIR: &str = "TMPDIR";
 }
@@ -116,14 +120,6 @@ pub enum ConfigError {
         /// Why it is needed.
         why: &'static str,
     },
-    /// A mode that this build does not provide.
-    #[error("invalid mode={value:?}: {why}")]
-    UnsupportedMode {
-        /// What `mode` held.
-        value: String,
-        /// Why it cannot run.
-        why: &'static str,
-    },
 }
 
 /// Reads `content_type`: empty means unset; otherwise it must be a valid header value.
@@ -149,6 +145,10 @@ pub enum Mode {
     Serializing,
     /// of-watchdog `streaming`: fork per request, output streams as it is produced.
     Streaming,
+    /// of-watchdog `http`: `fprocess` is a long-running HTTP server; requests are proxied to it.
+    Http,
+    /// of-watchdog `static`: files are served from `static_path`.
+    Static,
 }
 
 impl Mode {
@@ -158,6 +158,8 @@ impl Mode {
             Mode::Classic => "classic",
             Mode::Serializing => "serializing",
             Mode::Streaming => "streaming",
+            Mode::Http => "http",
+            Mode::Static => "static",
         }
     }
 
@@ -174,13 +176,20 @@ const MODE_FORM: &str = "unset, serializing, streaming, http or static";
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default `exec_timeout` in of-watchdog modes.
 pub const DEFAULT_MODE_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+/// The default `static_path`.
+pub const DEFAULT_STATIC_PATH: &str = "/home/app/public";
+/// The default `http_buffer_req_body_limit`.
+pub const DEFAULT_BUFFER_LIMIT: usize = 10 * 1024 * 1024;
+/// The default `upgrade_timeout`.
+pub const DEFAULT_UPGRADE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// The default `log_buffer_size`.
 pub const DEFAULT_LOG_BUFFER_SIZE: usize = 64 * 1024;
 
 /// The complete watchdog configuration.
 #[derive(Debug, Clone)]
 pub struct WatchdogConfig {
-    /// The handler's argv, split like a shell would (no shell is run).
+    /// The handler's argv, split like a shell would (no shell is run). Empty in static mode
+    /// when `fprocess` is not set.
     pub fprocess: Vec<String>,
     /// How requests are served.
     pub mode: Mode,
@@ -216,6 +225,18 @@ pub struct WatchdogConfig {
     pub log_buffer_size: NonZeroUsize,
     /// Add the request's call id to forwarded log lines.
     pub log_callid: bool,
+    /// http mode: the upstream server's base URL (`Some` exactly in http mode).
+    pub upstream_url: Option<http::Uri>,
+    /// http mode: the upstream path that answers 2xx once it is ready.
+    pub ready_path: Option<String>,
+    /// http mode: buffer request bodies so the upstream gets `Content-Length`.
+    pub buffer_body: bool,
+    /// http mode: the largest body `buffer_body` accepts (larger → 413).
+    pub buffer_body_limit: usize,
+    /// http mode: the longest an upgraded connection (websocket) may stay open.
+    pub upgrade_timeout: Option<Duration>,
+    /// static mode: the directory served.
+    pub static_path: PathBuf,
     /// Directory for temporary files (spilled output).
     pub tmp_dir: PathBuf,
     /// The lock file, `$TMPDIR/.lock`.
@@ -229,12 +250,8 @@ impl WatchdogConfig {
             None | Some("") => Mode::Classic,
             Some("serializing") => Mode::Serializing,
             Some("streaming") => Mode::Streaming,
-            Some(other @ ("http" | "static")) => {
-                return Err(ConfigError::UnsupportedMode {
-                    value: other.to_string(),
-                    why: "this build of fwatchdog provides classic (unset), serializing and streaming",
-                });
-            }
+            Some("http") => Mode::Http,
+            Some("static") => Mode::Static,
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     name: vars::MODE,
@@ -260,6 +277,7 @@ impl WatchdogConfig {
                 }
                 argv
             }
+            None if mode == Mode::Static => Vec::new(),
             None => {
                 return Err(ConfigError::Missing {
                     name: vars::FPROCESS,
@@ -297,6 +315,48 @@ impl WatchdogConfig {
         let tmp_dir = tmp_dir(env);
         let lock_path = tmp_dir.join(".lock");
 
+        let upstream_url = match first_of(env, &[vars::UPSTREAM_URL, vars::HTTP_UPSTREAM_URL]) {
+            Some((name, value)) if mode == Mode::Http => Some(upstream_url(name, &value)?),
+            None if mode == Mode::Http => {
+                return Err(ConfigError::Missing {
+                    name: vars::UPSTREAM_URL,
+                    why: "mode=http proxies requests to it (for example http://127.0.0.1:5000)",
+                });
+            }
+            _ => None,
+        };
+        let ready_path = match env.get(vars::READY_PATH).filter(|p| !p.trim().is_empty()) {
+            None => None,
+            Some(p) if p.starts_with('/') && p.parse::<http::uri::PathAndQuery>().is_ok() => {
+                Some(p)
+            }
+            Some(p) => {
+                return Err(ConfigError::Invalid {
+                    name: vars::READY_PATH,
+                    value: p,
+                    expected: "a path starting with / (for example /ready)",
+                });
+            }
+        };
+        let buffer_body = match first_of(env, &[vars::HTTP_BUFFER_REQ_BODY, vars::BUFFER_HTTP]) {
+            Some((name, _)) => flag(env, name, false)?,
+            None => false,
+        };
+        let buffer_body_limit = parsed(env, vars::HTTP_BUFFER_REQ_BODY_LIMIT, parse::uint)?
+            .unwrap_or(DEFAULT_BUFFER_LIMIT);
+        let upgrade_timeout = timeout(env, vars::UPGRADE_TIMEOUT, Some(DEFAULT_UPGRADE_TIMEOUT))?;
+        let static_path = env
+            .get(vars::STATIC_PATH)
+            .filter(|p| !p.trim().is_empty())
+            .map_or_else(|| PathBuf::from(DEFAULT_STATIC_PATH), PathBuf::from);
+        if mode == Mode::Static && !static_path.is_dir() {
+            return Err(ConfigError::Invalid {
+                name: vars::STATIC_PATH,
+                value: static_path.display().to_string(),
+                expected: "an existing directory",
+            });
+        }
+
         Ok(WatchdogConfig {
             fprocess,
             mode,
@@ -316,6 +376,12 @@ impl WatchdogConfig {
             prefix_logs: flag(env, vars::PREFIX_LOGS, true)?,
             log_buffer_size,
             log_callid: flag(env, vars::LOG_CALLID, false)?,
+            upstream_url,
+            ready_path,
+            buffer_body,
+            buffer_body_limit,
+            upgrade_timeout,
+            static_path,
             tmp_dir,
             lock_path,
         })
@@ -350,6 +416,20 @@ fn tmp_dir(env: &impl Env) -> PathBuf {
         .filter(|d| !d.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/tmp"))
+}
+
+/// Parses an http-mode upstream URL: `http://host[:port][/base]`, no query.
+fn upstream_url(name: &'static str, value: &str) -> Result<http::Uri, ConfigError> {
+    let invalid = || ConfigError::Invalid {
+        name,
+        value: value.to_string(),
+        expected: "an http URL such as http://127.0.0.1:5000 (https is not supported for a local upstream)",
+    };
+    let uri: http::Uri = value.trim().parse().map_err(|_| invalid())?;
+    if uri.scheme_str() != Some("http") || uri.host().is_none() || uri.query().is_some() {
+        return Err(invalid());
+    }
+    Ok(uri)
 }
 
 /// The first of `names` that is set, with the name it was found under.
@@ -490,7 +570,35 @@ mod tests {
             ),
             (
                 &[("fprocess", "cat"), ("mode", "http")],
-                "invalid mode=\"http\"",
+                "upstream_url is not set",
+            ),
+            (
+                &[
+                    ("fprocess", "cat"),
+                    ("mode", "http"),
+                    ("upstream_url", "ftp://x"),
+                ],
+                "invalid upstream_url=\"ftp://x\"",
+            ),
+            (
+                &[
+                    ("fprocess", "cat"),
+                    ("mode", "http"),
+                    ("http_upstream_url", "127.0.0.1:5000"),
+                ],
+                "invalid http_upstream_url",
+            ),
+            (
+                &[("mode", "static"), ("static_path", "/nonexistent/dir")],
+                "invalid static_path=\"/nonexistent/dir\"",
+            ),
+            (
+                &[("fprocess", "cat"), ("ready_path", "ready")],
+                "invalid ready_path",
+            ),
+            (
+                &[("mode", "http"), ("upstream_url", "http://x")],
+                "fprocess is not set",
             ),
             (
                 &[("fprocess", "cat"), ("log_buffer_size", "0")],

@@ -156,3 +156,72 @@ impl<H: Unpin> Body for Guarded<H> {
         self.inner.size_hint()
     }
 }
+
+/// The request body did not arrive within `read_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("request body not received within read_timeout")]
+pub struct ReadTimedOut;
+
+/// Forwards a request body that must have arrived by `deadline`; past it the body fails with
+/// [`ReadTimedOut`] and the returned flag is set, so the caller can tell a slow client from a
+/// failing upstream.
+pub fn read_bounded<B>(
+    inner: B,
+    deadline: Option<Instant>,
+) -> (ResponseBody, std::sync::Arc<std::sync::atomic::AtomicBool>)
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let body = ReadBounded {
+        inner,
+        deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        timed_out: std::sync::Arc::clone(&flag),
+    };
+    (body.boxed_unsync(), flag)
+}
+
+/// See [`read_bounded`].
+struct ReadBounded<B> {
+    /// The client's body.
+    inner: B,
+    /// When it must have ended.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// Set when the deadline passed.
+    timed_out: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<B> Body for ReadBounded<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if let Some(deadline) = &mut self.deadline
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            self.timed_out
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            return Poll::Ready(Some(Err(ReadTimedOut.into())));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

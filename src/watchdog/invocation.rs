@@ -46,6 +46,9 @@ pub struct Reply {
     /// Whether sending the body is bound by `write_timeout`. Messages the watchdog writes itself
     /// (a 504 that says the write_timeout passed, say) are small and must always arrive.
     pub write_bounded: bool,
+    /// When the body must have been sent regardless of `write_timeout` (http mode's
+    /// `exec_timeout`); past it the response is aborted.
+    pub abort_at: Option<Instant>,
 }
 
 impl Reply {
@@ -56,6 +59,7 @@ impl Reply {
             headers: HeaderMap::new(),
             body,
             write_bounded: true,
+            abort_at: None,
         }
     }
 
@@ -108,13 +112,13 @@ pub struct Invocation<F = ()> {
 }
 
 impl Invocation {
-    /// Spawns the handler for a request; a failure to start is already a reply.
+    /// Spawns the handler for a request; a failure to start is already the reply's text.
     pub fn spawn(
         config: &Arc<WatchdogConfig>,
         launcher: &Launcher,
         parts: &Parts,
         start: Instant,
-    ) -> Result<Self, Reply> {
+    ) -> Result<Self, outcome::Text> {
         let extra = if config.cgi_headers {
             cgi::request_env(parts)
         } else {
@@ -123,7 +127,7 @@ impl Invocation {
         let process = launcher.launch(&extra).map_err(|e| {
             let command = launcher.program.display();
             tracing::error!(%command, error = %e, "cannot start fprocess");
-            Reply::text(outcome::spawn_failed(command, &e))
+            outcome::spawn_failed(command, &e)
         })?;
         let call_id = config
             .log_callid

@@ -16,7 +16,8 @@ pub mod stdin;
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{Method, Request, Response, StatusCode};
@@ -28,11 +29,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{DEFAULT_IO_TIMEOUT, Mode, WatchdogConfig};
-use crate::process::{Launcher, reaper};
+use crate::process::{Launcher, ProcessTable, reaper};
 use body::ResponseBody;
 use health::Health;
 use invocation::{Invocation, Reply};
 use metrics::{Metrics, RequestMeasure};
+use mode::http::Upstream;
+use mode::static_files::StaticFiles;
+
+/// How long the http-mode upstream may take to exit after SIGTERM before its group is killed.
+pub const UPSTREAM_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Errors that stop the watchdog.
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +52,15 @@ pub enum WatchdogError {
     /// The listener has no local address.
     #[error("cannot read the listening address")]
     LocalAddr(#[source] std::io::Error),
+    /// `static_path` cannot be served.
+    #[error("cannot serve static_path")]
+    StaticPath(#[source] std::io::Error),
+    /// The http-mode upstream could not be started.
+    #[error("cannot start the upstream server (fprocess)")]
+    UpstreamStart(#[source] std::io::Error),
+    /// The http-mode upstream exited; the container should be restarted.
+    #[error("the upstream server (fprocess) exited with {0}; stopping so the container restarts")]
+    UpstreamExited(String),
 }
 
 /// Shared state of a running watchdog.
@@ -53,9 +68,14 @@ pub enum WatchdogError {
 pub struct Watchdog {
     /// The configuration, shared with every invocation.
     config: Arc<WatchdogConfig>,
-    /// Starts handlers; its table of our children serves group kills at shutdown and the PID 1
-    /// reaper.
-    launcher: Launcher,
+    /// Starts handlers (every mode but static).
+    launcher: Option<Launcher>,
+    /// Our children, for group kills at shutdown and the PID 1 reaper.
+    table: Arc<ProcessTable>,
+    /// The http-mode upstream, once started by [`run`].
+    upstream: OnceLock<Arc<Upstream>>,
+    /// The static-mode file server.
+    static_files: Option<StaticFiles>,
     /// Request metrics.
     metrics: Arc<Metrics>,
     /// `max_inflight`, when set.
@@ -78,17 +98,34 @@ impl Watchdog {
         let limiter = config
             .max_inflight
             .map(|n| Arc::new(Semaphore::new(n.get())));
-        let launcher = Launcher::new(&config.fprocess).map_err(WatchdogError::Program)?;
-        if !launcher.program.is_resolved() {
-            tracing::warn!(
-                fprocess = launcher.program.display(),
-                "fprocess not found on PATH; every request will fail until it exists"
-            );
-        }
+        let launcher = if config.fprocess.is_empty() {
+            None
+        } else {
+            let launcher = Launcher::new(&config.fprocess).map_err(WatchdogError::Program)?;
+            if !launcher.program.is_resolved() {
+                tracing::warn!(
+                    fprocess = launcher.program.display(),
+                    "fprocess not found on PATH; every request will fail until it exists"
+                );
+            }
+            Some(launcher)
+        };
+        let table = launcher
+            .as_ref()
+            .map_or_else(ProcessTable::new, |l| Arc::clone(&l.table));
+        let static_files = match config.mode {
+            Mode::Static => {
+                Some(StaticFiles::new(&config.static_path).map_err(WatchdogError::StaticPath)?)
+            }
+            _ => None,
+        };
         Ok(Arc::new(Watchdog {
             health: Health::new(&config),
             config: Arc::new(config),
             launcher,
+            table,
+            upstream: OnceLock::new(),
+            static_files,
             metrics: Arc::new(Metrics::new()),
             limiter,
         }))
@@ -103,11 +140,12 @@ impl Watchdog {
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
+        peer: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let reply = match req.uri().path() {
             "/_/health" => self.health_reply(),
-            "/_/ready" => self.ready_reply(),
-            _ => return Ok(self.invoke(req).await),
+            "/_/ready" => self.ready_reply().await,
+            _ => return Ok(self.invoke(req, peer).await),
         };
         Ok(reply.into_response())
     }
@@ -120,7 +158,7 @@ impl Watchdog {
         }
     }
 
-    fn ready_reply(&self) -> Reply {
+    async fn ready_reply(&self) -> Reply {
         if !self.health.healthy() {
             return Reply::new(StatusCode::SERVICE_UNAVAILABLE, body::empty());
         }
@@ -131,10 +169,17 @@ impl Watchdog {
         {
             return Reply::new(StatusCode::TOO_MANY_REQUESTS, body::empty());
         }
+        if let Some(upstream) = self.upstream.get() {
+            return upstream.ready_reply().await;
+        }
         Reply::text((StatusCode::OK, b"OK".to_vec()))
     }
 
-    async fn invoke(self: Arc<Self>, req: Request<Incoming>) -> Response<ResponseBody> {
+    async fn invoke(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<ResponseBody> {
         let start = Instant::now();
         let mut measure = self.metrics.start(req.method());
         let permit = match &self.limiter {
@@ -149,15 +194,33 @@ impl Watchdog {
                 }
             },
         };
-        let (parts, body) = req.into_parts();
-        let reply = match Invocation::spawn(&self.config, &self.launcher, &parts, start) {
-            Err(reply) => reply,
-            Ok(inv) => match self.config.mode {
-                Mode::Classic | Mode::Serializing => mode::buffered::serve(inv, &parts, body).await,
-                Mode::Streaming => mode::streaming::serve(inv, &parts, body).await,
+        let head = req.method() == Method::HEAD;
+        let reply = match (self.config.mode, &self.launcher) {
+            (Mode::Http, _) => match self.upstream.get() {
+                Some(upstream) => {
+                    upstream
+                        .serve(&self.config, req, Some(peer.ip()), start)
+                        .await
+                }
+                None => Reply::new(StatusCode::SERVICE_UNAVAILABLE, body::empty()),
             },
+            (Mode::Static, _) => match &self.static_files {
+                Some(files) => files.serve(&req).await,
+                None => Reply::new(StatusCode::NOT_FOUND, body::empty()),
+            },
+            (Mode::Classic | Mode::Serializing | Mode::Streaming, Some(launcher)) => {
+                let (parts, body) = req.into_parts();
+                match Invocation::spawn(&self.config, launcher, &parts, start) {
+                    Err(text) => Reply::text(text),
+                    Ok(inv) if self.config.mode == Mode::Streaming => {
+                        mode::streaming::serve(inv, &parts, body).await
+                    }
+                    Ok(inv) => mode::buffered::serve(inv, &parts, body).await,
+                }
+            }
+            (_, None) => Reply::new(StatusCode::INTERNAL_SERVER_ERROR, body::empty()),
         };
-        if parts.method == Method::HEAD {
+        if head {
             tracing::debug!("HEAD request: body dropped by the server");
         }
         measure.set_code(reply.status);
@@ -170,8 +233,12 @@ impl Watchdog {
             .write_timeout
             .filter(|_| reply.write_bounded)
             .map(|t| start + t);
+        let deadline = match (write_deadline, reply.abort_at) {
+            (Some(w), Some(a)) => Some(w.min(a)),
+            (w, a) => w.or(a),
+        };
         Reply {
-            body: body::guarded(reply.body, write_deadline, ticket),
+            body: body::guarded(reply.body, deadline, ticket),
             ..reply
         }
         .into_response()
@@ -184,7 +251,11 @@ impl Watchdog {
 /// 1. health turns 503 at once and the lock file is removed;
 /// 2. requests are still served for `healthcheck_interval`, so load balancers can notice;
 /// 3. the listener closes and in-flight requests get up to `write_timeout` to finish;
-/// 4. whatever still runs is killed (process groups), and `run` returns.
+/// 4. whatever still runs is killed (process groups); in http mode the upstream gets SIGTERM
+///    now, and SIGKILL after [`UPSTREAM_STOP_GRACE`]; `run` returns.
+///
+/// In http mode the upstream is started here; health (and the lock file) wait until it is
+/// ready, and if it exits `run` returns [`WatchdogError::UpstreamExited`].
 pub async fn run(
     watchdog: Arc<Watchdog>,
     listener: TcpListener,
@@ -194,7 +265,7 @@ pub async fn run(
     let config = Arc::clone(&watchdog.config);
     let addr = listener.local_addr().map_err(WatchdogError::LocalAddr)?;
     let root = CancellationToken::new();
-    reaper::spawn_if_pid1(Arc::clone(&watchdog.launcher.table), root.child_token());
+    reaper::spawn_if_pid1(Arc::clone(&watchdog.table), root.child_token());
 
     if let Some(metrics_listener) = metrics_listener {
         if let Ok(maddr) = metrics_listener.local_addr() {
@@ -207,6 +278,16 @@ pub async fn run(
         ));
     }
 
+    let upstream = match (config.mode, &watchdog.launcher) {
+        (Mode::Http, Some(launcher)) => {
+            let upstream =
+                Upstream::start(&config, launcher).map_err(WatchdogError::UpstreamStart)?;
+            let _ = watchdog.upstream.set(Arc::clone(&upstream));
+            Some(upstream)
+        }
+        _ => None,
+    };
+
     let stop_accepting = root.child_token();
     let connections = TaskTracker::new();
     let accept = {
@@ -216,20 +297,53 @@ pub async fn run(
             stop_accepting.clone(),
             connections.clone(),
             config.read_timeout,
-            move || {
+            move |peer| {
                 let watchdog = Arc::clone(&watchdog);
-                hyper::service::service_fn(move |req| Arc::clone(&watchdog).handle(req))
+                hyper::service::service_fn(move |req| Arc::clone(&watchdog).handle(req, peer))
             },
         ))
     };
-    watchdog.health.start()?;
+    if upstream.is_none() {
+        watchdog.health.start()?;
+    }
     tracing::info!(
         mode = config.mode.name(),
         fprocess = %config.fprocess.join(" "),
         "listening addr={addr}"
     );
 
-    shutdown.await;
+    // Until a shutdown signal: in http mode, turn healthy once the upstream is ready, and stop
+    // if it exits.
+    let mut shutdown = std::pin::pin!(shutdown);
+    if let Some(upstream) = &upstream {
+        let mut healthy = false;
+        let exited = loop {
+            tokio::select! {
+                _ = &mut shutdown => break None,
+                _ = upstream.wait_ready(), if !healthy => {
+                    healthy = true;
+                    watchdog.health.start()?;
+                }
+                status = upstream.exited() => break Some(status),
+            }
+        };
+        if let Some(status) = exited {
+            watchdog.health.stop();
+            stop_accepting.cancel();
+            let _ = accept.await;
+            connections.close();
+            // Requests in flight fail at once (their upstream is gone); let them say so.
+            let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
+            root.cancel();
+            watchdog.table.kill_all();
+            let status =
+                status.map_or_else(|| "an unknown status".to_string(), mode::describe_exit);
+            return Err(WatchdogError::UpstreamExited(status));
+        }
+    } else {
+        shutdown.await;
+    }
+
     watchdog.health.stop();
     tracing::info!(
         interval = %humantime::format_duration(config.healthcheck_interval),
@@ -244,27 +358,36 @@ pub async fn run(
         .write_timeout
         .or(config.exec_timeout)
         .unwrap_or(DEFAULT_IO_TIMEOUT);
+    let drain_end = Instant::now() + drain;
     tracing::info!(
         connections = connections.len(),
         limit = %humantime::format_duration(drain),
         "no new connections; draining"
     );
-    if tokio::time::timeout(drain, connections.wait())
+    if tokio::time::timeout_at(drain_end, connections.wait())
         .await
         .is_err()
     {
-        let left = watchdog.launcher.table.live_groups().len();
+        let left = watchdog.table.live_groups().len();
         tracing::warn!(
             connections = connections.len(),
             handlers = left,
             "drain deadline reached; killing what is left"
         );
-        watchdog.launcher.table.kill_all();
+        if upstream.is_none() {
+            watchdog.table.kill_all();
+        }
         // Killed handlers answer at once; give their connections a moment to write that.
         let _ = tokio::time::timeout(Duration::from_secs(1), connections.wait()).await;
     }
+    if let Some(upstream) = &upstream {
+        upstream
+            .drain_tunnels(drain_end.saturating_duration_since(Instant::now()))
+            .await;
+        upstream.stop(UPSTREAM_STOP_GRACE).await;
+    }
     root.cancel();
-    watchdog.launcher.table.kill_all();
+    watchdog.table.kill_all();
     watchdog.health.stop();
     tracing::info!("exiting");
     Ok(())

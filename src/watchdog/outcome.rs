@@ -2,6 +2,9 @@
 
 use http::StatusCode;
 
+/// A reply the watchdog writes itself: a status and a plain-text body (see `Reply::text`).
+pub type Text = (StatusCode, Vec<u8>);
+
 use super::mode::{Ended, Limit, describe_exit};
 use super::stdin::BodyError;
 use crate::config::Mode;
@@ -47,10 +50,7 @@ pub fn failure(mode: Mode, ended: &Ended) -> (StatusCode, Vec<u8>) {
                 human(*d)
             )),
         ),
-        Ended::Body(BodyError::TimedOut) => (
-            StatusCode::REQUEST_TIMEOUT,
-            text("Request body was not received within read_timeout.\n".into()),
-        ),
+        Ended::Body(BodyError::TimedOut) => read_timed_out(),
         Ended::Body(e @ (BodyError::Malformed(_) | BodyError::Incomplete(_))) => (
             StatusCode::BAD_REQUEST,
             text(format!("{e}: {}\n", source_of(e))),
@@ -61,6 +61,14 @@ pub fn failure(mode: Mode, ended: &Ended) -> (StatusCode, Vec<u8>) {
             text(format!("Error while running the function: {e}\n")),
         ),
     }
+}
+
+/// The request body did not arrive within `read_timeout`: 408.
+pub fn read_timed_out() -> Text {
+    (
+        StatusCode::REQUEST_TIMEOUT,
+        b"Request body was not received within read_timeout.\n".to_vec(),
+    )
 }
 
 /// Status and body when the handler could not be started at all.

@@ -21,7 +21,8 @@ use super::body::BoxError;
 /// How long to back off after an accept error such as EMFILE.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Accepts connections until `stop` is cancelled, serving each with a service from `make`.
+/// Accepts connections until `stop` is cancelled, serving each with a service from `make`
+/// (given the peer's address).
 ///
 /// When `stop` is cancelled, every open connection is asked to close after its current request
 /// (idle keep-alive connections close at once); the connection tasks stay in `tracker`, so the
@@ -33,7 +34,7 @@ pub async fn accept_loop<M, S, B>(
     header_read_timeout: Option<Duration>,
     make: M,
 ) where
-    M: Fn() -> S,
+    M: Fn(std::net::SocketAddr) -> S,
     S: Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
@@ -63,7 +64,7 @@ pub async fn accept_loop<M, S, B>(
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
         let conn = builder
-            .serve_connection(TokioIo::new(stream), make())
+            .serve_connection(TokioIo::new(stream), make(peer))
             .with_upgrades();
         let stop = stop.clone();
         tracker.spawn(async move {
@@ -98,7 +99,7 @@ where
         shutdown,
         tracker.clone(),
         Some(Duration::from_secs(5)),
-        move || hyper::service::service_fn(f.clone()),
+        move |_| hyper::service::service_fn(f.clone()),
     )
     .await;
     tracker.close();

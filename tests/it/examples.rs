@@ -1,26 +1,16 @@
 //! The handlers in `examples/`, run exactly as `examples/README.md` tells users to run them.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 
-use crate::harness::{Watchdog, get, post, wait_gone};
-
-/// Starts fwatchdog from the repository root, as the examples README does.
-async fn start_example(vars: &[(&str, &str)]) -> Watchdog {
-    Watchdog::start_with(vars, |mut cmd: Command| {
-        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-        cmd
-    })
-    .await
-}
+use crate::harness::{get, post, start_in_repo, wait_gone};
 
 #[tokio::test]
 async fn echo_reports_the_request_and_echoes_the_body() {
-    let wd = start_example(&[("fprocess", "sh examples/echo/handler.sh")]).await;
+    let wd = start_in_repo(&[("fprocess", "sh examples/echo/handler.sh")]).await;
     let r = post(wd.addr, "/greet?lang=en", "hello").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text(), "method=POST path=/greet query=lang=en\nhello");
@@ -28,7 +18,7 @@ async fn echo_reports_the_request_and_echoes_the_body() {
 
 #[tokio::test]
 async fn python_env_reads_http_variables() {
-    let wd = start_example(&[
+    let wd = start_in_repo(&[
         ("fprocess", "python3 examples/python-env/handler.py"),
         ("content_type", "application/json"),
     ])
@@ -57,7 +47,7 @@ async fn python_env_reads_http_variables() {
 
 #[tokio::test]
 async fn flaky_fails_times_out_and_leaves_nothing_behind() {
-    let wd = start_example(&[
+    let wd = start_in_repo(&[
         ("fprocess", "sh examples/flaky/handler.sh"),
         ("exec_timeout", "2s"),
     ])

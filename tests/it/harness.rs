@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use tokio::net::TcpStream;
 
@@ -294,6 +294,58 @@ pub async fn read_pid(path: &Path) -> i32 {
         std::fs::read_to_string(path)
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
+    })
+    .await
+}
+
+/// Peak resident memory of a process, in KiB.
+pub fn peak_rss_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Streams `total` bytes of `x` as a chunked request body.
+pub fn big_body(
+    total: usize,
+) -> StreamBody<
+    impl futures_util::Stream<Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>,
+> {
+    let chunk = Bytes::from(vec![b'x'; 256 * 1024]);
+    let n = total / chunk.len();
+    StreamBody::new(futures_util::stream::iter(
+        (0..n).map(move |_| Ok(hyper::body::Frame::data(chunk.clone()))),
+    ))
+}
+
+/// A loopback port that was free a moment ago (for upstreams that need a fixed port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("free port: {e}"))
+}
+
+/// Polls `path` until it answers `status`, or panics after [`DEADLINE`].
+pub async fn wait_status(addr: SocketAddr, path: &str, status: u16) {
+    let end = Instant::now() + DEADLINE;
+    loop {
+        if get(addr, path).await.status() == status {
+            return;
+        }
+        assert!(Instant::now() < end, "{path} never answered {status}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts fwatchdog from the repository root, as the README and `examples/README.md` do.
+pub async fn start_in_repo(vars: &[(&str, &str)]) -> Watchdog {
+    Watchdog::start_with(vars, |mut cmd: Command| {
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+        cmd
     })
     .await
 }

@@ -10,5 +10,6 @@ mod examples;
 mod harness;
 mod watchdog_classic;
 mod watchdog_config;
+mod watchdog_http;
 mod watchdog_lifecycle;
 mod watchdog_modes;

@@ -68,11 +68,29 @@ fn invalid_values_exit_64_naming_the_variable() {
 }
 
 #[test]
-fn modes_this_build_lacks_fail_clearly_at_start_up() {
-    for mode in ["http", "static"] {
-        let (code, stderr) = run_expecting_exit(&[("fprocess", "cat"), ("mode", mode)], &[]);
-        assert_eq!(code, Some(64), "{stderr}");
-        assert!(stderr.contains(&format!("mode=\"{mode}\"")), "{stderr}");
+fn http_and_static_modes_check_their_settings_at_start_up() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (
+            &[("fprocess", "cat"), ("mode", "http")],
+            "upstream_url is not set",
+        ),
+        (
+            &[
+                ("fprocess", "cat"),
+                ("mode", "http"),
+                ("upstream_url", "https://127.0.0.1:1"),
+            ],
+            "upstream_url=\"https://127.0.0.1:1\"",
+        ),
+        (
+            &[("mode", "static"), ("static_path", "/no/such/dir")],
+            "static_path=\"/no/such/dir\"",
+        ),
+    ];
+    for (vars, needle) in cases {
+        let (code, stderr) = run_expecting_exit(vars, &[]);
+        assert_eq!(code, Some(64), "{vars:?}: {stderr}");
+        assert!(stderr.contains(needle), "{vars:?}: {stderr}");
     }
 }
 

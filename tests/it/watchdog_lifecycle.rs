@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::StreamBody;
 use nix::sys::signal::Signal;
 
 use crate::harness::{DEADLINE, Watchdog, eventually, get, post, send};
@@ -164,35 +163,14 @@ async fn sigint_also_shuts_down_and_kills_leftovers_after_the_drain_limit() {
     assert!(!wd.lock_path().exists());
 }
 
-/// Peak resident memory of a process, in KiB.
-fn peak_rss_kib(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-/// Streams `total` bytes of `x` as a chunked request body.
-fn big_body(
-    total: usize,
-) -> StreamBody<
-    impl futures_util::Stream<Item = Result<hyper::body::Frame<Bytes>, std::convert::Infallible>>,
-> {
-    let chunk = Bytes::from(vec![b'x'; 256 * 1024]);
-    let n = total / chunk.len();
-    StreamBody::new(futures_util::stream::iter(
-        (0..n).map(move |_| Ok(hyper::body::Frame::data(chunk.clone()))),
-    ))
-}
-
 #[tokio::test]
 async fn a_100mb_body_through_cat_keeps_memory_bounded_in_every_mode() {
     const TOTAL: usize = 100 * 1024 * 1024;
     for mode in ["", "serializing", "streaming"] {
         let wd = Watchdog::start(&[("fprocess", "cat"), ("mode", mode)]).await;
-        let req = Request::post("/").body(big_body(TOTAL)).unwrap();
+        let req = Request::post("/")
+            .body(crate::harness::big_body(TOTAL))
+            .unwrap();
         let resp = crate::harness::send_streaming(wd.addr, req).await;
         assert_eq!(resp.status(), 200, "mode {mode:?}");
         let mut body = resp.into_body();
@@ -201,7 +179,7 @@ async fn a_100mb_body_through_cat_keeps_memory_bounded_in_every_mode() {
             received += frame.unwrap().into_data().map(|d| d.len()).unwrap_or(0);
         }
         assert_eq!(received, TOTAL / (256 * 1024) * 256 * 1024, "mode {mode:?}");
-        let peak = peak_rss_kib(wd.pid());
+        let peak = crate::harness::peak_rss_kib(wd.pid());
         assert!(peak < 40 * 1024, "mode {mode:?}: peak RSS {peak} KiB");
     }
 }

@@ -7,6 +7,8 @@
 //! response is never held hostage by a grandchild.
 
 pub mod buffered;
+pub mod http;
+pub mod static_files;
 pub mod streaming;
 
 use std::future::Future;
