@@ -13,3 +13,4 @@ mod watchdog_config;
 mod watchdog_http;
 mod watchdog_lifecycle;
 mod watchdog_modes;
+mod watchdog_static;
