@@ -31,6 +31,7 @@ CHUNK = 64 * 1024
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are separate writes
     server_version = "python-http-example"
 
     def log_message(self, fmt, *args):  # one line per request on stderr, forwarded by fwatchdog
