@@ -10,10 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 
-if ! command -v wrk >/dev/null; then
-  echo "installing wrk (Debian package)" >&2
-  apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-fi
+source benches/common.sh
+ensure_wrk
 command -v python3 >/dev/null || { echo "python3 is required (apt-get install python3)" >&2; exit 1; }
 cargo build --release --quiet --bin fwatchdog
 
@@ -21,18 +19,6 @@ work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_for() { # URL
-  for _ in $(seq 1 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done
-  echo "no answer from $1" >&2; return 1
-}
-load() { # URL CONNECTIONS -> "rps p50 p99"
-  local threads=$(( $2 < 2 ? 1 : 2 ))
-  wrk -t"$threads" -c"$2" -d"${secs}s" --latency "$1" | awk '
-    /^Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
-    /Non-2xx|Socket errors/ {print "  " $0 > "/dev/stderr"}
-    END {print rps, p50, p99}'
-}
 to_us() { # wrk latency (123.45us / 1.23ms / 1.02s) -> microseconds
   awk -v v="$1" 'BEGIN { n=v+0; if (v ~ /us$/) print n; else if (v ~ /ms$/) print n*1000; else print n*1000000 }'
 }
@@ -64,4 +50,4 @@ for c in 1 16 64; do
   p50x=$(awk -v a="$(to_us "$a_p50")" -v b="$(to_us "$b_p50")" 'BEGIN {printf "%.2fx", b/a}')
   printf '%-6s | %9.0f %9s %9s | %9.0f %9s %9s | %s, %s\n' "$c" "$a_rps" "$a_p50" "$a_p99" "$b_rps" "$b_p50" "$b_p99" "$ratio" "$p50x"
 done
-echo "fwatchdog peak RSS: $(awk '/VmHWM/ {print $2, $3}' "/proc/$wd_pid/status")"
+echo "fwatchdog peak RSS: $(peak_rss "$wd_pid")"

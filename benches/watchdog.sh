@@ -11,10 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
 
-if ! command -v wrk >/dev/null; then
-  echo "installing wrk (Debian package)" >&2
-  apt-get update -qq && apt-get install -y -qq wrk >/dev/null
-fi
+source benches/common.sh
+ensure_wrk
 
 cargo build --release --quiet --bin fwatchdog
 cargo bench --quiet --bench spawn_rate --no-run 2>/dev/null
@@ -43,14 +41,8 @@ curl -fsS -d warmup "$url" >/dev/null
 printf '\n%-34s %10s\n' "raw spawn+wait of cat (baseline)" "${raw}/s"
 printf '%-12s %10s %10s %10s %8s\n' "connections" "req/s" "p50" "p99" "of raw"
 for c in 16 64; do
-  out=$(wrk -t2 -c"$c" -d"${secs}s" --latency -s "$work/post.lua" "$url")
-  rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
-  p50=$(awk '$1=="50%" {print $2}' <<<"$out")
-  p99=$(awk '$1=="99%" {print $2}' <<<"$out")
-  errs=$(awk '/Non-2xx|Socket errors/ {print}' <<<"$out")
+  read -r rps p50 p99 <<<"$(load "$url" "$c" -s "$work/post.lua")"
   ratio=$(awk -v a="$rps" -v b="$raw" 'BEGIN {printf "%.0f%%", 100*a/b}')
   printf '%-12s %10.0f %10s %10s %8s\n' "$c" "$rps" "$p50" "$p99" "$ratio"
-  [ -z "$errs" ] || echo "  $errs"
 done
-peak=$(awk '/VmHWM/ {print $2, $3}' "/proc/$wd_pid/status")
-echo "fwatchdog peak RSS: $peak"
+echo "fwatchdog peak RSS: $(peak_rss "$wd_pid")"

@@ -1,0 +1,38 @@
+# Shared by the benchmark scripts: sourced, not run.
+
+# Installs wrk from Debian's packages when it is missing.
+ensure_wrk() {
+  if ! command -v wrk >/dev/null; then
+    echo "installing wrk (Debian package)" >&2
+    apt-get update -qq && apt-get install -y -qq wrk >/dev/null
+  fi
+}
+
+# Prints a loopback TCP port that was free a moment ago.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Waits until URL answers 2xx (10 s at most).
+wait_for() {
+  for _ in $(seq 1 200); do curl -fs -o /dev/null "$1" && return 0; sleep 0.05; done
+  echo "no answer from $1" >&2
+  return 1
+}
+
+# Runs wrk against URL with CONNECTIONS for $secs seconds; prints "req/s p50 p99".
+# Extra arguments go to wrk (a -s script, say). Errors and non-2xx counts go to stderr.
+load() {
+  local url=$1 conns=$2
+  shift 2
+  local threads=$((conns < 2 ? 1 : 2))
+  wrk -t"$threads" -c"$conns" -d"${secs}s" --latency "$@" "$url" | awk '
+    /^Requests\/sec/ {rps=$2} $1=="50%" {p50=$2} $1=="99%" {p99=$2}
+    /Non-2xx|Socket errors/ {print "  " $0 > "/dev/stderr"}
+    END {print rps, p50, p99}'
+}
+
+# Peak RSS of PID, as "N kB".
+peak_rss() {
+  awk '/VmHWM/ {print $2, $3}' "/proc/$1/status"
+}
