@@ -6,13 +6,19 @@
 //! - [`process`]: handler processes in their own process group, group kills, parent-death
 //!   signals, pipe output that spills to disk, log line forwarding, and the PID 1 orphan reaper.
 //! - [`watchdog`]: the HTTP server: routing, health and lock file, concurrency limit, metrics,
-//!   and the fork-per-request modes (classic, serializing, streaming).
+//!   the fork-per-request modes (classic, serializing, streaming), the http-mode upstream proxy
+//!   and static files.
+//! - [`proxy`]: reverse proxying shared by the watchdog's http mode and the gateway: pooled
+//!   client, hop-by-hop headers, upstream URLs, upgrade tunnels.
+//! - [`gateway`]: fgateway: `/function/*` proxying, the function registry and its providers
+//!   (local fwatchdog processes, static upstreams), the system API, basic auth, metrics.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future.
 //!
 //! The binaries in `src/bin/` only parse configuration, set up logging, bind and call
-//! [`watchdog::run`].
+//! [`watchdog::run`] or [`gateway::run`].
 
 pub mod config;
+pub mod gateway;
 pub mod process;
 pub mod proxy;
 pub mod shutdown;

@@ -150,6 +150,52 @@ pub fn upstream_uri(base: &Uri, request: Option<&PathAndQuery>) -> Result<Uri, h
     Ok(Uri::from_parts(parts)?)
 }
 
+/// Why a proxied request got no response.
+#[derive(Debug)]
+pub enum SendError {
+    /// The deadline passed before the response headers arrived.
+    TimedOut,
+    /// No connection to the upstream could be made (refused, unresolvable, connect timeout).
+    Connect(String),
+    /// The connection failed during the exchange.
+    Failed(String),
+}
+
+/// Sends `req` and waits for the response headers until `deadline`.
+pub async fn send(
+    client: &Client,
+    req: http::Request<ResponseBody>,
+    deadline: Option<tokio::time::Instant>,
+) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+    let sent = client.request(req);
+    let result = match deadline {
+        Some(d) => tokio::time::timeout_at(d, sent)
+            .await
+            .map_err(|_| SendError::TimedOut)?,
+        None => sent.await,
+    };
+    result.map_err(|e| {
+        if e.is_connect() {
+            SendError::Connect(
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), error_chain),
+            )
+        } else {
+            SendError::Failed(error_chain(&e))
+        }
+    })
+}
+
+/// An error and its sources, joined with `: `.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
 /// Joins a client's upgraded connection with the upstream's, copying both ways until either
 /// side closes or `limit` passes. Returns the bytes copied (client→upstream, upstream→client).
 pub async fn tunnel(

@@ -1,6 +1,6 @@
 //! `fwatchdog`: read the configuration, set up logging, bind, run.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use fwatchdog::config::{HealthcheckConfig, ProcessEnv, WatchdogConfig};
@@ -105,7 +105,7 @@ enum ServeError {
 }
 
 async fn serve(config: WatchdogConfig) -> Result<(), ServeError> {
-    let any = |port| SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
+    let any = |port| SocketAddr::from((config.bind_address, port));
     let listener = TcpListener::bind(any(config.port))
         .await
         .map_err(|source| ServeError::Bind {

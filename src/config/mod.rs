@@ -31,6 +31,8 @@ pub mod vars {
     pub const PORT: &str = "port";
     /// Metrics port.
     pub const METRICS_PORT: &str = "metrics_port";
+    /// Address the HTTP and metrics ports listen on (ours; not an OpenFaaS variable).
+    pub const BIND_ADDRESS: &str = "bind_address";
     /// Concurrency limit.
     pub const MAX_INFLIGHT: &str = "max_inflight";
     /// Pass request metadata to the handler as `Http_*` variables.
@@ -203,6 +205,8 @@ pub struct WatchdogConfig {
     pub healthcheck_interval: Duration,
     /// HTTP port; 0 picks a free one.
     pub port: u16,
+    /// Address both ports listen on (default all interfaces).
+    pub bind_address: std::net::IpAddr,
     /// Metrics port; `None` disables the metrics server.
     pub metrics_port: Option<u16>,
     /// Concurrency limit; `None` = unlimited.
@@ -294,6 +298,12 @@ impl WatchdogConfig {
             timeout(env, vars::HEALTHCHECK_INTERVAL, write_timeout)?.unwrap_or(Duration::ZERO);
 
         let port = parsed(env, vars::PORT, parse::port)?.unwrap_or(8080);
+        let bind_address = parsed(env, vars::BIND_ADDRESS, |v| {
+            v.trim()
+                .parse::<std::net::IpAddr>()
+                .map_err(|_| "an IP address such as 0.0.0.0, 127.0.0.1 or ::")
+        })?
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         let metrics_port = match parsed(env, vars::METRICS_PORT, parse::port)? {
             None => Some(8081),
             Some(0) => None,
@@ -365,6 +375,7 @@ impl WatchdogConfig {
             exec_timeout,
             healthcheck_interval,
             port,
+            bind_address,
             metrics_port,
             max_inflight,
             cgi_headers: flag(env, vars::CGI_HEADERS, true)?,

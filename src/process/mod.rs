@@ -152,9 +152,21 @@ impl HandlerProcess {
         base: &BaseEnv,
         extra: &[(String, String)],
     ) -> io::Result<Self> {
+        Self::spawn_in(table, program, base, extra, None)
+    }
+
+    /// Like [`HandlerProcess::spawn`], in the working directory `cwd` when given (see
+    /// [`spawn::directory`]).
+    pub fn spawn_in(
+        table: &Arc<ProcessTable>,
+        program: &Program,
+        base: &BaseEnv,
+        extra: &[(String, String)],
+        cwd: Option<&std::ffi::CStr>,
+    ) -> io::Result<Self> {
         let spawned = {
             let _gate = table.gate.read().unwrap_or_else(PoisonError::into_inner);
-            let spawned = spawn::spawn(program, base, extra)?;
+            let spawned = spawn::spawn_in(program, base, extra, cwd)?;
             table.insert(spawned.pid);
             spawned
         };

@@ -12,10 +12,11 @@
 //! - gets the three pipe ends as stdin, stdout and stderr (all other fds are close-on-exec);
 //! - leads a new process group (`setpgid(0, 0)`), so the whole group can be killed at once;
 //! - gets `PR_SET_PDEATHSIG = SIGKILL`, and exits if the parent already died before that;
-//! - starts with default signal handlers (SIGPIPE included) and an empty signal mask.
+//! - starts with default signal handlers (SIGPIPE included) and an empty signal mask;
+//! - optionally changes to a working directory.
 
 use std::cell::RefCell;
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -156,6 +157,8 @@ struct ChildArgs {
     error: c_int,
     /// Which step failed.
     stage: c_int,
+    /// Directory to change to before exec, or null to stay.
+    cwd: *const c_char,
 }
 
 const STAGE_DUP: c_int = 1;
@@ -163,9 +166,26 @@ const STAGE_SETPGID: c_int = 2;
 const STAGE_PDEATHSIG: c_int = 3;
 const STAGE_PARENT_GONE: c_int = 4;
 const STAGE_EXEC: c_int = 5;
+const STAGE_CHDIR: c_int = 6;
+
+/// The working directory of a child, ready for chdir.
+pub fn directory(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "directory contains a NUL byte"))
+}
 
 /// Spawns `program` with `base` plus `extra` as its environment (`extra` wins on a clash).
 pub fn spawn(program: &Program, base: &BaseEnv, extra: &[(String, String)]) -> io::Result<Spawned> {
+    spawn_in(program, base, extra, None)
+}
+
+/// Like [`spawn`], in the working directory `cwd` (see [`directory`]) when given.
+pub fn spawn_in(
+    program: &Program,
+    base: &BaseEnv,
+    extra: &[(String, String)],
+    cwd: Option<&CStr>,
+) -> io::Result<Spawned> {
     let extra_entries: Vec<CString> = extra
         .iter()
         .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok())
@@ -201,6 +221,7 @@ pub fn spawn(program: &Program, base: &BaseEnv, extra: &[(String, String)]) -> i
         parent: std::process::id() as libc::pid_t,
         error: 0,
         stage: 0,
+        cwd: cwd.map_or(std::ptr::null(), CStr::as_ptr),
     };
 
     let pid = STACK.with(|stack| {
@@ -246,6 +267,7 @@ pub fn spawn(program: &Program, base: &BaseEnv, extra: &[(String, String)]) -> i
             STAGE_SETPGID => "creating its process group",
             STAGE_PDEATHSIG => "setting the parent-death signal",
             STAGE_PARENT_GONE => "checking its parent",
+            STAGE_CHDIR => "changing to its working directory",
             STAGE_EXEC => return Err(source),
             _ => "starting",
         };
@@ -333,6 +355,9 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         if libc::getppid() != args.parent {
             *libc::__errno_location() = libc::ESRCH;
             return fail(args, STAGE_PARENT_GONE);
+        }
+        if !args.cwd.is_null() && libc::chdir(args.cwd) != 0 {
+            return fail(args, STAGE_CHDIR);
         }
         let mut empty: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty);

@@ -123,38 +123,14 @@ impl Watchdog {
         }
         let mut cmd = Command::new(fwatchdog_bin());
         cmd.env_clear().envs(&env);
-        let mut cmd = wrap(cmd);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn fwatchdog: {e}"));
-        let log = Log::default();
-        if let Some(out) = child.stdout.take() {
-            log.collect(out);
-        }
-        if let Some(err) = child.stderr.take() {
-            log.collect(err);
-        }
-        let addr = eventually("the listening line", DEADLINE, || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("fwatchdog exited early with {status}:\n{}", log.text());
-            }
-            log.find_field("listening addr=", "addr")
-        })
-        .await;
-        let localize = |a: String| -> SocketAddr {
-            let port = a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
-            SocketAddr::from((
-                [127, 0, 0, 1],
-                port.unwrap_or_else(|| panic!("bad addr {a}")),
-            ))
-        };
-        let metrics_addr = log.find_field("serving metrics", "addr").map(localize);
+        let cmd = wrap(cmd);
+        let (child, log, addr) = launch(cmd, "fwatchdog", "listening addr=").await;
+        let metrics_addr = log
+            .find_field("serving metrics", "addr")
+            .map(|a| localize(&a));
         Watchdog {
             child,
-            addr: localize(addr),
+            addr,
             metrics_addr,
             log,
             tmp,
@@ -185,6 +161,135 @@ impl Watchdog {
         })
         .await
     }
+}
+
+/// `127.0.0.1` with the port of a logged listening address (which may be `0.0.0.0:PORT`).
+fn localize(a: &str) -> SocketAddr {
+    let port = a.rsplit(':').next().and_then(|p| p.parse::<u16>().ok());
+    SocketAddr::from((
+        [127, 0, 0, 1],
+        port.unwrap_or_else(|| panic!("bad addr {a}")),
+    ))
+}
+
+/// Spawns `cmd` with its output collected, and waits for its `listening addr=` line (the first
+/// line containing `needle`).
+async fn launch(mut cmd: Command, what: &str, needle: &str) -> (Child, Log, SocketAddr) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let log = Log::default();
+    if let Some(out) = child.stdout.take() {
+        log.collect(out);
+    }
+    if let Some(err) = child.stderr.take() {
+        log.collect(err);
+    }
+    let addr = eventually("the listening line", DEADLINE, || {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited early with {status}:\n{}", log.text());
+        }
+        log.find_field(needle, "addr")
+    })
+    .await;
+    (child, log, localize(&addr))
+}
+
+/// The fgateway binary.
+pub fn fgateway_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fgateway"))
+}
+
+/// A running `fgateway up`.
+pub struct Gateway {
+    /// The process.
+    pub child: Child,
+    /// Where it serves.
+    pub addr: SocketAddr,
+    /// Its log.
+    pub log: Log,
+}
+
+impl Gateway {
+    /// Starts `fgateway up --port 0 --data-dir DATA ARGS...` from the repository root, with a
+    /// clean environment plus `env`.
+    pub async fn start(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        let mut cmd = Command::new(fgateway_bin());
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("TMPDIR", data)
+            .args(["up", "--port", "0", "--data-dir"])
+            .arg(data)
+            .args(args)
+            .envs(env.iter().copied());
+        let (child, log, addr) =
+            launch(cmd, "fgateway", "fwatchdog::gateway: listening addr=").await;
+        Gateway { child, addr, log }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
+            .unwrap_or_else(|e| panic!("signal: {e}"));
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let child = &mut self.child;
+        eventually("fgateway to exit", limit, || {
+            child.try_wait().ok().flatten()
+        })
+        .await
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every descendant of `pid` (children, their children, ...), from /proc.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut parents: HashMap<i32, Vec<i32>> = HashMap::new();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            let ppid = stat
+                .rfind(')')
+                .and_then(|i| stat[i + 1..].split_whitespace().nth(1))
+                .and_then(|v| v.parse::<i32>().ok());
+            if let Some(ppid) = ppid {
+                parents.entry(ppid).or_default().push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        for &c in parents.get(&p).map(Vec::as_slice).unwrap_or(&[]) {
+            out.push(c);
+            todo.push(c);
+        }
+    }
+    out
 }
 
 impl Drop for Watchdog {

@@ -7,6 +7,7 @@
 )]
 
 mod examples;
+mod gateway;
 mod harness;
 mod watchdog_classic;
 mod watchdog_config;

@@ -47,7 +47,10 @@ async fn serves_files_with_types_ranges_and_index() {
     let r = get(wd.addr, "/style.css").await;
     assert!(r.header("content-type").unwrap().starts_with("text/css"));
     let r = get(wd.addr, "/data.json").await;
-    assert_eq!(r.header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
     // A symlink that stays inside the root is fine.
     assert_eq!(get(wd.addr, "/inside.css").await.text(), "body{}");
 
@@ -75,7 +78,11 @@ async fn serves_files_with_types_ranges_and_index() {
 /// Sends a raw request line (no client-side normalisation) and returns status and body.
 fn raw_get(addr: std::net::SocketAddr, target: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let status = out

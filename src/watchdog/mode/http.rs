@@ -285,24 +285,34 @@ impl Upstream {
             (body, Some(flag))
         };
 
-        let sent = self.client.request(Request::from_parts(parts, body));
-        let response = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, sent).await {
-                Ok(r) => r,
-                Err(_) => return timed_out(limit),
-            },
-            None => sent.await,
-        };
-        let response = match response {
+        let sent = proxy::send(&self.client, Request::from_parts(parts, body), deadline).await;
+        let response = match sent {
             Ok(resp) => resp,
-            Err(e) => {
-                if read_timed_out.is_some_and(|f| f.load(Ordering::SeqCst)) {
-                    return Reply::text(outcome::read_timed_out());
-                }
-                return self.failed(&e);
+            Err(_) if read_timed_out.is_some_and(|f| f.load(Ordering::SeqCst)) => {
+                return Reply::text(outcome::read_timed_out());
+            }
+            Err(proxy::SendError::TimedOut) => return timed_out(limit),
+            Err(proxy::SendError::Connect(why)) => {
+                return Reply::text((
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "Cannot reach the function's server at {}: {why}\n",
+                        self.base
+                    )
+                    .into_bytes(),
+                ));
+            }
+            Err(proxy::SendError::Failed(why)) => {
+                return Reply::text((
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "The function's server at {} failed to answer: {why}\n",
+                        self.base
+                    )
+                    .into_bytes(),
+                ));
             }
         };
-
         let mut response = response;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         let upstream_upgrade = switching.then(|| hyper::upgrade::on(&mut response));
@@ -349,29 +359,6 @@ impl Upstream {
                 _ = stop.cancelled() => {}
             }
         });
-    }
-
-    /// The reply for a request the upstream did not answer.
-    fn failed(&self, e: &hyper_util::client::legacy::Error) -> Reply {
-        let text = if e.is_connect() {
-            let why = std::error::Error::source(e).map_or_else(|| e.to_string(), |s| s.to_string());
-            format!(
-                "Cannot reach the function's server at {}: {why}\n",
-                self.base
-            )
-        } else {
-            let mut why = e.to_string();
-            let mut source = std::error::Error::source(e);
-            while let Some(s) = source {
-                why = format!("{why}: {s}");
-                source = s.source();
-            }
-            format!(
-                "The function's server at {} failed to answer: {why}\n",
-                self.base
-            )
-        };
-        Reply::text((StatusCode::BAD_GATEWAY, text.into_bytes()))
     }
 }
 

@@ -1,0 +1,101 @@
+//! `fgateway`: parse the command line, set up logging, bind, run.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::Parser;
+use fwatchdog::gateway::cli::{Cli, Command, UpArgs};
+use fwatchdog::gateway::{self, Gateway};
+use tokio::net::TcpListener;
+
+/// Exit code for configuration errors (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fgateway: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Command::Up(args) = cli.command;
+    match runtime.block_on(up(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let message = fwatchdog::proxy::error_chain(&*e);
+            tracing::error!("{message}");
+            eprintln!("fgateway: {message}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Why `up` stopped.
+#[derive(Debug, thiserror::Error)]
+enum UpError {
+    #[error("cannot listen on port {port}")]
+    Bind {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install signal handlers")]
+    Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Gateway(#[from] gateway::GatewayError),
+}
+
+impl UpError {
+    fn exit_code(&self) -> u8 {
+        match self {
+            UpError::Gateway(
+                gateway::GatewayError::Stack(_)
+                | gateway::GatewayError::Deploy { .. }
+                | gateway::GatewayError::Auth(_),
+            ) => EXIT_CONFIG,
+            _ => 1,
+        }
+    }
+}
+
+async fn up(args: UpArgs) -> Result<(), Box<UpError>> {
+    let listener = TcpListener::bind(SocketAddr::from((args.bind_address, args.port)))
+        .await
+        .map_err(|source| UpError::Bind {
+            port: args.port,
+            source,
+        })?;
+    let signals = fwatchdog::shutdown::signals().map_err(UpError::Signals)?;
+    let gateway = Gateway::up(&args).map_err(UpError::from)?;
+    let shutdown = async {
+        let name = signals.await;
+        tracing::info!(signal = name, "shutdown requested");
+    };
+    gateway::run(gateway, listener, shutdown)
+        .await
+        .map_err(UpError::from)?;
+    Ok(())
+}

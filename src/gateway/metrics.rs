@@ -1,0 +1,134 @@
+//! The gateway's Prometheus metrics, with OpenFaaS's gateway metric names.
+
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use super::types::FunctionStatus;
+
+/// Buckets for `gateway_functions_seconds` (Prometheus's defaults plus longer calls).
+const BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// `function_name` and `code`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    /// The function.
+    function_name: String,
+    /// The status code returned to the caller.
+    code: u16,
+}
+
+/// `function_name` only.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FunctionLabel {
+    /// The function.
+    function_name: String,
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+/// The gateway's metrics.
+#[derive(Debug)]
+pub struct GatewayMetrics {
+    /// What `/metrics` encodes.
+    registry: Registry,
+    /// `gateway_function_invocation_total{function_name,code}`.
+    invocations: Family<CallLabels, Counter>,
+    /// `gateway_functions_seconds{function_name,code}`.
+    seconds: Family<CallLabels, Histogram, fn() -> Histogram>,
+    /// `gateway_function_invocation_started{function_name}`.
+    started: Family<FunctionLabel, Counter>,
+    /// `gateway_service_count{function_name}`: ready replicas.
+    service_count: Family<FunctionLabel, Gauge>,
+}
+
+impl Default for GatewayMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl GatewayMetrics {
+    /// Creates and registers the metrics.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let invocations = Family::<CallLabels, Counter>::default();
+        let seconds =
+            Family::<CallLabels, Histogram, fn() -> Histogram>::new_with_constructor(histogram);
+        let started = Family::<FunctionLabel, Counter>::default();
+        let service_count = Family::<FunctionLabel, Gauge>::default();
+        registry.register(
+            "gateway_function_invocation",
+            "Function invocations by status code",
+            invocations.clone(),
+        );
+        registry.register(
+            "gateway_functions_seconds",
+            "Function call duration in seconds",
+            seconds.clone(),
+        );
+        registry.register(
+            "gateway_function_invocation_started",
+            "Function invocations started",
+            started.clone(),
+        );
+        registry.register(
+            "gateway_service_count",
+            "Ready replicas per function",
+            service_count.clone(),
+        );
+        GatewayMetrics {
+            registry,
+            invocations,
+            seconds,
+            started,
+            service_count,
+        }
+    }
+
+    /// Counts a call to `function` as started; returns when it started.
+    pub fn call_started(&self, function: &str) -> Instant {
+        self.started
+            .get_or_create(&FunctionLabel {
+                function_name: function.to_string(),
+            })
+            .inc();
+        Instant::now()
+    }
+
+    /// Records a finished call.
+    pub fn call_finished(&self, function: &str, code: u16, started: Instant) {
+        let labels = CallLabels {
+            function_name: function.to_string(),
+            code,
+        };
+        self.invocations.get_or_create(&labels).inc();
+        self.seconds
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    /// The text exposition, with `gateway_service_count` taken from `functions`.
+    pub fn encode(&self, functions: &[FunctionStatus]) -> Result<String, std::fmt::Error> {
+        self.service_count.clear();
+        for f in functions {
+            self.service_count
+                .get_or_create(&FunctionLabel {
+                    function_name: f.name.clone(),
+                })
+                .set(i64::try_from(f.available_replicas).unwrap_or(i64::MAX));
+        }
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}

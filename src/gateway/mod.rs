@@ -1,0 +1,302 @@
+//! fgateway: routes, the function registry and its providers, the system API, auth and metrics.
+//!
+//! Routes: `/function/NAME[.NS][/path]` ([`invoke`]), `/system/*` ([`system`], behind basic
+//! auth when enabled), `/healthz`, `/metrics`. [`run`] takes a bound listener and a shutdown
+//! future; on shutdown it stops accepting, drains in-flight calls (bounded), then stops the
+//! provider's functions.
+
+pub mod auth;
+pub mod cli;
+pub mod invoke;
+pub mod metrics;
+pub mod provider;
+pub mod registry;
+pub mod stack;
+pub mod store;
+pub mod system;
+pub mod types;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::parse;
+use crate::proxy;
+use crate::watchdog::body::ResponseBody;
+use crate::watchdog::server;
+use auth::BasicAuth;
+use cli::{ProviderKind, UpArgs};
+use invoke::text;
+use metrics::GatewayMetrics;
+use provider::Provider;
+use provider::local::LocalProvider;
+use provider::upstreams::UpstreamsProvider;
+use registry::Registry;
+use store::Store;
+
+/// How long function replicas get to stop after the gateway drained.
+const PROVIDER_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// Errors that stop the gateway at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The stack file is unusable.
+    #[error(transparent)]
+    Stack(#[from] stack::StackError),
+    /// A stack file function could not be deployed.
+    #[error("cannot deploy {function} from the stack file")]
+    Deploy {
+        /// The function.
+        function: String,
+        /// Why.
+        #[source]
+        source: registry::RegistryError,
+    },
+    /// Basic auth is on but the credentials cannot be read.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    /// The local provider could not be set up.
+    #[error("cannot prepare the local provider's run directory {dir}")]
+    RunDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listener has no address.
+    #[error("cannot read the listening address")]
+    LocalAddr(#[source] std::io::Error),
+}
+
+/// Settings the request path needs.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Longest a function call may take.
+    pub upstream_timeout: Duration,
+    /// Longest a client may take to send request headers.
+    pub read_timeout: Duration,
+    /// How long in-flight calls get on shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// A running gateway's shared state.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Settings.
+    pub config: GatewayConfig,
+    /// Deployed functions.
+    pub registry: Registry,
+    /// Metrics.
+    pub metrics: Arc<GatewayMetrics>,
+    /// `/system/*` credentials, when basic auth is on.
+    auth: Option<BasicAuth>,
+    /// Client for function calls.
+    client: proxy::Client,
+}
+
+impl Gateway {
+    /// Builds the gateway for `fgateway up`: opens the store, creates the provider, restores the
+    /// deployed functions and deploys the stack file's. Must run inside the runtime.
+    pub fn up(args: &UpArgs) -> Result<Arc<Gateway>, GatewayError> {
+        let auth = if args.basic_auth {
+            Some(BasicAuth::load(&args.secret_mount_path)?)
+        } else {
+            None
+        };
+        let store = Arc::new(Store::open(&args.data_dir)?);
+        let provider: Arc<dyn Provider> = match args.provider {
+            ProviderKind::Local => {
+                let fwatchdog = args
+                    .fwatchdog
+                    .clone()
+                    .unwrap_or_else(LocalProvider::find_fwatchdog);
+                tracing::info!(fwatchdog = %fwatchdog.display(), "local provider");
+                let run_dir = args.data_dir.join("run");
+                Arc::new(
+                    LocalProvider::new(&fwatchdog, run_dir.clone()).map_err(|source| {
+                        GatewayError::RunDir {
+                            dir: run_dir,
+                            source,
+                        }
+                    })?,
+                )
+            }
+            ProviderKind::Static => {
+                Arc::new(UpstreamsProvider::new(args.upstream_template.clone()))
+            }
+        };
+        let registry = Registry::open(store, provider)?;
+        let gateway = Arc::new(Gateway {
+            config: GatewayConfig {
+                upstream_timeout: args.upstream_timeout,
+                read_timeout: args.read_timeout,
+                shutdown_timeout: args.shutdown_timeout,
+            },
+            registry,
+            metrics: Arc::new(GatewayMetrics::new()),
+            auth,
+            client: proxy::client(),
+        });
+        if let Some(file) = &args.file {
+            for spec in stack::load(file)? {
+                let name = spec.service.clone();
+                gateway
+                    .registry
+                    .deploy(spec, false)
+                    .map_err(|source| GatewayError::Deploy {
+                        function: name,
+                        source,
+                    })?;
+            }
+        }
+        for f in gateway.registry.list() {
+            gateway.warn_timeouts(&f.name);
+        }
+        Ok(gateway)
+    }
+
+    /// Warns when a function may run longer than the gateway waits for it.
+    pub fn warn_timeouts(&self, name: &str) {
+        let Some(spec) = self.registry.spec(name) else {
+            return;
+        };
+        let exec = spec
+            .env_vars
+            .get("exec_timeout")
+            .and_then(|v| parse::duration(v).ok())
+            .flatten();
+        if let Some(exec) = exec
+            && exec > self.config.upstream_timeout
+        {
+            tracing::warn!(
+                function = name,
+                exec_timeout = %humantime::format_duration(exec),
+                upstream_timeout = %humantime::format_duration(self.config.upstream_timeout),
+                "upstream_timeout is shorter than the function's exec_timeout: long calls will get 504 from the gateway"
+            );
+        }
+    }
+
+    /// Answers one request.
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<ResponseBody>, Infallible> {
+        let path = req.uri().path().to_string();
+        let resp = if let Some(tail) = path.strip_prefix("/function/") {
+            match invoke::parse_path(tail) {
+                Some(target) => invoke::invoke(&self, req, peer, target).await,
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "No function named in the path.\n".into(),
+                ),
+            }
+        } else if path.starts_with("/system/") {
+            match &self.auth {
+                Some(auth) if !auth.allows(req.headers()) => unauthorized(),
+                _ => system::handle(&self, req).await,
+            }
+        } else if path == "/healthz" {
+            text(StatusCode::OK, "OK\n".into())
+        } else if path == "/metrics" {
+            match self.metrics.encode(&self.registry.list()) {
+                Ok(text_body) => {
+                    let mut resp = text(StatusCode::OK, text_body);
+                    resp.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                    );
+                    resp
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        } else {
+            text(StatusCode::NOT_FOUND, "Not found.\n".into())
+        };
+        Ok(resp)
+    }
+}
+
+/// 401 with the challenge.
+fn unauthorized() -> Response<ResponseBody> {
+    let mut resp = text(
+        StatusCode::UNAUTHORIZED,
+        "Authentication required.\n".into(),
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"fgateway\", charset=\"UTF-8\""),
+    );
+    resp
+}
+
+/// Serves `gateway` on `listener` until `shutdown` resolves; then stops accepting, lets
+/// in-flight calls finish for up to `shutdown_timeout`, and stops the provider's functions.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), GatewayError> {
+    let addr = listener.local_addr().map_err(GatewayError::LocalAddr)?;
+    let stop_accepting = CancellationToken::new();
+    let connections = TaskTracker::new();
+    let accept = {
+        let gateway = Arc::clone(&gateway);
+        tokio::spawn(server::accept_loop(
+            listener,
+            stop_accepting.clone(),
+            connections.clone(),
+            Some(gateway.config.read_timeout),
+            move |peer| {
+                let gateway = Arc::clone(&gateway);
+                hyper::service::service_fn(move |req| Arc::clone(&gateway).handle(req, peer))
+            },
+        ))
+    };
+    tracing::info!(
+        provider = gateway.registry.provider().name(),
+        functions = gateway.registry.list().len(),
+        "listening addr={addr}"
+    );
+    shutdown.await;
+    stop_accepting.cancel();
+    let _ = accept.await;
+    connections.close();
+    tracing::info!(
+        connections = connections.len(),
+        limit = %humantime::format_duration(gateway.config.shutdown_timeout),
+        "shutting down: draining"
+    );
+    if tokio::time::timeout(gateway.config.shutdown_timeout, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            connections = connections.len(),
+            "drain deadline reached; stopping functions anyway"
+        );
+    }
+    gateway
+        .registry
+        .provider()
+        .shutdown(PROVIDER_STOP_GRACE)
+        .await;
+    tracing::info!("exiting");
+    Ok(())
+}

@@ -1,0 +1,592 @@
+//! The local provider: every replica of a function is an `fwatchdog` child process listening on a
+//! loopback port it picks itself (`port=0`; the port is read from its `listening addr=` line).
+//!
+//! Each replica has a supervisor task: start the child in its own process group (with a
+//! parent-death signal, so children never outlive the gateway), forward its log, probe
+//! `/_/ready` until it answers 200, and restart it with exponential backoff when it exits. A
+//! replica takes traffic only while ready; requests are spread round-robin over ready replicas.
+//! Stopping a replica is SIGTERM to its group (fwatchdog drains), then SIGKILL after a grace
+//! period.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::{BoxFuture, Endpoint, Provider, ProviderError};
+use crate::gateway::types::{FunctionDeployment, HANDLER_ANNOTATION};
+use crate::process::spawn::{self, BaseEnv, Program};
+use crate::process::{HandlerProcess, ProcessTable};
+use crate::proxy;
+
+/// First and longest pause before restarting a replica that exited.
+const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+
+/// A replica that ran this long before exiting restarts without delay growth.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+/// Pauses between readiness probes while a replica starts.
+const PROBE_DELAYS: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(200));
+
+/// How often a ready replica is probed again.
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// How long a replica may take to exit after SIGTERM when it is replaced or scaled away.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The local provider.
+#[derive(Debug)]
+pub struct LocalProvider {
+    /// The `fwatchdog` executable.
+    fwatchdog: Arc<Program>,
+    /// The environment every child inherits (the gateway's own).
+    base_env: Arc<BaseEnv>,
+    /// Our children, for group kills at shutdown.
+    table: Arc<ProcessTable>,
+    /// Per-replica temp directories (each holds its replica's lock file).
+    run_dir: PathBuf,
+    /// Client for readiness probes.
+    client: proxy::Client,
+    /// The functions, by name.
+    functions: Mutex<HashMap<String, LocalFunction>>,
+    /// Every replica supervisor.
+    tasks: TaskTracker,
+    /// Stops every replica at shutdown.
+    stop_all: CancellationToken,
+}
+
+/// One function's replicas.
+#[derive(Debug)]
+struct LocalFunction {
+    /// The deployed spec.
+    spec: Arc<FunctionDeployment>,
+    /// Its replicas, in start order.
+    replicas: Vec<Arc<Replica>>,
+    /// Round-robin position.
+    next: Arc<AtomicUsize>,
+    /// Woken whenever a replica of this function becomes ready.
+    ready_changed: Arc<Notify>,
+    /// Number for the next replica (names its temp directory and log lines).
+    serial: u64,
+}
+
+/// One replica's state, shared between its supervisor and the request path.
+#[derive(Debug)]
+struct Replica {
+    /// Its number within the function.
+    serial: u64,
+    /// Where it listens, once known.
+    addr: Mutex<Option<SocketAddr>>,
+    /// Whether it takes traffic.
+    ready: AtomicBool,
+    /// Stops this replica.
+    stop: CancellationToken,
+}
+
+impl Replica {
+    fn uri(&self) -> Option<http::Uri> {
+        let addr = (*self.addr.lock().unwrap_or_else(PoisonError::into_inner))?;
+        format!("http://{addr}").parse().ok()
+    }
+}
+
+impl LocalProvider {
+    /// A provider that runs `fwatchdog` (path) for each replica, with temp directories under
+    /// `run_dir`.
+    pub fn new(fwatchdog: &Path, run_dir: PathBuf) -> std::io::Result<Self> {
+        let program = Program::new(&[fwatchdog.display().to_string()], None)?;
+        if let Err(e) = std::fs::remove_dir_all(&run_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %run_dir.display(), error = %e, "cannot clear old run directory");
+        }
+        std::fs::create_dir_all(&run_dir)?;
+        Ok(LocalProvider {
+            fwatchdog: Arc::new(program),
+            base_env: Arc::new(BaseEnv::capture()),
+            table: ProcessTable::new(),
+            run_dir,
+            client: proxy::client(),
+            functions: Mutex::new(HashMap::new()),
+            tasks: TaskTracker::new(),
+            stop_all: CancellationToken::new(),
+        })
+    }
+
+    /// The `fwatchdog` next to the running executable, else the one on `PATH`.
+    pub fn find_fwatchdog() -> PathBuf {
+        let sibling = std::env::current_exe()
+            .ok()
+            .map(|exe| exe.with_file_name("fwatchdog"))
+            .filter(|p| p.is_file());
+        sibling.unwrap_or_else(|| {
+            std::env::var_os("PATH")
+                .and_then(|paths| {
+                    std::env::split_paths(&paths)
+                        .map(|dir| dir.join("fwatchdog"))
+                        .find(|p| p.is_file())
+                })
+                .unwrap_or_else(|| PathBuf::from("fwatchdog"))
+        })
+    }
+
+    /// Starts one more replica of `function`.
+    fn start_replica(&self, name: &str, function: &mut LocalFunction) -> Result<(), ProviderError> {
+        let serial = function.serial;
+        function.serial += 1;
+        let dir = self.run_dir.join(format!("{name}-{serial}"));
+        std::fs::create_dir_all(&dir).map_err(|source| ProviderError::Start {
+            name: name.to_string(),
+            source,
+        })?;
+        let cwd =
+            match function.spec.annotation(HANDLER_ANNOTATION) {
+                None => None,
+                Some(dir) => Some(spawn::directory(Path::new(dir)).map_err(|source| {
+                    ProviderError::Start {
+                        name: name.to_string(),
+                        source,
+                    }
+                })?),
+            };
+        let replica = Arc::new(Replica {
+            serial,
+            addr: Mutex::new(None),
+            ready: AtomicBool::new(false),
+            stop: self.stop_all.child_token(),
+        });
+        let supervisor = Supervisor {
+            name: name.to_string(),
+            env: child_env(&function.spec, &dir),
+            cwd,
+            replica: Arc::clone(&replica),
+            ready_changed: Arc::clone(&function.ready_changed),
+            fwatchdog: Arc::clone(&self.fwatchdog),
+            base_env: Arc::clone(&self.base_env),
+            table: Arc::clone(&self.table),
+            client: self.client.clone(),
+            dir,
+        };
+        self.tasks.spawn(supervisor.run());
+        function.replicas.push(replica);
+        Ok(())
+    }
+}
+
+/// The environment of a replica: the function's variables over ours (fwatchdog's port,
+/// loopback bind, no metrics port, its own TMPDIR, no health grace since the gateway routes
+/// around replicas that are stopping).
+fn child_env(spec: &FunctionDeployment, dir: &Path) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = vec![
+        ("healthcheck_interval".into(), "0".into()),
+        ("metrics_port".into(), "0".into()),
+    ];
+    let mut vars: Vec<(String, String)> = spec
+        .env_vars
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    env.retain(|(k, _)| !spec.env_vars.contains_key(k));
+    env.append(&mut vars);
+    if let Some(process) = &spec.env_process {
+        env.push(("fprocess".into(), process.clone()));
+    }
+    let log = spec
+        .env_vars
+        .get("RUST_LOG")
+        .map_or_else(|| "info".to_string(), Clone::clone);
+    env.retain(|(k, _)| !matches!(k.as_str(), "port" | "bind_address" | "TMPDIR" | "RUST_LOG"));
+    env.push(("port".into(), "0".into()));
+    env.push(("bind_address".into(), "127.0.0.1".into()));
+    env.push(("TMPDIR".into(), dir.display().to_string()));
+    // The listening line must reach us whatever level the function asks for.
+    env.push(("RUST_LOG".into(), format!("{log},fwatchdog::watchdog=info")));
+    env
+}
+
+impl Provider for LocalProvider {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn apply(&self, spec: &Arc<FunctionDeployment>, replicas: u64) -> Result<(), ProviderError> {
+        let has_process = spec.env_process.is_some() || spec.env_vars.contains_key("fprocess");
+        let is_static = spec.env_vars.get("mode").is_some_and(|m| m == "static");
+        if !has_process && !is_static {
+            return Err(ProviderError::Invalid(format!(
+                "function {} has no envProcess (or fprocess in envVars): the local provider runs it with fwatchdog",
+                spec.service
+            )));
+        }
+        if let Some(dir) = spec.annotation(HANDLER_ANNOTATION)
+            && !Path::new(dir).is_dir()
+        {
+            return Err(ProviderError::Invalid(format!(
+                "function {}: handler directory {dir} does not exist",
+                spec.service
+            )));
+        }
+        let replicas = usize::try_from(replicas).unwrap_or(usize::MAX);
+        let mut functions = self
+            .functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let name = spec.service.clone();
+        let function = functions
+            .entry(name.clone())
+            .or_insert_with(|| LocalFunction {
+                spec: Arc::clone(spec),
+                replicas: Vec::new(),
+                next: Arc::new(AtomicUsize::new(0)),
+                ready_changed: Arc::new(Notify::new()),
+                serial: 0,
+            });
+        if function.spec != *spec {
+            // A new spec replaces every replica at once: no request after the update is served
+            // by the old configuration.
+            for old in function.replicas.drain(..) {
+                old.ready.store(false, Ordering::SeqCst);
+                old.stop.cancel();
+            }
+            function.spec = Arc::clone(spec);
+        }
+        while function.replicas.len() > replicas {
+            if let Some(extra) = function.replicas.pop() {
+                extra.ready.store(false, Ordering::SeqCst);
+                extra.stop.cancel();
+            }
+        }
+        while function.replicas.len() < replicas {
+            self.start_replica(&name, function)?;
+        }
+        Ok(())
+    }
+
+    fn remove(&self, name: &str) {
+        let removed = self
+            .functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(name);
+        if let Some(function) = removed {
+            for replica in function.replicas {
+                replica.ready.store(false, Ordering::SeqCst);
+                replica.stop.cancel();
+            }
+        }
+    }
+
+    fn available(&self, name: &str) -> u64 {
+        let functions = self
+            .functions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        functions.get(name).map_or(0, |f| {
+            f.replicas
+                .iter()
+                .filter(|r| r.ready.load(Ordering::SeqCst))
+                .count() as u64
+        })
+    }
+
+    fn endpoint<'a>(&'a self, name: &'a str, wait: Duration) -> BoxFuture<'a, Endpoint> {
+        Box::pin(async move {
+            let deadline = Instant::now() + wait;
+            loop {
+                let (pick, notify) = {
+                    let functions = self
+                        .functions
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    let Some(function) = functions.get(name) else {
+                        return Endpoint::Unavailable(format!("function {name} was removed"));
+                    };
+                    if function.replicas.is_empty() {
+                        return Endpoint::Unavailable(format!(
+                            "function {name} is scaled to zero replicas"
+                        ));
+                    }
+                    let ready: Vec<&Arc<Replica>> = function
+                        .replicas
+                        .iter()
+                        .filter(|r| r.ready.load(Ordering::SeqCst))
+                        .collect();
+                    let pick = if ready.is_empty() {
+                        None
+                    } else {
+                        let i = function.next.fetch_add(1, Ordering::Relaxed) % ready.len();
+                        ready[i].uri()
+                    };
+                    (pick, Arc::clone(&function.ready_changed))
+                };
+                if let Some(uri) = pick {
+                    return Endpoint::Ready(uri);
+                }
+                let notified = notify.notified();
+                // Re-check in a while even without a notification (a replica may have become
+                // ready between the check and the registration).
+                let wake = (Instant::now() + Duration::from_millis(50)).min(deadline);
+                if Instant::now() >= deadline {
+                    return Endpoint::Unavailable(format!(
+                        "no replica of {name} became ready within {}",
+                        humantime::format_duration(wait)
+                    ));
+                }
+                let _ = tokio::time::timeout_at(wake, notified).await;
+            }
+        })
+    }
+
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.stop_all.cancel();
+            self.tasks.close();
+            if tokio::time::timeout(grace + Duration::from_secs(1), self.tasks.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("function replicas did not stop in time; killing them");
+            }
+            self.table.kill_all();
+        })
+    }
+}
+
+/// Everything one replica's supervisor needs.
+struct Supervisor {
+    /// The function's name.
+    name: String,
+    /// The replica's extra environment.
+    env: Vec<(String, String)>,
+    /// Its working directory.
+    cwd: Option<CString>,
+    /// Its shared state.
+    replica: Arc<Replica>,
+    /// Woken when it becomes ready.
+    ready_changed: Arc<Notify>,
+    /// The executable.
+    fwatchdog: Arc<Program>,
+    /// The inherited environment.
+    base_env: Arc<BaseEnv>,
+    /// Where children are registered.
+    table: Arc<ProcessTable>,
+    /// Readiness probes.
+    client: proxy::Client,
+    /// Its temp directory, removed when it stops for good.
+    dir: PathBuf,
+}
+
+impl Supervisor {
+    /// Runs the replica until it is stopped, restarting it when it exits.
+    async fn run(self) {
+        let mut backoff = RESTART_BACKOFF.0;
+        while !self.replica.stop.is_cancelled() {
+            let started = Instant::now();
+            match HandlerProcess::spawn_in(
+                &self.table,
+                &self.fwatchdog,
+                &self.base_env,
+                &self.env,
+                self.cwd.as_deref(),
+            ) {
+                Ok(process) => {
+                    if self.supervise(process).await {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(function = %self.name, error = %e, "cannot start replica");
+                }
+            }
+            if started.elapsed() >= HEALTHY_RUN {
+                backoff = RESTART_BACKOFF.0;
+            }
+            tracing::warn!(
+                function = %self.name,
+                replica = self.replica.serial,
+                delay = %humantime::format_duration(backoff),
+                "replica exited; restarting"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.replica.stop.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(RESTART_BACKOFF.1);
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::debug!(dir = %self.dir.display(), error = %e, "cannot remove replica directory");
+        }
+    }
+
+    /// Supervises one child until it exits (false) or the replica is stopped (true).
+    async fn supervise(&self, mut process: HandlerProcess) -> bool {
+        drop(process.take_stdin());
+        let (addr_tx, addr_rx) = oneshot::channel();
+        if let Some(stderr) = process.take_stderr() {
+            tokio::spawn(forward_log(stderr, self.name.clone(), Some(addr_tx)));
+        }
+        if let Some(stdout) = process.take_stdout() {
+            tokio::spawn(forward_log(stdout, self.name.clone(), None));
+        }
+        let stopped = tokio::select! {
+            _ = process.exited() => false,
+            _ = self.replica.stop.cancelled() => true,
+            _ = self.watch_readiness(addr_rx) => false,
+        };
+        self.set_ready(false);
+        if stopped {
+            process.signal_group(Signal::SIGTERM);
+            if tokio::time::timeout(STOP_GRACE, process.exited())
+                .await
+                .is_err()
+            {
+                tracing::warn!(function = %self.name, "replica ignored SIGTERM; killing it");
+            }
+        }
+        process.kill_group();
+        match process.reap().await {
+            Ok(status) if !stopped => {
+                tracing::warn!(function = %self.name, replica = self.replica.serial, %status, "replica exited");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(function = %self.name, error = %e, "cannot reap replica"),
+        }
+        stopped
+    }
+
+    /// Learns the replica's address, then keeps its ready flag current. Never returns while
+    /// the child can still become ready.
+    async fn watch_readiness(&self, addr_rx: oneshot::Receiver<SocketAddr>) {
+        let Ok(addr) = addr_rx.await else {
+            return std::future::pending().await;
+        };
+        *self
+            .replica
+            .addr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(addr);
+        let mut delay = PROBE_DELAYS.0;
+        loop {
+            let ready = self.probe(addr).await;
+            self.set_ready(ready);
+            if ready {
+                tokio::time::sleep(RECHECK).await;
+            } else {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(PROBE_DELAYS.1);
+            }
+        }
+    }
+
+    /// Whether `/_/ready` says the replica can take traffic (200, or 429: busy but alive).
+    async fn probe(&self, addr: SocketAddr) -> bool {
+        let Ok(uri) = format!("http://{addr}/_/ready").parse::<http::Uri>() else {
+            return false;
+        };
+        let Ok(req) =
+            Request::get(uri).body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync())
+        else {
+            return false;
+        };
+        match tokio::time::timeout(Duration::from_secs(2), self.client.request(req)).await {
+            Ok(Ok(resp)) => matches!(
+                resp.status(),
+                StatusCode::OK | StatusCode::TOO_MANY_REQUESTS
+            ),
+            _ => false,
+        }
+    }
+
+    fn set_ready(&self, ready: bool) {
+        let was = self.replica.ready.swap(ready, Ordering::SeqCst);
+        if ready && !was {
+            tracing::info!(function = %self.name, replica = self.replica.serial, "replica ready");
+            self.ready_changed.notify_waiters();
+        }
+    }
+}
+
+/// Forwards a child's log lines; the first `listening addr=` line reports its address.
+async fn forward_log(
+    pipe: tokio::net::unix::pipe::Receiver,
+    function: String,
+    mut addr_tx: Option<oneshot::Sender<SocketAddr>>,
+) {
+    let mut lines = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if let Some(tx) = addr_tx.take_if(|_| line.contains("listening addr=")) {
+            match listening_addr(&line) {
+                Some(addr) => {
+                    let _ = tx.send(addr);
+                }
+                None => addr_tx = Some(tx),
+            }
+        }
+        tracing::info!(target: "function", function = %function, "{line}");
+    }
+}
+
+/// The address in a `listening addr=IP:PORT` log line.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let start = line.find("listening addr=")? + "listening addr=".len();
+    let token: String = line[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
+    token.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_listening_line() {
+        let line = "2026-11-28T08:10:10Z  INFO fwatchdog::watchdog: listening addr=127.0.0.1:40123 mode=\"classic\"";
+        assert_eq!(
+            listening_addr(line),
+            Some(SocketAddr::from(([127, 0, 0, 1], 40123)))
+        );
+        assert_eq!(listening_addr("nothing here"), None);
+    }
+
+    #[test]
+    fn function_env_cannot_move_the_replica_off_loopback() {
+        let mut spec = FunctionDeployment {
+            service: "f".into(),
+            env_process: Some("cat".into()),
+            ..Default::default()
+        };
+        spec.env_vars.insert("port".into(), "9999".into());
+        spec.env_vars.insert("exec_timeout".into(), "5s".into());
+        spec.env_vars
+            .insert("healthcheck_interval".into(), "2s".into());
+        let env = child_env(&spec, Path::new("/tmp/x"));
+        let get = |k: &str| {
+            env.iter()
+                .rev()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+        };
+        assert_eq!(get("port"), Some("0"));
+        assert_eq!(get("bind_address"), Some("127.0.0.1"));
+        assert_eq!(get("exec_timeout"), Some("5s"));
+        assert_eq!(get("healthcheck_interval"), Some("2s"));
+        assert_eq!(get("fprocess"), Some("cat"));
+        assert_eq!(get("TMPDIR"), Some("/tmp/x"));
+        assert_eq!(env.iter().filter(|(k, _)| k == "port").count(), 1);
+    }
+}

@@ -1,0 +1,67 @@
+//! Providers run (or locate) the deployed functions. The [`super::registry`] owns what is
+//! deployed; a provider makes it so and says where to send a function's requests.
+//!
+//! - [`local`]: each function runs as `fwatchdog` child processes on loopback ports.
+//! - [`upstreams`]: functions that already run elsewhere, at a fixed URL or at a URL made from a
+//!   template such as `http://{name}.{namespace}.svc.cluster.local:8080`.
+
+pub mod local;
+pub mod upstreams;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::types::FunctionDeployment;
+
+/// A boxed future, for the provider trait's async methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A deployment the provider cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum ProviderError {
+    /// The deployment lacks something this provider needs, or has a bad value.
+    #[error("{0}")]
+    Invalid(String),
+    /// Starting the function failed.
+    #[error("cannot start function {name}")]
+    Start {
+        /// The function.
+        name: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where a function's requests go.
+#[derive(Debug, Clone)]
+pub enum Endpoint {
+    /// Send them here.
+    Ready(http::Uri),
+    /// The function has no replica ready (scaled to zero, starting, or crashing).
+    Unavailable(String),
+}
+
+/// Runs or locates functions. Implementations are cheap to call from request handlers.
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// The provider's name, for `/system/info` and logs.
+    fn name(&self) -> &'static str;
+
+    /// Makes `spec` run with `replicas` replicas: starts it, or reconfigures it when it already
+    /// runs (a changed spec replaces every replica; a new count adds or stops replicas).
+    fn apply(&self, spec: &Arc<FunctionDeployment>, replicas: u64) -> Result<(), ProviderError>;
+
+    /// Stops a function and forgets it.
+    fn remove(&self, name: &str);
+
+    /// How many replicas of `name` are ready now.
+    fn available(&self, name: &str) -> u64;
+
+    /// Where to send a request for `name`, waiting up to `wait` for a replica to become ready.
+    fn endpoint<'a>(&'a self, name: &'a str, wait: Duration) -> BoxFuture<'a, Endpoint>;
+
+    /// Stops everything this provider started, waiting at most `grace` for it to exit.
+    fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()>;
+}

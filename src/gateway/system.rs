@@ -1,0 +1,203 @@
+//! The system API (`/system/*`), with OpenFaaS's routes and JSON shapes.
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Gateway;
+use super::invoke::text;
+use super::provider::ProviderError;
+use super::registry::RegistryError;
+use super::types::{DeleteFunctionRequest, FunctionDeployment, ScaleServiceRequest};
+use crate::watchdog::body::{self, ResponseBody};
+
+/// The largest system API request body.
+const MAX_BODY: usize = 1024 * 1024;
+
+/// Answers one `/system/...` request (authentication already checked).
+pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<ResponseBody> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (path.as_str(), method) {
+        ("/system/functions", Method::GET) => json(StatusCode::OK, &gateway.registry.list()),
+        ("/system/functions", Method::POST | Method::PUT) => {
+            let replace_only = req.method() == Method::PUT;
+            match read_json::<FunctionDeployment>(req).await {
+                Err(resp) => resp,
+                Ok(spec) => {
+                    let name = spec.service.clone();
+                    match gateway.registry.deploy(spec, replace_only) {
+                        Ok(()) => {
+                            gateway.warn_timeouts(&name);
+                            tracing::info!(function = %name, "deployed");
+                            accepted(&format!("Function {name} deployed.\n"))
+                        }
+                        Err(e) => failure(&e),
+                    }
+                }
+            }
+        }
+        ("/system/functions", Method::DELETE) => {
+            match read_json::<DeleteFunctionRequest>(req).await {
+                Err(resp) => resp,
+                Ok(del) => match gateway.registry.delete(&del.function_name) {
+                    Ok(()) => {
+                        tracing::info!(function = %del.function_name, "removed");
+                        accepted(&format!("Function {} removed.\n", del.function_name))
+                    }
+                    Err(e) => failure(&e),
+                },
+            }
+        }
+        ("/system/info", Method::GET) => json(StatusCode::OK, &info(gateway)),
+        (p, Method::GET) if p.starts_with("/system/function/") => {
+            let name = &p["/system/function/".len()..];
+            match gateway.registry.status(name) {
+                Some(status) => json(StatusCode::OK, &status),
+                None => failure(&RegistryError::NotFound(name.to_string())),
+            }
+        }
+        (p, Method::POST) if p.starts_with("/system/scale-function/") => {
+            let name = p["/system/scale-function/".len()..].to_string();
+            match read_json::<ScaleServiceRequest>(req).await {
+                Err(resp) => resp,
+                Ok(scale) if !scale.service_name.is_empty() && scale.service_name != name => text(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "serviceName {:?} does not match the path's function {name:?}\n",
+                        scale.service_name
+                    ),
+                ),
+                Ok(scale) => match gateway.registry.scale(&name, scale.replicas) {
+                    Ok(()) => {
+                        tracing::info!(function = %name, replicas = scale.replicas, "scaled");
+                        accepted(&format!("Function {name} scaled to {}.\n", scale.replicas))
+                    }
+                    Err(e) => failure(&e),
+                },
+            }
+        }
+        ("/system/functions" | "/system/info", _) => method_not_allowed(),
+        (p, _)
+            if p.starts_with("/system/function/") || p.starts_with("/system/scale-function/") =>
+        {
+            method_not_allowed()
+        }
+        _ => text(StatusCode::NOT_FOUND, "No such system endpoint.\n".into()),
+    }
+}
+
+/// `/system/info`.
+#[derive(Debug, Serialize)]
+struct Info {
+    /// The provider.
+    provider: ProviderInfo,
+    /// The gateway's version.
+    version: VersionInfo,
+    /// CPU architecture.
+    arch: &'static str,
+}
+
+/// The provider part of `/system/info`.
+#[derive(Debug, Serialize)]
+struct ProviderInfo {
+    /// Provider name.
+    provider: String,
+    /// Orchestration: how functions run.
+    orchestration: &'static str,
+    /// Provider version.
+    version: VersionInfo,
+}
+
+/// A version and commit.
+#[derive(Debug, Serialize)]
+struct VersionInfo {
+    /// Release.
+    release: &'static str,
+    /// Commit.
+    sha: &'static str,
+}
+
+fn info(gateway: &Gateway) -> Info {
+    let version = || VersionInfo {
+        release: crate::VERSION,
+        sha: crate::GIT_SHA,
+    };
+    let provider = gateway.registry.provider().name();
+    Info {
+        provider: ProviderInfo {
+            provider: format!("fgateway-{provider}"),
+            orchestration: provider,
+            version: version(),
+        },
+        version: version(),
+        arch: std::env::consts::ARCH,
+    }
+}
+
+/// Reads a JSON request body (at most [`MAX_BODY`]); a bad body is already the 400 reply.
+async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+) -> Result<T, Response<ResponseBody>> {
+    let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            let status = if e.is::<http_body_util::LengthLimitError>() {
+                StatusCode::PAYLOAD_TOO_LARGE
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            return Err(text(status, format!("Cannot read the request body: {e}\n")));
+        }
+    };
+    serde_json::from_slice(&bytes)
+        .map_err(|e| text(StatusCode::BAD_REQUEST, format!("Invalid JSON: {e}\n")))
+}
+
+/// A JSON response.
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
+    match serde_json::to_vec(value) {
+        Ok(bytes) => {
+            let mut resp = Response::new(body::full(bytes));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        Err(e) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("Cannot encode the response: {e}\n"),
+        ),
+    }
+}
+
+fn accepted(message: &str) -> Response<ResponseBody> {
+    text(StatusCode::ACCEPTED, message.to_string())
+}
+
+fn method_not_allowed() -> Response<ResponseBody> {
+    text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "Method not allowed on this endpoint.\n".into(),
+    )
+}
+
+/// The one mapping from registry errors to status codes.
+fn failure(e: &RegistryError) -> Response<ResponseBody> {
+    let status = match e {
+        RegistryError::Invalid(_) | RegistryError::Provider(ProviderError::Invalid(_)) => {
+            StatusCode::BAD_REQUEST
+        }
+        RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+        RegistryError::Provider(ProviderError::Start { .. }) | RegistryError::Store(_) => {
+            tracing::error!(error = %crate::proxy::error_chain(e), "system API call failed");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    text(status, format!("{}\n", crate::proxy::error_chain(e)))
+}
