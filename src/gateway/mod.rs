@@ -173,11 +173,18 @@ impl Gateway {
         let Some(spec) = self.registry.spec(name) else {
             return;
         };
-        let exec = spec
-            .env_vars
-            .get("exec_timeout")
-            .and_then(|v| parse::duration(v).ok())
-            .flatten();
+        // fwatchdog's default: no limit in classic mode, 30 s in the others.
+        let exec = match spec.env_vars.get("exec_timeout") {
+            Some(v) => parse::duration(v).ok().flatten(),
+            None if spec
+                .env_vars
+                .get("mode")
+                .is_some_and(|m| !m.trim().is_empty()) =>
+            {
+                Some(crate::config::DEFAULT_MODE_EXEC_TIMEOUT)
+            }
+            None => None,
+        };
         if let Some(exec) = exec
             && exec > self.config.upstream_timeout
         {

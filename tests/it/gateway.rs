@@ -128,6 +128,14 @@ async fn proxies_methods_paths_queries_headers_and_bodies() {
 async fn unknown_unreachable_and_slow_functions_say_which() {
     let data = tempfile::tempdir().unwrap();
     let gw = up_with_stack(&data, &["--upstream-timeout", "1s"]).await;
+    // The web function may run 30 s (http mode's default exec_timeout): the gateway says so.
+    assert!(
+        gw.log
+            .text()
+            .contains("upstream_timeout is shorter than the function's exec_timeout"),
+        "{}",
+        gw.log.text()
+    );
     let r = get(gw.addr, "/function/nope").await;
     assert_eq!(r.status(), 404);
     assert!(r.text().contains("nope not found"), "{}", r.text());
