@@ -12,6 +12,8 @@
 //!   client, hop-by-hop headers, upstream URLs, upgrade tunnels.
 //! - [`gateway`]: fgateway: `/function/*` proxying, the function registry and its providers
 //!   (local fwatchdog processes, static upstreams), the system API, basic auth, metrics.
+//! - [`queue`]: asynchronous calls: the `Queue` trait, the embedded SQLite backend, and the
+//!   worker that runs calls, retries them and delivers callbacks.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future.
 //!
 //! The binaries in `src/bin/` only parse configuration, set up logging, bind and call
@@ -21,6 +23,7 @@ pub mod config;
 pub mod gateway;
 pub mod process;
 pub mod proxy;
+pub mod queue;
 pub mod shutdown;
 pub mod watchdog;
 

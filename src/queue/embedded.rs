@@ -1,0 +1,685 @@
+//! The embedded queue backend: SQLite (WAL, `synchronous=FULL`) in the gateway's data file.
+//!
+//! All reads and writes run on one writer thread that owns the connection. It takes every job
+//! waiting in its channel, runs them in one transaction and commits once, then answers each
+//! job: concurrent enqueues share one fsync (group commit), and an enqueue's caller hears back
+//! only after the commit that made it durable.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::oneshot;
+
+use super::{
+    BoxFuture, CallState, CallStatus, CallbackJob, Cancelled, Enqueued, Leased, Outcome, Queue,
+    QueueError, QueueRequest, QueueStats,
+};
+
+/// Most jobs in one transaction.
+const MAX_BATCH: usize = 1024;
+
+/// Settings of the embedded queue.
+#[derive(Debug, Clone)]
+pub struct EmbeddedConfig {
+    /// How long finished calls (status, result, idempotency keys) are kept.
+    pub retention: Duration,
+    /// Most result bytes a status record shows.
+    pub result_cap: usize,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            retention: Duration::from_secs(24 * 3600),
+            result_cap: 64 * 1024,
+        }
+    }
+}
+
+/// Runs inside the batch transaction (or is told there is none: the store failed) and returns
+/// what to do once the commit's result is known.
+type Job = Box<dyn FnOnce(Option<&Transaction<'_>>) -> Complete + Send>;
+/// Called with the commit's result.
+type Complete = Box<dyn FnOnce(Result<(), Arc<rusqlite::Error>>) + Send>;
+
+/// The embedded queue.
+#[derive(Debug)]
+pub struct EmbeddedQueue {
+    /// Jobs for the writer thread.
+    jobs: std_mpsc::Sender<Job>,
+    /// Settings.
+    config: EmbeddedConfig,
+}
+
+/// The store failed.
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> QueueError {
+    QueueError::Unavailable(Box::new(e))
+}
+
+/// The writer thread is gone.
+#[derive(Debug, thiserror::Error)]
+#[error("the queue writer has stopped")]
+struct WriterGone;
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS calls (
+    call_id TEXT PRIMARY KEY,
+    function TEXT NOT NULL,
+    request TEXT NOT NULL,
+    idem_key TEXT UNIQUE,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    dead INTEGER NOT NULL DEFAULT 0,
+    visible_at INTEGER NOT NULL,
+    owner TEXT,
+    lease_until INTEGER,
+    enqueued_at INTEGER NOT NULL,
+    started_at INTEGER,
+    finished_at INTEGER,
+    status_code INTEGER,
+    last_error TEXT,
+    result BLOB,
+    result_headers TEXT,
+    duration REAL,
+    cb_url TEXT,
+    cb_state TEXT NOT NULL DEFAULT 'none',
+    cb_attempts INTEGER NOT NULL DEFAULT 0,
+    cb_next_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS calls_waiting ON calls(state, visible_at);
+CREATE INDEX IF NOT EXISTS calls_callbacks ON calls(cb_state, cb_next_at);
+CREATE INDEX IF NOT EXISTS calls_finished ON calls(finished_at);
+";
+
+impl EmbeddedQueue {
+    /// Opens the queue in `data_dir`'s database file (shared with the gateway's state).
+    pub fn open(db: &Path, config: EmbeddedConfig) -> Result<Self, QueueError> {
+        let conn = open_connection(db)?;
+        let (tx, rx) = std_mpsc::channel::<Job>();
+        let path: PathBuf = db.to_path_buf();
+        std::thread::Builder::new()
+            .name("queue-writer".into())
+            .spawn(move || writer(conn, rx, &path))
+            .map_err(unavailable)?;
+        Ok(EmbeddedQueue { jobs: tx, config })
+    }
+
+    /// Runs `f` in the writer's next transaction; resolves after the commit.
+    fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, QueueError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, QueueError>> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |txn| {
+            let result = match txn {
+                Some(txn) => f(txn),
+                None => Err(unavailable(WriterGone)),
+            };
+            Box::new(move |commit| {
+                let _ = tx.send(match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(QueueError::Unavailable(Box::new(ArcError(e)))),
+                });
+            })
+        });
+        let sent = self.jobs.send(job);
+        Box::pin(async move {
+            if sent.is_err() {
+                return Err(unavailable(WriterGone));
+            }
+            rx.await.map_err(|_| unavailable(WriterGone))?
+        })
+    }
+}
+
+/// A shared SQLite error.
+#[derive(Debug)]
+struct ArcError(Arc<rusqlite::Error>);
+
+impl std::fmt::Display for ArcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for ArcError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+fn open_connection(db: &Path) -> Result<Connection, QueueError> {
+    if let Some(dir) = db.parent() {
+        std::fs::create_dir_all(dir).map_err(unavailable)?;
+    }
+    let conn = Connection::open(db).map_err(unavailable)?;
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(unavailable)?;
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(unavailable)?;
+    conn.busy_timeout(Duration::from_secs(5))
+        .map_err(unavailable)?;
+    conn.execute_batch(SCHEMA).map_err(unavailable)?;
+    Ok(conn)
+}
+
+/// The writer thread: batches jobs into transactions until every sender is gone.
+fn writer(mut conn: Connection, jobs: std_mpsc::Receiver<Job>, path: &Path) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let txn = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(txn) => txn,
+            Err(e) => {
+                tracing::error!(db = %path.display(), error = %e, "queue store unavailable");
+                let e = Arc::new(e);
+                for job in batch {
+                    job(None)(Err(Arc::clone(&e)));
+                }
+                continue;
+            }
+        };
+        let completes: Vec<Complete> = batch.into_iter().map(|job| job(Some(&txn))).collect();
+        let commit = txn.commit().map_err(|e| {
+            tracing::error!(db = %path.display(), error = %e, "queue commit failed");
+            Arc::new(e)
+        });
+        for complete in completes {
+            complete(commit.clone());
+        }
+    }
+}
+
+/// Reads a status record row.
+fn status_row(row: &rusqlite::Row<'_>, cap: usize) -> rusqlite::Result<CallStatus> {
+    let state: String = row.get("state")?;
+    let result: Option<Vec<u8>> = row.get("result")?;
+    let visible_at: i64 = row.get("visible_at")?;
+    let state = CallState::parse(&state).unwrap_or(CallState::Queued);
+    let (text, b64, truncated) = match result {
+        None => (None, None, false),
+        Some(bytes) => {
+            let truncated = bytes.len() > cap;
+            let shown = &bytes[..bytes.len().min(cap)];
+            match std::str::from_utf8(shown) {
+                Ok(t) => (Some(t.to_string()), None, truncated),
+                Err(_) => (
+                    None,
+                    Some(base64::engine::general_purpose::STANDARD.encode(shown)),
+                    truncated,
+                ),
+            }
+        }
+    };
+    Ok(CallStatus {
+        call_id: row.get("call_id")?,
+        function: row.get("function")?,
+        state,
+        attempts: row.get("attempts")?,
+        dead_letter: row.get::<_, i64>("dead")? != 0,
+        status_code: row.get("status_code")?,
+        last_error: row.get("last_error")?,
+        enqueued_at: rfc3339(row.get("enqueued_at")?),
+        started_at: row.get::<_, Option<i64>>("started_at")?.map(rfc3339),
+        finished_at: row.get::<_, Option<i64>>("finished_at")?.map(rfc3339),
+        next_attempt_at: (state == CallState::Retrying).then(|| rfc3339(visible_at)),
+        result: text,
+        result_base64: b64,
+        result_truncated: truncated,
+        callback: row.get("cb_state")?,
+        callback_attempts: row.get("cb_attempts")?,
+    })
+}
+
+/// Stores the final outcome of a running call this owner holds.
+fn record_final(
+    txn: &Transaction<'_>,
+    call_id: &str,
+    owner: &str,
+    outcome: &Outcome,
+    state: CallState,
+    dead: bool,
+) -> Result<(), QueueError> {
+    let headers = serde_json::to_string(&outcome.headers).unwrap_or_else(|_| "[]".into());
+    let n = txn
+        .execute(
+            "UPDATE calls SET state = ?3, dead = ?4, finished_at = ?5, status_code = ?6,
+                 last_error = ?7, result = ?8, result_headers = ?9, duration = ?10,
+                 owner = NULL, lease_until = NULL,
+                 cb_state = CASE WHEN cb_url IS NULL THEN 'none' ELSE 'pending' END,
+                 cb_next_at = ?5
+             WHERE call_id = ?1 AND owner = ?2 AND state = 'running'",
+            params![
+                call_id,
+                owner,
+                state.as_str(),
+                i64::from(dead),
+                now_ms(),
+                outcome.status,
+                outcome.error,
+                outcome.body,
+                headers,
+                outcome.duration
+            ],
+        )
+        .map_err(unavailable)?;
+    if n == 0 {
+        tracing::warn!(
+            call_id,
+            "lease lost before the outcome was recorded; another worker owns the call"
+        );
+    }
+    Ok(())
+}
+
+impl Queue for EmbeddedQueue {
+    fn enqueue(
+        &self,
+        request: QueueRequest,
+        idempotency_key: Option<String>,
+    ) -> BoxFuture<'_, Result<Enqueued, QueueError>> {
+        let json = match serde_json::to_string(&request) {
+            Ok(j) => j,
+            Err(source) => {
+                let call_id = request.call_id.clone();
+                return Box::pin(async move { Err(QueueError::Corrupt { call_id, source }) });
+            }
+        };
+        self.submit(move |txn| {
+            let enqueued_at = i64::try_from(request.enqueued_at).unwrap_or(i64::MAX);
+            let n = txn
+                .execute(
+                    "INSERT INTO calls (call_id, function, request, idem_key, state, visible_at,
+                         enqueued_at, cb_url)
+                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6)
+                     ON CONFLICT DO NOTHING",
+                    params![
+                        request.call_id,
+                        request.function,
+                        json,
+                        idempotency_key,
+                        enqueued_at,
+                        request.callback_url
+                    ],
+                )
+                .map_err(unavailable)?;
+            if n == 1 {
+                return Ok(Enqueued::New(request.call_id));
+            }
+            let existing: Option<String> = txn
+                .query_row(
+                    "SELECT call_id FROM calls WHERE call_id = ?1 OR (?2 IS NOT NULL AND idem_key = ?2)",
+                    params![request.call_id, idempotency_key],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            Ok(Enqueued::Duplicate(existing.unwrap_or(request.call_id)))
+        })
+    }
+
+    fn lease<'a>(
+        &'a self,
+        owner: &'a str,
+        max: usize,
+        lease: Duration,
+        busy: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Leased>, QueueError>> {
+        let owner = owner.to_string();
+        let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
+        self.submit(move |txn| {
+            let now = now_ms();
+            let mut stmt = txn
+                .prepare_cached(
+                    "UPDATE calls SET state = 'running', owner = ?1, lease_until = ?2,
+                         attempts = attempts + 1, started_at = ?3
+                     WHERE call_id IN (
+                         SELECT call_id FROM calls
+                         WHERE ((state IN ('queued', 'retrying') AND visible_at <= ?3)
+                                OR (state = 'running' AND lease_until < ?3))
+                           AND function NOT IN (SELECT value FROM json_each(?5))
+                         ORDER BY visible_at LIMIT ?4)
+                     RETURNING call_id, request, attempts",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(
+                    params![owner, now + ms(lease), now, max as i64, busy],
+                    |row| {
+                        Ok((
+                            row.get::<_, String>(0)?,
+                            row.get::<_, String>(1)?,
+                            row.get::<_, u32>(2)?,
+                        ))
+                    },
+                )
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (call_id, json, attempts) = row.map_err(unavailable)?;
+                let mut request: QueueRequest = serde_json::from_str(&json)
+                    .map_err(|source| QueueError::Corrupt { call_id, source })?;
+                request.attempt = attempts;
+                out.push(Leased { request });
+            }
+            out.sort_by_key(|l| l.request.enqueued_at);
+            Ok(out)
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
+        let (call_id, owner) = (call_id.to_string(), owner.to_string());
+        self.submit(move |txn| {
+            let n = txn
+                .execute(
+                    "UPDATE calls SET lease_until = ?3
+                     WHERE call_id = ?1 AND owner = ?2 AND state = 'running'",
+                    params![call_id, owner, now_ms() + ms(lease)],
+                )
+                .map_err(unavailable)?;
+            Ok(n == 1)
+        })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        outcome: Outcome,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        let (call_id, owner) = (call_id.to_string(), owner.to_string());
+        self.submit(move |txn| {
+            let state = if outcome.succeeded() {
+                CallState::Succeeded
+            } else {
+                CallState::Failed
+            };
+            record_final(txn, &call_id, &owner, &outcome, state, false)
+        })
+    }
+
+    fn retry_later<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        delay: Duration,
+        outcome: Outcome,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        let (call_id, owner) = (call_id.to_string(), owner.to_string());
+        self.submit(move |txn| {
+            txn.execute(
+                "UPDATE calls SET state = 'retrying', visible_at = ?3, status_code = ?4,
+                     last_error = ?5, owner = NULL, lease_until = NULL
+                 WHERE call_id = ?1 AND owner = ?2 AND state = 'running'",
+                params![
+                    call_id,
+                    owner,
+                    now_ms() + ms(delay),
+                    outcome.status,
+                    outcome.error
+                ],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        outcome: Outcome,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        let (call_id, owner) = (call_id.to_string(), owner.to_string());
+        self.submit(move |txn| {
+            record_final(txn, &call_id, &owner, &outcome, CallState::Failed, true)
+        })
+    }
+
+    fn cancel<'a>(&'a self, call_id: &'a str) -> BoxFuture<'a, Result<Cancelled, QueueError>> {
+        let call_id = call_id.to_string();
+        self.submit(move |txn| {
+            let n = txn
+                .execute(
+                    "UPDATE calls SET state = 'cancelled', finished_at = ?2
+                     WHERE call_id = ?1 AND state IN ('queued', 'retrying')",
+                    params![call_id, now_ms()],
+                )
+                .map_err(unavailable)?;
+            if n == 1 {
+                return Ok(Cancelled::Yes);
+            }
+            let state: Option<String> = txn
+                .query_row(
+                    "SELECT state FROM calls WHERE call_id = ?1",
+                    params![call_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(unavailable)?;
+            Ok(match state.as_deref().and_then(CallState::parse) {
+                Some(state) => Cancelled::TooLate(state),
+                None => Cancelled::NotFound,
+            })
+        })
+    }
+
+    fn status<'a>(
+        &'a self,
+        call_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CallStatus>, QueueError>> {
+        let call_id = call_id.to_string();
+        let cap = self.config.result_cap;
+        self.submit(move |txn| {
+            txn.query_row(
+                "SELECT * FROM calls WHERE call_id = ?1",
+                params![call_id],
+                |row| status_row(row, cap),
+            )
+            .optional()
+            .map_err(unavailable)
+        })
+    }
+
+    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<CallStatus>, QueueError>> {
+        let cap = self.config.result_cap;
+        self.submit(move |txn| {
+            let mut stmt = txn
+                .prepare("SELECT * FROM calls WHERE dead = 1 ORDER BY enqueued_at")
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map([], |row| status_row(row, cap))
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+    }
+
+    fn redrive<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>> {
+        let call_id = call_id.map(str::to_string);
+        self.submit(move |txn| {
+            let n = txn
+                .execute(
+                    "UPDATE calls SET state = 'queued', dead = 0, attempts = 0, visible_at = ?2,
+                         finished_at = NULL, cb_state = 'none', cb_attempts = 0
+                     WHERE dead = 1 AND (?1 IS NULL OR call_id = ?1)",
+                    params![call_id, now_ms()],
+                )
+                .map_err(unavailable)?;
+            Ok(n as u64)
+        })
+    }
+
+    fn purge<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>> {
+        let call_id = call_id.map(str::to_string);
+        self.submit(move |txn| {
+            let n = txn
+                .execute(
+                    "DELETE FROM calls WHERE dead = 1 AND (?1 IS NULL OR call_id = ?1)",
+                    params![call_id],
+                )
+                .map_err(unavailable)?;
+            Ok(n as u64)
+        })
+    }
+
+    fn due_callbacks(
+        &self,
+        max: usize,
+        claim: Duration,
+    ) -> BoxFuture<'_, Result<Vec<CallbackJob>, QueueError>> {
+        self.submit(move |txn| {
+            let now = now_ms();
+            let mut stmt = txn
+                .prepare_cached(
+                    "UPDATE calls SET cb_next_at = ?2
+                     WHERE call_id IN (
+                         SELECT call_id FROM calls
+                         WHERE cb_state = 'pending' AND cb_next_at <= ?1
+                         ORDER BY cb_next_at LIMIT ?3)
+                     RETURNING call_id, function, cb_url, status_code, result_headers, result,
+                               duration, last_error, attempts, cb_attempts",
+                )
+                .map_err(unavailable)?;
+            let rows = stmt
+                .query_map(params![now, now + ms(claim), max as i64], |row| {
+                    let headers: Option<String> = row.get(4)?;
+                    Ok(CallbackJob {
+                        call_id: row.get(0)?,
+                        function: row.get(1)?,
+                        url: row.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                        outcome: Outcome {
+                            status: row.get::<_, Option<u16>>(3)?.unwrap_or(0),
+                            headers: headers
+                                .and_then(|h| serde_json::from_str(&h).ok())
+                                .unwrap_or_default(),
+                            body: row.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default(),
+                            duration: row.get::<_, Option<f64>>(6)?.unwrap_or(0.0),
+                            error: row.get(7)?,
+                        },
+                        attempts: row.get(8)?,
+                        delivery_attempts: row.get(9)?,
+                    })
+                })
+                .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        })
+    }
+
+    fn callback_result<'a>(
+        &'a self,
+        call_id: &'a str,
+        delivered: bool,
+        retry_in: Option<Duration>,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        let call_id = call_id.to_string();
+        self.submit(move |txn| {
+            let (state, next) = match (delivered, retry_in) {
+                (true, _) => ("delivered", None),
+                (false, Some(d)) => ("pending", Some(now_ms() + ms(d))),
+                (false, None) => ("failed", None),
+            };
+            txn.execute(
+                "UPDATE calls SET cb_state = ?2, cb_next_at = ?3, cb_attempts = cb_attempts + 1
+                 WHERE call_id = ?1",
+                params![call_id, state, next],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
+        self.submit(move |txn| {
+            let (depth, oldest): (i64, Option<i64>) = txn
+                .query_row(
+                    "SELECT count(*), min(enqueued_at) FROM calls
+                     WHERE state IN ('queued', 'retrying')",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .map_err(unavailable)?;
+            let in_flight: i64 = txn
+                .query_row(
+                    "SELECT count(*) FROM calls WHERE state = 'running'",
+                    [],
+                    |row| row.get(0),
+                )
+                .map_err(unavailable)?;
+            let oldest_age = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
+            Ok(QueueStats {
+                depth: u64::try_from(depth).unwrap_or(0),
+                oldest_age,
+                in_flight: u64::try_from(in_flight).unwrap_or(0),
+            })
+        })
+    }
+
+    fn expire(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
+        let horizon = now_ms() - ms(self.config.retention);
+        self.submit(move |txn| {
+            let n = txn
+                .execute(
+                    "DELETE FROM calls
+                     WHERE state IN ('succeeded', 'failed', 'cancelled') AND dead = 0
+                       AND cb_state != 'pending' AND finished_at < ?1",
+                    params![horizon],
+                )
+                .map_err(unavailable)?;
+            Ok(n as u64)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[tokio::test]
+    async fn passes_the_shared_suite() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue =
+            super::EmbeddedQueue::open(&dir.path().join("q.db"), super::EmbeddedConfig::default())
+                .unwrap();
+        crate::queue::suite::run(&queue).await;
+    }
+
+    #[tokio::test]
+    async fn survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("q.db");
+        {
+            let q = super::EmbeddedQueue::open(&db, super::EmbeddedConfig::default()).unwrap();
+            crate::queue::suite::enqueue_one(&q, "persist-1").await;
+        }
+        let q = super::EmbeddedQueue::open(&db, super::EmbeddedConfig::default()).unwrap();
+        crate::queue::suite::lease_one(&q, "persist-1").await;
+    }
+}

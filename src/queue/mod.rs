@@ -1,0 +1,315 @@
+//! The asynchronous call queue: the [`Queue`] trait every backend implements, the message and
+//! status types, the embedded SQLite backend ([`embedded`]) and the worker that runs calls and
+//! delivers callbacks ([`worker`]).
+//!
+//! A call's life: `enqueue` (durable before it returns) → `lease` (a worker owns it until the
+//! lease expires; `extend` keeps it) → `finish` (succeeded or failed: the result and the pending
+//! callback are recorded in the same step), `retry_later`, or `dead_letter`. A lease that
+//! expires (the worker died) makes the call leasable again: delivery is at-least-once.
+
+pub mod embedded;
+pub mod message;
+pub mod worker;
+
+#[cfg(test)]
+mod suite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use message::QueueRequest;
+
+/// A boxed future, for the trait's async methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A queue operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The store cannot take writes (disk full, I/O error, database locked, closed).
+    #[error("the queue store is unavailable")]
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// A stored message no longer parses.
+    #[error("stored call {call_id} is unreadable")]
+    Corrupt {
+        /// The call.
+        call_id: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Where a call is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallState {
+    /// Waiting for a worker.
+    Queued,
+    /// A worker is running it.
+    Running,
+    /// Failed with a retryable error; waiting for its next attempt.
+    Retrying,
+    /// The function answered with a final status below 400 (or a non-retryable one... see
+    /// [`Outcome::succeeded`]).
+    Succeeded,
+    /// It failed for good (a final 4xx/5xx, or retries exhausted: then it is a dead letter too).
+    Failed,
+    /// Cancelled before it ran.
+    Cancelled,
+}
+
+impl CallState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Queued => "queued",
+            CallState::Running => "running",
+            CallState::Retrying => "retrying",
+            CallState::Succeeded => "succeeded",
+            CallState::Failed => "failed",
+            CallState::Cancelled => "cancelled",
+        }
+    }
+
+    /// From the stored name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => CallState::Queued,
+            "running" => CallState::Running,
+            "retrying" => CallState::Retrying,
+            "succeeded" => CallState::Succeeded,
+            "failed" => CallState::Failed,
+            "cancelled" => CallState::Cancelled,
+            _ => return None,
+        })
+    }
+}
+
+/// What `enqueue` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Stored as a new call.
+    New(String),
+    /// The call id or idempotency key was seen within the retention period: this is that call.
+    Duplicate(String),
+}
+
+impl Enqueued {
+    /// The call id either way.
+    pub fn call_id(&self) -> &str {
+        match self {
+            Enqueued::New(id) | Enqueued::Duplicate(id) => id,
+        }
+    }
+}
+
+/// A call a worker now owns.
+#[derive(Debug, Clone)]
+pub struct Leased {
+    /// The request (with `attempt` counting this one).
+    pub request: QueueRequest,
+}
+
+/// The result of one attempt.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// The function's status, or the gateway's (502/504) when the call itself failed.
+    pub status: u16,
+    /// Response headers worth passing to the callback.
+    pub headers: Vec<(String, String)>,
+    /// Response body.
+    pub body: Vec<u8>,
+    /// Seconds the attempt took.
+    pub duration: f64,
+    /// Why the call itself failed (no response), if it did.
+    pub error: Option<String>,
+}
+
+impl Outcome {
+    /// Whether the function answered with a success (2xx or 3xx).
+    pub fn succeeded(&self) -> bool {
+        self.error.is_none() && (200..400).contains(&self.status)
+    }
+}
+
+/// What `cancel` found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was waiting and now will not run.
+    Yes,
+    /// It already ran or is running.
+    TooLate(CallState),
+    /// No such call.
+    NotFound,
+}
+
+/// A call's status record.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallStatus {
+    /// The call id.
+    pub call_id: String,
+    /// The function.
+    pub function: String,
+    /// Where it is.
+    pub state: CallState,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Whether it is in the dead-letter set.
+    pub dead_letter: bool,
+    /// The last status code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_code: Option<u16>,
+    /// The last error, when the call itself failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Accepted at (RFC 3339).
+    pub enqueued_at: String,
+    /// Last attempt started at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// Finished at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    /// Next attempt at, while retrying.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<String>,
+    /// The result body (up to the status size cap), as text when it is UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// The result body, base64, when it is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_base64: Option<String>,
+    /// Whether the result was cut at the size cap.
+    pub result_truncated: bool,
+    /// Callback delivery: pending, delivered, failed, or none.
+    pub callback: String,
+    /// Callback attempts made.
+    pub callback_attempts: u32,
+}
+
+/// A callback waiting to be delivered.
+#[derive(Debug, Clone)]
+pub struct CallbackJob {
+    /// The call.
+    pub call_id: String,
+    /// The function.
+    pub function: String,
+    /// Where to POST.
+    pub url: String,
+    /// The call's final outcome.
+    pub outcome: Outcome,
+    /// Attempts the call took.
+    pub attempts: u32,
+    /// Delivery attempts so far.
+    pub delivery_attempts: u32,
+}
+
+/// Queue figures for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct QueueStats {
+    /// Calls waiting (queued or retrying).
+    pub depth: u64,
+    /// Age of the oldest waiting call, seconds.
+    pub oldest_age: f64,
+    /// Calls leased and running.
+    pub in_flight: u64,
+}
+
+/// A durable queue of calls. Every method is safe to call from many workers at once.
+pub trait Queue: Send + Sync + std::fmt::Debug {
+    /// Stores a call. Returns only once it is durable. A call id or `idempotency_key` seen
+    /// within the retention period returns that call instead.
+    fn enqueue(
+        &self,
+        request: QueueRequest,
+        idempotency_key: Option<String>,
+    ) -> BoxFuture<'_, Result<Enqueued, QueueError>>;
+
+    /// Leases up to `max` waiting calls (oldest first) for `lease`, skipping `busy` functions.
+    fn lease<'a>(
+        &'a self,
+        owner: &'a str,
+        max: usize,
+        lease: Duration,
+        busy: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Leased>, QueueError>>;
+
+    /// Extends a lease this owner holds; false when the lease was lost.
+    fn extend<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, QueueError>>;
+
+    /// Records the final outcome (succeeded, or failed for good) and queues its callback.
+    fn finish<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        outcome: Outcome,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Makes the call wait `delay` before its next attempt.
+    fn retry_later<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        delay: Duration,
+        outcome: Outcome,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Retries are exhausted: the call fails, joins the dead-letter set, and its callback is
+    /// queued.
+    fn dead_letter<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        outcome: Outcome,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Cancels a call that has not run.
+    fn cancel<'a>(&'a self, call_id: &'a str) -> BoxFuture<'a, Result<Cancelled, QueueError>>;
+
+    /// A call's status.
+    fn status<'a>(
+        &'a self,
+        call_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CallStatus>, QueueError>>;
+
+    /// The dead-letter set.
+    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<CallStatus>, QueueError>>;
+
+    /// Queues dead letters again (one, or all when `call_id` is `None`); how many.
+    fn redrive<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>>;
+
+    /// Drops dead letters (one, or all); how many.
+    fn purge<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>>;
+
+    /// Callbacks due for delivery now, up to `max`, each claimed for `claim` (so two
+    /// dispatchers do not send the same one at once).
+    fn due_callbacks(
+        &self,
+        max: usize,
+        claim: Duration,
+    ) -> BoxFuture<'_, Result<Vec<CallbackJob>, QueueError>>;
+
+    /// Records a callback delivery: done, or to be tried again after `retry_in` (`None` = give
+    /// up).
+    fn callback_result<'a>(
+        &'a self,
+        call_id: &'a str,
+        delivered: bool,
+        retry_in: Option<Duration>,
+    ) -> BoxFuture<'a, Result<(), QueueError>>;
+
+    /// Figures for metrics.
+    fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>>;
+
+    /// Drops finished calls older than the retention period.
+    fn expire(&self) -> BoxFuture<'_, Result<u64, QueueError>>;
+}

@@ -1,0 +1,214 @@
+//! The behaviour every [`Queue`] backend must show, written against the trait so each backend's
+//! tests run the same suite.
+
+use std::time::Duration;
+
+use super::{CallState, Cancelled, Enqueued, Outcome, Queue, QueueRequest};
+
+/// A request for `function` with call id `id`.
+pub fn request(id: &str, function: &str, callback: Option<&str>) -> QueueRequest {
+    QueueRequest {
+        header: Default::default(),
+        host: "gw".into(),
+        body: b"payload".to_vec(),
+        method: "POST".into(),
+        path: "/".into(),
+        query_string: String::new(),
+        function: function.into(),
+        callback_url: callback.map(str::to_string),
+        call_id: id.into(),
+        enqueued_at: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        attempt: 0,
+    }
+}
+
+/// Enqueues one call with id `id`.
+pub async fn enqueue_one(q: &dyn Queue, id: &str) {
+    let r = q.enqueue(request(id, "f", None), None).await.unwrap();
+    assert_eq!(r, Enqueued::New(id.to_string()));
+}
+
+/// Leases and finishes the call `id` (which must be the only one waiting).
+pub async fn lease_one(q: &dyn Queue, id: &str) {
+    let leased = q
+        .lease("w", 10, Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    assert_eq!(leased.len(), 1);
+    assert_eq!(leased[0].request.call_id, id);
+    assert_eq!(leased[0].request.body, b"payload");
+}
+
+fn ok(status: u16) -> Outcome {
+    Outcome {
+        status,
+        headers: vec![("content-type".into(), "text/plain".into())],
+        body: b"result".to_vec(),
+        duration: 0.01,
+        error: None,
+    }
+}
+
+/// Runs the whole suite on an empty queue.
+pub async fn run(q: &dyn Queue) {
+    let lease = Duration::from_secs(30);
+
+    // Enqueue, duplicates by call id and by idempotency key.
+    assert_eq!(
+        q.enqueue(request("a", "f", Some("http://cb/")), None)
+            .await
+            .unwrap(),
+        Enqueued::New("a".into())
+    );
+    assert_eq!(
+        q.enqueue(request("a", "f", None), None).await.unwrap(),
+        Enqueued::Duplicate("a".into())
+    );
+    assert_eq!(
+        q.enqueue(request("b", "f", None), Some("key-1".into()))
+            .await
+            .unwrap(),
+        Enqueued::New("b".into())
+    );
+    assert_eq!(
+        q.enqueue(request("b2", "f", None), Some("key-1".into()))
+            .await
+            .unwrap(),
+        Enqueued::Duplicate("b".into())
+    );
+    let st = q.status("a").await.unwrap().unwrap();
+    assert_eq!(st.state, CallState::Queued);
+    assert_eq!(st.attempts, 0);
+    assert_eq!(q.stats().await.unwrap().depth, 2);
+
+    // Busy functions are skipped; leases hand each call to one owner.
+    assert!(
+        q.lease("w1", 10, lease, &["f".into()])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let got = q.lease("w1", 1, lease, &[]).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].request.call_id, "a");
+    assert_eq!(got[0].request.attempt, 1);
+    let got2 = q.lease("w2", 10, lease, &[]).await.unwrap();
+    assert_eq!(got2.len(), 1);
+    assert_eq!(got2[0].request.call_id, "b");
+    assert!(q.lease("w3", 10, lease, &[]).await.unwrap().is_empty());
+    assert_eq!(q.stats().await.unwrap().in_flight, 2);
+    assert!(q.extend("a", "w1", lease).await.unwrap());
+    assert!(!q.extend("a", "w2", lease).await.unwrap());
+    assert_eq!(
+        q.status("a").await.unwrap().unwrap().state,
+        CallState::Running
+    );
+
+    // Finish with a callback: the callback becomes due, once.
+    q.finish("a", "w1", ok(200)).await.unwrap();
+    let st = q.status("a").await.unwrap().unwrap();
+    assert_eq!(st.state, CallState::Succeeded);
+    assert_eq!(st.status_code, Some(200));
+    assert_eq!(st.result.as_deref(), Some("result"));
+    assert_eq!(st.callback, "pending");
+    let due = q.due_callbacks(10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].url, "http://cb/");
+    assert_eq!(due[0].outcome.body, b"result");
+    assert_eq!(due[0].outcome.headers[0].0, "content-type");
+    assert!(
+        q.due_callbacks(10, Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    q.callback_result("a", false, Some(Duration::ZERO))
+        .await
+        .unwrap();
+    let due = q.due_callbacks(10, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].delivery_attempts, 1);
+    q.callback_result("a", true, None).await.unwrap();
+    let st = q.status("a").await.unwrap().unwrap();
+    assert_eq!(st.callback, "delivered");
+    assert_eq!(st.callback_attempts, 2);
+
+    // Retry later, then dead letter, redrive, purge.
+    q.retry_later("b", "w2", Duration::ZERO, ok(503))
+        .await
+        .unwrap();
+    assert_eq!(
+        q.status("b").await.unwrap().unwrap().state,
+        CallState::Retrying
+    );
+    let again = q.lease("w2", 10, lease, &[]).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].request.attempt, 2);
+    q.dead_letter("b", "w2", ok(503)).await.unwrap();
+    let dead = q.dead_letters().await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].call_id, "b");
+    assert_eq!(dead[0].state, CallState::Failed);
+    assert!(dead[0].dead_letter);
+    assert_eq!(q.redrive(Some("b")).await.unwrap(), 1);
+    assert!(q.dead_letters().await.unwrap().is_empty());
+    let again = q.lease("w2", 10, lease, &[]).await.unwrap();
+    assert_eq!(again[0].request.call_id, "b");
+    q.dead_letter("b", "w2", ok(500)).await.unwrap();
+    assert_eq!(q.purge(None).await.unwrap(), 1);
+    assert!(q.status("b").await.unwrap().is_none());
+
+    // An expired lease (a worker that died) makes the call leasable again.
+    enqueue_request(q, "c").await;
+    let first = q
+        .lease("dead-worker", 10, Duration::from_millis(1), &[])
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = q.lease("w", 10, lease, &[]).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].request.attempt, 2);
+    // The dead worker's late outcome is ignored.
+    q.finish("c", "dead-worker", ok(200)).await.unwrap();
+    assert_eq!(
+        q.status("c").await.unwrap().unwrap().state,
+        CallState::Running
+    );
+    q.finish("c", "w", ok(404)).await.unwrap();
+    assert_eq!(
+        q.status("c").await.unwrap().unwrap().state,
+        CallState::Failed
+    );
+
+    // Cancel: only before it ran.
+    enqueue_request(q, "d").await;
+    assert_eq!(q.cancel("d").await.unwrap(), Cancelled::Yes);
+    assert_eq!(
+        q.status("d").await.unwrap().unwrap().state,
+        CallState::Cancelled
+    );
+    assert!(q.lease("w", 10, lease, &[]).await.unwrap().is_empty());
+    assert_eq!(
+        q.cancel("c").await.unwrap(),
+        Cancelled::TooLate(CallState::Failed)
+    );
+    assert_eq!(q.cancel("nope").await.unwrap(), Cancelled::NotFound);
+    assert!(q.status("nope").await.unwrap().is_none());
+
+    // Fairness: a busy function does not block another's calls.
+    enqueue_request(q, "e1").await;
+    q.enqueue(request("g1", "g", None), None).await.unwrap();
+    let got = q.lease("w", 10, lease, &["f".into()]).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].request.function, "g");
+}
+
+async fn enqueue_request(q: &dyn Queue, id: &str) {
+    assert_eq!(
+        q.enqueue(request(id, "f", None), None).await.unwrap(),
+        Enqueued::New(id.to_string())
+    );
+}

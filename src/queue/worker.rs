@@ -1,0 +1,563 @@
+//! The worker: leases calls, runs them through an [`Invoker`] (the gateway's own call path, in
+//! process or over HTTP), retries what may succeed later, records outcomes, and delivers
+//! callbacks on their own schedule.
+//!
+//! - Concurrency: at most `max_inflight` calls at once, and at most `per_function` per function
+//!   (a function at its limit is skipped when leasing), so one slow function cannot starve the
+//!   others.
+//! - Leases are extended every third of the lease while a call runs: a call longer than the lease
+//!   is never given to a second worker.
+//! - Retried: 408, 429, 500, 502, 503, 504, timeouts and connection errors, with exponential
+//!   backoff and jitter, or after `Retry-After` when the function sends it; until
+//!   `max_retry_attempts` or `max_retry_age`, after which the call is dead-lettered. Other
+//!   statuses are final.
+//! - Callbacks: POST of the function's body and headers plus `X-Call-Id`, `X-Function-Status`
+//!   (503 when the call itself failed), `X-Function-Name`, `X-Duration-Seconds`, `X-Retry` (the
+//!   attempt that produced the result, from 1), `X-Retry-Max`, `User-Agent`, and
+//!   `X-Fgateway-Signature: sha256=HEX` (HMAC-SHA256 of the body) when a secret is set. A failed
+//!   delivery is retried on its own backoff; it never runs the function again.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use hmac::{Hmac, KeyInit, Mac};
+use http::{HeaderName, HeaderValue, Request};
+use http_body_util::{BodyExt, Full};
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::{BoxFuture, CallbackJob, Leased, Outcome, Queue};
+use crate::proxy;
+
+/// Runs one queued call and reports what happened.
+pub trait Invoker: Send + Sync {
+    /// Invokes `request`'s function, taking at most `timeout`.
+    fn invoke<'a>(
+        &'a self,
+        request: &'a super::QueueRequest,
+        timeout: Duration,
+    ) -> BoxFuture<'a, Outcome>;
+}
+
+/// Worker settings.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// This worker's lease owner name (unique per process).
+    pub owner: String,
+    /// Calls in flight at most.
+    pub max_inflight: usize,
+    /// Calls in flight per function at most.
+    pub per_function: usize,
+    /// Lease length; extended while a call runs.
+    pub lease: Duration,
+    /// Attempts at most (the first included).
+    pub max_retry_attempts: u32,
+    /// No retry once a call is this old.
+    pub max_retry_age: Duration,
+    /// First retry delay (doubles each attempt, with jitter).
+    pub retry_backoff: Duration,
+    /// Longest retry delay.
+    pub retry_backoff_max: Duration,
+    /// Longest a call may take.
+    pub call_timeout: Duration,
+    /// Longest a callback delivery may take.
+    pub callback_timeout: Duration,
+    /// Delivery attempts at most.
+    pub callback_attempts: u32,
+    /// First callback retry delay (doubles each attempt).
+    pub callback_backoff: Duration,
+    /// Longest callback retry delay.
+    pub callback_backoff_max: Duration,
+    /// Key for the callback signature header.
+    pub signing_secret: Option<Vec<u8>>,
+    /// How long in-flight calls may finish on shutdown.
+    pub drain: Duration,
+}
+
+/// Counters the worker keeps (registered by the gateway's metrics).
+#[derive(Debug, Clone, Default)]
+pub struct WorkerCounters {
+    /// Attempts that will be retried.
+    pub retries: Counter,
+    /// Calls moved to the dead-letter set.
+    pub dead_lettered: Counter,
+    /// Callback deliveries that failed (each attempt).
+    pub callback_failures: Counter,
+}
+
+/// The worker.
+pub struct Worker {
+    /// Where calls come from.
+    queue: Arc<dyn Queue>,
+    /// How calls are made.
+    invoker: Arc<dyn Invoker>,
+    /// Settings.
+    config: WorkerConfig,
+    /// Counters.
+    counters: WorkerCounters,
+    /// Woken by enqueues in the same process.
+    wake: Arc<Notify>,
+    /// Woken when a callback becomes due.
+    callbacks_wake: Arc<Notify>,
+    /// Client for callbacks.
+    client: proxy::Client,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How often the queue is polled when nothing woke the worker (retries coming due, leases
+/// expiring, calls enqueued by other processes).
+const POLL: Duration = Duration::from_millis(100);
+
+impl Worker {
+    /// A worker; `wake` is notified by enqueues in this process.
+    pub fn new(
+        queue: Arc<dyn Queue>,
+        invoker: Arc<dyn Invoker>,
+        config: WorkerConfig,
+        counters: WorkerCounters,
+        wake: Arc<Notify>,
+    ) -> Arc<Self> {
+        Arc::new(Worker {
+            queue,
+            invoker,
+            config,
+            counters,
+            wake,
+            callbacks_wake: Arc::new(Notify::new()),
+            client: proxy::client(),
+        })
+    }
+
+    /// A unique owner name for this process.
+    pub fn owner_name() -> String {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "host".into());
+        format!("{host}-{}-{}", std::process::id(), uuid::Uuid::new_v4())
+    }
+
+    /// Runs calls until `stop` is cancelled, then finishes in-flight calls (up to `drain`).
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let callbacks = tokio::spawn(Arc::clone(&self).deliver_callbacks(stop.clone()));
+        let running: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let mut tasks = JoinSet::new();
+        while !stop.is_cancelled() {
+            let free = self.config.max_inflight.saturating_sub(tasks.len());
+            let leased = if free == 0 {
+                Vec::new()
+            } else {
+                let busy: Vec<String> = running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .iter()
+                    .filter(|(_, n)| **n >= self.config.per_function)
+                    .map(|(f, _)| f.clone())
+                    .collect();
+                match self
+                    .queue
+                    .lease(&self.config.owner, free, self.config.lease, &busy)
+                    .await
+                {
+                    Ok(leased) => leased,
+                    Err(e) => {
+                        tracing::error!(error = %proxy::error_chain(&e), "cannot lease calls");
+                        Vec::new()
+                    }
+                }
+            };
+            if leased.is_empty() {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = self.wake.notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                }
+                continue;
+            }
+            for call in leased {
+                let function = call.request.function.clone();
+                *running
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .entry(function.clone())
+                    .or_default() += 1;
+                let worker = Arc::clone(&self);
+                let running = Arc::clone(&running);
+                tasks.spawn(async move {
+                    worker.run_call(call).await;
+                    let mut running = running.lock().unwrap_or_else(PoisonError::into_inner);
+                    if let Some(n) = running.get_mut(&function) {
+                        *n -= 1;
+                        if *n == 0 {
+                            running.remove(&function);
+                        }
+                    }
+                });
+            }
+            // Give a function at its limit a chance to free a slot before leasing again.
+            while let Some(done) = tasks.try_join_next() {
+                drop(done);
+            }
+        }
+        tracing::info!(
+            in_flight = tasks.len(),
+            "worker stopping: finishing calls in flight"
+        );
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.config.drain, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "calls still running at the end of the drain; their leases will expire and they will run again"
+            );
+        }
+        let _ = callbacks.await;
+    }
+
+    /// Runs one leased call to a recorded outcome.
+    async fn run_call(&self, call: Leased) {
+        let request = &call.request;
+        let call_id = request.call_id.as_str();
+        let extend = async {
+            let mut every = tokio::time::interval(self.config.lease / 3);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                match self
+                    .queue
+                    .extend(call_id, &self.config.owner, self.config.lease)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => tracing::warn!(call_id, "lease lost while the call ran"),
+                    Err(e) => tracing::warn!(call_id, error = %e, "cannot extend lease"),
+                }
+            }
+        };
+        let outcome = tokio::select! {
+            outcome = self.invoker.invoke(request, self.config.call_timeout) => outcome,
+            () = extend => unreachable_outcome(),
+        };
+        let recorded = if !retryable(&outcome) {
+            self.queue
+                .finish(call_id, &self.config.owner, outcome)
+                .await
+        } else if let Some(delay) = self.retry_delay(request, &outcome) {
+            self.counters.retries.inc();
+            tracing::info!(
+                call_id,
+                function = %request.function,
+                attempt = request.attempt,
+                status = outcome.status,
+                delay = %humantime::format_duration(delay),
+                "call will be retried"
+            );
+            self.queue
+                .retry_later(call_id, &self.config.owner, delay, outcome)
+                .await
+        } else {
+            self.counters.dead_lettered.inc();
+            tracing::warn!(
+                call_id,
+                function = %request.function,
+                attempts = request.attempt,
+                status = outcome.status,
+                "retries exhausted; call moved to the dead-letter set"
+            );
+            self.queue
+                .dead_letter(call_id, &self.config.owner, outcome)
+                .await
+        };
+        match recorded {
+            Ok(()) => self.callbacks_wake.notify_one(),
+            Err(e) => tracing::error!(
+                call_id,
+                error = %proxy::error_chain(&e),
+                "cannot record the outcome; the call will run again when its lease expires"
+            ),
+        }
+    }
+
+    /// When to try again, or `None` when the call is out of attempts or age.
+    fn retry_delay(&self, request: &super::QueueRequest, outcome: &Outcome) -> Option<Duration> {
+        if request.attempt >= self.config.max_retry_attempts {
+            return None;
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let age = Duration::from_millis(now_ms.saturating_sub(request.enqueued_at));
+        let delay = retry_after(outcome).unwrap_or_else(|| {
+            backoff(
+                self.config.retry_backoff,
+                self.config.retry_backoff_max,
+                request.attempt,
+            )
+        });
+        (age + delay < self.config.max_retry_age).then_some(delay)
+    }
+
+    /// Delivers due callbacks until `stop`.
+    async fn deliver_callbacks(self: Arc<Self>, stop: CancellationToken) {
+        let mut deliveries = JoinSet::new();
+        let claim = self.config.callback_timeout * 2 + Duration::from_secs(1);
+        loop {
+            let due = match self.queue.due_callbacks(64, claim).await {
+                Ok(due) => due,
+                Err(e) => {
+                    tracing::error!(error = %proxy::error_chain(&e), "cannot read due callbacks");
+                    Vec::new()
+                }
+            };
+            let idle = due.is_empty();
+            for job in due {
+                let worker = Arc::clone(&self);
+                deliveries.spawn(async move { worker.deliver(job).await });
+            }
+            while deliveries.try_join_next().is_some() {}
+            if idle {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = self.callbacks_wake.notified() => {}
+                    _ = tokio::time::sleep(POLL) => {}
+                }
+            }
+        }
+        let _ = tokio::time::timeout(self.config.callback_timeout, async {
+            while deliveries.join_next().await.is_some() {}
+        })
+        .await;
+    }
+
+    /// One callback delivery attempt.
+    async fn deliver(&self, job: CallbackJob) {
+        let result = self.post_callback(&job).await;
+        let (delivered, retry_in) = match &result {
+            Ok(()) => (true, None),
+            Err(why) => {
+                self.counters.callback_failures.inc();
+                let next = job.delivery_attempts + 1;
+                let retry = (next < self.config.callback_attempts).then(|| {
+                    backoff(
+                        self.config.callback_backoff,
+                        self.config.callback_backoff_max,
+                        next,
+                    )
+                });
+                match retry {
+                    Some(d) => tracing::warn!(
+                        call_id = %job.call_id,
+                        url = %job.url,
+                        attempt = next,
+                        retry_in = %humantime::format_duration(d),
+                        "callback failed: {why}"
+                    ),
+                    None => tracing::error!(
+                        call_id = %job.call_id,
+                        url = %job.url,
+                        attempts = next,
+                        "callback failed; giving up: {why}"
+                    ),
+                }
+                (false, retry)
+            }
+        };
+        if let Err(e) = self
+            .queue
+            .callback_result(&job.call_id, delivered, retry_in)
+            .await
+        {
+            tracing::error!(call_id = %job.call_id, error = %e, "cannot record callback delivery");
+        }
+    }
+
+    /// POSTs the callback; `Err` says why it did not get a 2xx.
+    async fn post_callback(&self, job: &CallbackJob) -> Result<(), String> {
+        let uri: http::Uri = job.url.parse().map_err(|e| format!("bad URL: {e}"))?;
+        let mut req = Request::post(uri);
+        let headers = req.headers_mut().ok_or("bad request")?;
+        for (name, value) in &job.outcome.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_str(value),
+            ) {
+                headers.append(n, v);
+            }
+        }
+        proxy::strip_hop_by_hop(headers);
+        headers.remove(http::header::CONTENT_LENGTH);
+        headers.remove(http::header::HOST);
+        let status = if job.outcome.error.is_some() {
+            503
+        } else {
+            job.outcome.status
+        };
+        let set = |headers: &mut http::HeaderMap, name: &'static str, value: String| {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(name, v);
+            }
+        };
+        set(headers, "x-call-id", job.call_id.clone());
+        set(headers, "x-function-status", status.to_string());
+        set(headers, "x-function-name", job.function.clone());
+        set(
+            headers,
+            "x-duration-seconds",
+            format!("{:.6}", job.outcome.duration),
+        );
+        set(headers, "x-retry", job.attempts.to_string());
+        set(
+            headers,
+            "x-retry-max",
+            self.config.max_retry_attempts.to_string(),
+        );
+        set(
+            headers,
+            "user-agent",
+            format!("fgateway/{}", crate::VERSION),
+        );
+        if let Some(secret) = &self.config.signing_secret {
+            set(
+                headers,
+                "x-fgateway-signature",
+                format!("sha256={}", sign(secret, &job.outcome.body)),
+            );
+        }
+        let body = Full::new(Bytes::from(job.outcome.body.clone()))
+            .map_err(|e| match e {})
+            .boxed_unsync();
+        let req = req.body(body).map_err(|e| e.to_string())?;
+        let deadline = tokio::time::Instant::now() + self.config.callback_timeout;
+        match proxy::send(&self.client, req, Some(deadline)).await {
+            Ok(resp) if resp.status().is_success() => {
+                // Read the (small) reply so the connection can be reused.
+                let _ = tokio::time::timeout_at(deadline, resp.into_body().collect()).await;
+                Ok(())
+            }
+            Ok(resp) => Err(format!("receiver answered {}", resp.status())),
+            Err(proxy::SendError::TimedOut) => Err("timed out".into()),
+            Err(proxy::SendError::Connect(why) | proxy::SendError::Failed(why)) => Err(why),
+        }
+    }
+}
+
+/// The extend loop never ends; this keeps `select!` typed.
+fn unreachable_outcome() -> Outcome {
+    Outcome {
+        status: 500,
+        error: Some("lease keeper stopped".into()),
+        ..Outcome::default()
+    }
+}
+
+/// Whether an attempt may succeed later.
+pub fn retryable(outcome: &Outcome) -> bool {
+    outcome.error.is_some() || matches!(outcome.status, 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// The delay a `Retry-After` header asks for (seconds, or an HTTP date).
+pub fn retry_after(outcome: &Outcome) -> Option<Duration> {
+    let value = outcome
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
+        .map(|(_, v)| v.trim())?;
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let when = httpdate::parse_http_date(value).ok()?;
+    Some(
+        when.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// Exponential backoff for the given attempt (1 = first retry), capped, with jitter: a random
+/// point between half and all of the step.
+pub fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let step = base
+        .saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        )
+        .min(max);
+    let jitter: f64 = rand::random::<f64>();
+    step.mul_f64(0.5 + jitter / 2.0)
+}
+
+/// HMAC-SHA256 of `body`, hex.
+pub fn sign(secret: &[u8], body: &[u8]) -> String {
+    match Hmac::<sha2::Sha256>::new_from_slice(secret) {
+        Ok(mut mac) => {
+            mac.update(body);
+            hex::encode(mac.finalize().into_bytes())
+        }
+        // HMAC takes keys of any length; this cannot happen.
+        Err(_) => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_rules() {
+        let with = |status, error: Option<&str>| Outcome {
+            status,
+            error: error.map(str::to_string),
+            ..Outcome::default()
+        };
+        for s in [408, 429, 500, 502, 503, 504] {
+            assert!(retryable(&with(s, None)), "{s}");
+        }
+        for s in [200, 202, 400, 401, 404, 409, 422, 501] {
+            assert!(!retryable(&with(s, None)), "{s}");
+        }
+        assert!(retryable(&with(0, Some("connection refused"))));
+
+        let mut o = with(429, None);
+        o.headers.push(("Retry-After".into(), "7".into()));
+        assert_eq!(retry_after(&o), Some(Duration::from_secs(7)));
+        let later = SystemTime::now() + Duration::from_secs(120);
+        o.headers[0].1 = httpdate::fmt_http_date(later);
+        let d = retry_after(&o).unwrap();
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_caps() {
+        let base = Duration::from_secs(1);
+        let max = Duration::from_secs(10);
+        for attempt in 1..=6 {
+            let step = Duration::from_secs(1 << (attempt - 1)).min(max);
+            let d = backoff(base, max, attempt);
+            assert!(d >= step / 2 && d <= step, "attempt {attempt}: {d:?}");
+        }
+        assert!(backoff(base, max, 200) <= max);
+    }
+
+    #[test]
+    fn signatures_are_hmac_sha256() {
+        // RFC 4231, test case 2.
+        assert_eq!(
+            sign(b"Jefe", b"what do ya want for nothing?"),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}
