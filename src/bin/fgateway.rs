@@ -2,11 +2,15 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
-use fwatchdog::gateway::cli::{Cli, Command, UpArgs};
+use fwatchdog::gateway::cli::{Cli, Command, UpArgs, WorkerCmdArgs};
 use fwatchdog::gateway::{self, Gateway};
+use fwatchdog::queue::worker::{Worker, WorkerCounters};
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 /// Exit code for configuration errors (EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
@@ -41,8 +45,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let Command::Up(args) = cli.command;
-    match runtime.block_on(up(args)) {
+    let result = match cli.command {
+        Command::Up(args) => runtime.block_on(up(args)),
+        Command::Worker(args) => runtime.block_on(worker(args)),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let message = fwatchdog::proxy::error_chain(&*e);
@@ -74,7 +81,9 @@ impl UpError {
             UpError::Gateway(
                 gateway::GatewayError::Stack(_)
                 | gateway::GatewayError::Deploy { .. }
-                | gateway::GatewayError::Auth(_),
+                | gateway::GatewayError::Auth(_)
+                | gateway::GatewayError::QueueKind(_)
+                | gateway::GatewayError::Secret { .. },
             ) => EXIT_CONFIG,
             _ => 1,
         }
@@ -89,13 +98,43 @@ async fn up(args: UpArgs) -> Result<(), Box<UpError>> {
             source,
         })?;
     let signals = fwatchdog::shutdown::signals().map_err(UpError::Signals)?;
-    let gateway = Gateway::up(&args).map_err(UpError::from)?;
+    let (gateway, worker) = Gateway::up(&args).map_err(UpError::from)?;
     let shutdown = async {
         let name = signals.await;
         tracing::info!(signal = name, "shutdown requested");
     };
-    gateway::run(gateway, listener, shutdown)
+    gateway::run(gateway, worker, listener, shutdown)
         .await
         .map_err(UpError::from)?;
+    Ok(())
+}
+
+/// `fgateway worker`: runs asynchronous calls through a gateway's /function/ route.
+async fn worker(args: WorkerCmdArgs) -> Result<(), Box<UpError>> {
+    let signals = fwatchdog::shutdown::signals().map_err(UpError::Signals)?;
+    let queue = gateway::open_queue(&args.data_dir, &args.queue).map_err(UpError::from)?;
+    let config =
+        gateway::worker_config(&args.worker, args.upstream_timeout, Duration::from_secs(30))
+            .map_err(UpError::from)?;
+    let invoker = Arc::new(gateway::asynchronous::RemoteInvoker {
+        gateway: args.gateway.clone(),
+        client: fwatchdog::proxy::client(),
+    });
+    let worker = Worker::new(
+        Arc::clone(&queue),
+        invoker,
+        config,
+        WorkerCounters::default(),
+        Arc::new(tokio::sync::Notify::new()),
+    );
+    let stop = CancellationToken::new();
+    let expiry = tokio::spawn(gateway::expire_calls(queue, stop.clone()));
+    let run = tokio::spawn(worker.run(stop.clone()));
+    tracing::info!(gateway = %args.gateway, "worker running");
+    let name = signals.await;
+    tracing::info!(signal = name, "shutdown requested");
+    stop.cancel();
+    let _ = run.await;
+    let _ = expiry.await;
     Ok(())
 }

@@ -15,6 +15,30 @@ pub const UINT_FORM: &str = "a non-negative integer";
 /// Accepted form of a TCP port, quoted in error messages.
 pub const PORT_FORM: &str = "a port number from 0 to 65535";
 
+/// Accepted form of sizes.
+pub const SIZE_FORM: &str =
+    "a size in bytes, optionally with a unit: 512, 64KiB, 8MiB, 1GiB (or KB, MB, GB)";
+
+/// Parses a size: bytes, or a number with a binary (`KiB`, `MiB`, `GiB`) or decimal (`KB`,
+/// `MB`, `GB`) unit; `K`, `M`, `G` alone are binary.
+pub fn size(value: &str) -> Result<usize, &'static str> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (number, unit) = v.split_at(split);
+    let n: usize = number.parse().map_err(|_| SIZE_FORM)?;
+    let factor: usize = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return Err(SIZE_FORM),
+    };
+    n.checked_mul(factor).ok_or(SIZE_FORM)
+}
+
 /// Parses a duration: a bare integer is seconds, anything else goes through humantime.
 ///
 /// `0` (in any form) means "no limit" and is returned as `None`.
@@ -53,6 +77,19 @@ pub fn port(value: &str) -> Result<u16, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size("512"), Ok(512));
+        assert_eq!(size("64KiB"), Ok(65536));
+        assert_eq!(size("8MiB"), Ok(8 << 20));
+        assert_eq!(size("8M"), Ok(8 << 20));
+        assert_eq!(size("2 MB"), Ok(2_000_000));
+        assert_eq!(size("1gib"), Ok(1 << 30));
+        assert_eq!(size("lots"), Err(SIZE_FORM));
+        assert_eq!(size("5 parsecs"), Err(SIZE_FORM));
+        assert_eq!(size("-1"), Err(SIZE_FORM));
+    }
 
     #[test]
     fn durations() {

@@ -21,8 +21,10 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway with its function provider.
+    /// Run the gateway with its function provider and an asynchronous-call worker.
     Up(UpArgs),
+    /// Run only a worker for asynchronous calls, calling functions through a gateway.
+    Worker(WorkerCmdArgs),
 }
 
 /// Where functions run.
@@ -105,6 +107,136 @@ pub struct UpArgs {
         default_value = "/var/openfaas/secrets"
     )]
     pub secret_mount_path: PathBuf,
+
+    /// Largest body an asynchronous call may have (413 past it): bytes, or with a unit (8MiB).
+    #[arg(long, env = "max_async_body", default_value = "8MiB", value_parser = size)]
+    pub max_async_body: usize,
+
+    /// Hosts (or host:port) callbacks may go to, comma-separated; empty allows any http(s) URL.
+    #[arg(
+        long,
+        env = "callback_allowlist",
+        value_delimiter = ',',
+        value_name = "HOSTS"
+    )]
+    pub callback_allowlist: Vec<String>,
+
+    /// Do not run an asynchronous-call worker in this process (run `fgateway worker` instead).
+    #[arg(
+        long,
+        env = "no_worker",
+        default_value = "false",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        value_parser = boolean
+    )]
+    pub no_worker: bool,
+
+    /// Queue settings.
+    #[command(flatten)]
+    pub queue: QueueArgs,
+
+    /// Worker settings.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+/// Options of `fgateway worker`.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerCmdArgs {
+    /// The gateway whose /function/ route runs the calls, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "gateway", value_name = "URL")]
+    pub gateway: http::Uri,
+
+    /// The data directory shared with the gateway (holds the embedded queue).
+    #[arg(long, env = "data_dir", default_value = "fgateway-data")]
+    pub data_dir: PathBuf,
+
+    /// Longest a function call may take. Seconds or a duration.
+    #[arg(long, env = "upstream_timeout", default_value = "60s", value_parser = duration)]
+    pub upstream_timeout: Duration,
+
+    /// Queue settings.
+    #[command(flatten)]
+    pub queue: QueueArgs,
+
+    /// Worker settings.
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+}
+
+/// Where asynchronous calls are stored.
+#[derive(Debug, Clone, Args)]
+pub struct QueueArgs {
+    /// Queue backend: `embedded` (SQLite in the data directory).
+    #[arg(long, env = "queue", default_value = "embedded")]
+    pub queue: String,
+
+    /// How long finished calls, their results and their idempotency keys are kept.
+    #[arg(long, env = "retention", default_value = "24h", value_parser = duration)]
+    pub retention: Duration,
+
+    /// Most result bytes `GET /async-function/status/ID` shows.
+    #[arg(long, env = "status_result_cap", default_value = "64KiB", value_parser = size)]
+    pub status_result_cap: usize,
+}
+
+/// How asynchronous calls are run.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Asynchronous calls running at once, at most.
+    #[arg(long, env = "max_inflight", default_value_t = 64)]
+    pub max_inflight: usize,
+
+    /// Asynchronous calls running at once per function, at most.
+    #[arg(long, env = "max_inflight_per_function", default_value_t = 16)]
+    pub max_inflight_per_function: usize,
+
+    /// Lease of a running call; extended while it runs, so a longer call never runs twice.
+    #[arg(long, env = "lease", default_value = "30s", value_parser = duration)]
+    pub lease: Duration,
+
+    /// Attempts per call at most (the first included); then it is dead-lettered.
+    #[arg(long, env = "max_retry_attempts", default_value_t = 5)]
+    pub max_retry_attempts: u32,
+
+    /// No retry once a call is this old.
+    #[arg(long, env = "max_retry_age", default_value = "1h", value_parser = duration)]
+    pub max_retry_age: Duration,
+
+    /// First retry delay; doubles each attempt, with jitter (Retry-After wins when sent).
+    #[arg(long, env = "retry_backoff", default_value = "1s", value_parser = duration)]
+    pub retry_backoff: Duration,
+
+    /// Longest retry delay.
+    #[arg(long, env = "retry_backoff_max", default_value = "5m", value_parser = duration)]
+    pub retry_backoff_max: Duration,
+
+    /// Longest a callback delivery may take.
+    #[arg(long, env = "callback_timeout", default_value = "10s", value_parser = duration)]
+    pub callback_timeout: Duration,
+
+    /// Callback delivery attempts at most.
+    #[arg(long, env = "callback_attempts", default_value_t = 10)]
+    pub callback_attempts: u32,
+
+    /// First callback retry delay; doubles each attempt.
+    #[arg(long, env = "callback_backoff", default_value = "1s", value_parser = duration)]
+    pub callback_backoff: Duration,
+
+    /// Longest callback retry delay.
+    #[arg(long, env = "callback_backoff_max", default_value = "5m", value_parser = duration)]
+    pub callback_backoff_max: Duration,
+
+    /// File holding the key for the callback signature header (X-Fgateway-Signature:
+    /// sha256=HMAC of the body).
+    #[arg(long, env = "callback_secret_file", value_name = "PATH")]
+    pub callback_secret_file: Option<PathBuf>,
+}
+
+/// A size option.
+fn size(value: &str) -> Result<usize, String> {
+    parse::size(value).map_err(|expected| format!("expected {expected}"))
 }
 
 /// A duration option: seconds or a humantime duration; zero is refused (it would fail every call).
@@ -129,7 +261,9 @@ mod tests {
     fn parses_up_with_defaults_and_flags() {
         let cli =
             Cli::try_parse_from(["fgateway", "up", "-f", "stack.yml", "--port", "0"]).unwrap();
-        let Command::Up(up) = cli.command;
+        let Command::Up(up) = cli.command else {
+            panic!("not up")
+        };
         assert_eq!(up.file, Some(PathBuf::from("stack.yml")));
         assert_eq!(up.port, 0);
         assert_eq!(up.upstream_timeout, Duration::from_secs(60));
@@ -146,7 +280,9 @@ mod tests {
             "static",
         ])
         .unwrap();
-        let Command::Up(up) = cli.command;
+        let Command::Up(up) = cli.command else {
+            panic!("not up")
+        };
         assert!(up.basic_auth);
         assert_eq!(up.upstream_timeout, Duration::from_secs(90));
         assert_eq!(up.provider, ProviderKind::Static);

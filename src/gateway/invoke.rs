@@ -6,7 +6,7 @@
 //! headers are dropped both ways. Failures answer with a body that says which: 404 unknown
 //! function, 503 no replica ready, 502 unreachable, 504 `upstream_timeout`.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Instant as StdInstant, SystemTime, UNIX_EPOCH};
 
@@ -55,7 +55,7 @@ pub fn parse_path(tail: &str) -> Option<FunctionPath<'_>> {
 }
 
 /// Records a call's metrics when dropped (after the response body was sent, or abandoned).
-struct CallRecord {
+pub struct CallRecord {
     /// Where to record.
     metrics: Arc<GatewayMetrics>,
     /// The function.
@@ -64,6 +64,13 @@ struct CallRecord {
     code: u16,
     /// When the call started.
     started: StdInstant,
+}
+
+impl CallRecord {
+    /// Sets the status to record.
+    pub fn set_code(&mut self, code: u16) {
+        self.code = code;
+    }
 }
 
 impl Drop for CallRecord {
@@ -89,75 +96,118 @@ pub fn new_call_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
 
-/// Proxies one call to `target`'s function.
-pub async fn invoke(
-    gateway: &Gateway,
-    mut req: Request<Incoming>,
-    peer: SocketAddr,
-    target: FunctionPath<'_>,
-) -> Response<ResponseBody> {
-    let start = Instant::now();
-    let deadline = start + gateway.config.upstream_timeout;
-    let call_id = req
-        .headers()
-        .get(X_CALL_ID)
-        .filter(|v| !v.is_empty())
-        .cloned()
-        .unwrap_or_else(|| {
-            HeaderValue::from_str(&new_call_id()).unwrap_or(HeaderValue::from_static("unknown"))
-        });
+/// One call to a function, from a client or from the async worker.
+pub struct CallRequest<'a> {
+    /// The function.
+    pub function: &'a str,
+    /// Its namespace, when the caller named one.
+    pub namespace: Option<&'a str>,
+    /// Method.
+    pub method: http::Method,
+    /// Path below the function, with the query.
+    pub path_and_query: String,
+    /// Headers (the call id among them).
+    pub headers: http::HeaderMap,
+    /// Body.
+    pub body: ResponseBody,
+    /// The caller's address, for `X-Forwarded-For`.
+    pub peer: Option<IpAddr>,
+    /// When the whole call must be over.
+    pub deadline: Instant,
+}
 
+/// Why a call got no response from its function.
+#[derive(Debug)]
+pub enum CallError {
+    /// No such function.
+    Unknown,
+    /// No replica can take it.
+    Unavailable(String),
+    /// The path cannot be forwarded.
+    BadPath(String),
+    /// `upstream_timeout` passed before the response started.
+    TimedOut(std::time::Duration),
+    /// The function could not be reached.
+    Connect(String),
+    /// The exchange failed.
+    Failed(String),
+}
+
+impl CallError {
+    /// The status the caller gets.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            CallError::Unknown => StatusCode::NOT_FOUND,
+            CallError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CallError::BadPath(_) => StatusCode::BAD_REQUEST,
+            CallError::TimedOut(_) => StatusCode::GATEWAY_TIMEOUT,
+            CallError::Connect(_) | CallError::Failed(_) => StatusCode::BAD_GATEWAY,
+        }
+    }
+
+    /// What the caller is told.
+    pub fn message(&self, function: &str) -> String {
+        match self {
+            CallError::Unknown => format!("Function {function} not found.\n"),
+            CallError::Unavailable(why) => {
+                format!("Function {function} is not available: {why}.\n")
+            }
+            CallError::BadPath(why) => format!("Cannot forward this path: {why}\n"),
+            CallError::TimedOut(limit) => format!(
+                "Function {function} did not answer within upstream_timeout ({}).\n",
+                humantime::format_duration(*limit)
+            ),
+            CallError::Connect(why) => format!("Cannot reach function {function}: {why}\n"),
+            CallError::Failed(why) => format!("Function {function} failed to answer: {why}\n"),
+        }
+    }
+
+    /// Whether the call itself failed (no status from the function).
+    pub fn is_call_failure(&self) -> bool {
+        matches!(
+            self,
+            CallError::TimedOut(_) | CallError::Connect(_) | CallError::Failed(_)
+        )
+    }
+}
+
+/// Makes one call: resolves the function, forwards the request, and waits for the response
+/// headers. The returned record counts the call in the metrics when dropped; keep it with the
+/// response body.
+pub async fn call(
+    gateway: &Gateway,
+    req: CallRequest<'_>,
+) -> Result<(Response<Incoming>, CallRecord), (CallError, Option<CallRecord>)> {
+    let wait = req.deadline.saturating_duration_since(Instant::now());
     let upstream = match gateway
         .registry
-        .resolve(
-            target.name,
-            target.namespace,
-            gateway.config.upstream_timeout,
-        )
+        .resolve(req.function, req.namespace, wait)
         .await
     {
-        Resolved::Unknown => {
-            return text(
-                StatusCode::NOT_FOUND,
-                format!("Function {} not found.\n", target.name),
-            );
-        }
-        Resolved::Unavailable(why) => {
-            let mut resp = text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("Function {} is not available: {why}.\n", target.name),
-            );
-            resp.headers_mut().insert(X_CALL_ID, call_id);
-            return resp;
-        }
+        Resolved::Unknown => return Err((CallError::Unknown, None)),
+        Resolved::Unavailable(why) => return Err((CallError::Unavailable(why), None)),
         Resolved::Ready(uri) => uri,
     };
     let mut record = CallRecord {
-        started: gateway.metrics.call_started(target.name),
+        started: gateway.metrics.call_started(req.function),
         metrics: Arc::clone(&gateway.metrics),
-        function: target.name.to_string(),
+        function: req.function.to_string(),
         code: 0,
     };
-
-    let headers = req.headers_mut();
-    if proxy::forward_request_headers(headers, Some(peer.ip())).is_some() {
+    let mut headers = req.headers;
+    if proxy::forward_request_headers(&mut headers, req.peer).is_some() {
         // Upgrades are not proxied by the gateway: the request goes through as a plain one.
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
-    headers.insert(X_CALL_ID, call_id.clone());
     let start_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     if let Ok(v) = HeaderValue::from_str(&start_ns.to_string()) {
         headers.insert(X_START_TIME, v);
     }
-    let (mut parts, incoming) = req.into_parts();
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{}?{q}", target.rest),
-        None => target.rest.to_string(),
-    };
-    parts.uri = match path_and_query
+    let uri = match req
+        .path_and_query
         .parse()
         .map_err(http::Error::from)
         .and_then(|pq| proxy::upstream_uri(&upstream, Some(&pq)))
@@ -165,72 +215,91 @@ pub async fn invoke(
         Ok(uri) => uri,
         Err(e) => {
             record.code = 400;
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("Cannot forward this path: {e}\n"),
-            );
+            return Err((CallError::BadPath(e.to_string()), Some(record)));
         }
     };
-    parts.version = http::Version::HTTP_11;
-    parts.extensions = http::Extensions::new();
-    let body = incoming.map_err(BoxError::from).boxed_unsync();
-
-    let response = match proxy::send(
-        &gateway.client,
-        Request::from_parts(parts, body),
-        Some(deadline),
-    )
-    .await
-    {
-        Ok(resp) => resp,
+    let mut forwarded = Request::new(req.body);
+    *forwarded.method_mut() = req.method;
+    *forwarded.uri_mut() = uri;
+    *forwarded.headers_mut() = headers;
+    match proxy::send(&gateway.client, forwarded, Some(req.deadline)).await {
+        Ok(resp) => {
+            record.code = resp.status().as_u16();
+            Ok((resp, record))
+        }
         Err(e) => {
-            let (status, message) = match e {
-                proxy::SendError::TimedOut => (
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "Function {} did not answer within upstream_timeout ({}).\n",
-                        target.name,
-                        humantime::format_duration(gateway.config.upstream_timeout)
-                    ),
-                ),
-                proxy::SendError::Connect(why) => (
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "Cannot reach function {} at {upstream}: {why}\n",
-                        target.name
-                    ),
-                ),
-                proxy::SendError::Failed(why) => (
-                    StatusCode::BAD_GATEWAY,
-                    format!(
-                        "Function {} at {upstream} failed to answer: {why}\n",
-                        target.name
-                    ),
-                ),
+            let error = match e {
+                proxy::SendError::TimedOut => CallError::TimedOut(gateway.config.upstream_timeout),
+                proxy::SendError::Connect(why) => CallError::Connect(format!("{upstream}: {why}")),
+                proxy::SendError::Failed(why) => CallError::Failed(format!("{upstream}: {why}")),
             };
+            record.code = error.status().as_u16();
             tracing::warn!(
-                function = target.name,
-                status = status.as_u16(),
+                function = req.function,
+                status = record.code,
                 "{}",
-                message.trim_end()
+                error.message(req.function).trim_end()
             );
-            record.code = status.as_u16();
-            let mut resp = text(status, message);
-            resp.headers_mut().insert(X_CALL_ID, call_id);
-            return resp;
+            Err((error, Some(record)))
         }
-    };
+    }
+}
 
-    let (mut parts, incoming) = response.into_parts();
-    proxy::forward_response_headers(&mut parts.headers, false);
-    parts.headers.insert(X_CALL_ID, call_id);
-    record.code = parts.status.as_u16();
-    let body = body::guarded(
-        incoming.map_err(BoxError::from).boxed_unsync(),
-        Some(deadline),
-        record,
-    );
-    Response::from_parts(parts, body)
+/// The call id of a request: its `X-Call-Id`, or a new one.
+pub fn call_id_of(headers: &http::HeaderMap) -> HeaderValue {
+    headers
+        .get(X_CALL_ID)
+        .filter(|v| !v.is_empty())
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(&new_call_id()).unwrap_or(HeaderValue::from_static("unknown"))
+        })
+}
+
+/// `/function/...`: proxies one client request.
+pub async fn invoke(
+    gateway: &Gateway,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    target: FunctionPath<'_>,
+) -> Response<ResponseBody> {
+    let deadline = Instant::now() + gateway.config.upstream_timeout;
+    let call_id = call_id_of(req.headers());
+    let (parts, incoming) = req.into_parts();
+    let mut headers = parts.headers;
+    headers.insert(X_CALL_ID, call_id.clone());
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{}?{q}", target.rest),
+        None => target.rest.to_string(),
+    };
+    let request = CallRequest {
+        function: target.name,
+        namespace: target.namespace,
+        method: parts.method,
+        path_and_query,
+        headers,
+        body: incoming.map_err(BoxError::from).boxed_unsync(),
+        peer: Some(peer.ip()),
+        deadline,
+    };
+    match call(gateway, request).await {
+        Ok((response, record)) => {
+            let (mut parts, incoming) = response.into_parts();
+            proxy::forward_response_headers(&mut parts.headers, false);
+            parts.headers.insert(X_CALL_ID, call_id);
+            let body = body::guarded(
+                incoming.map_err(BoxError::from).boxed_unsync(),
+                Some(deadline),
+                record,
+            );
+            Response::from_parts(parts, body)
+        }
+        Err((error, _record)) => {
+            let mut resp = text(error.status(), error.message(target.name));
+            resp.headers_mut().insert(X_CALL_ID, call_id);
+            resp
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use super::types::FunctionStatus;
+use crate::queue::QueueStats;
+use crate::queue::worker::WorkerCounters;
 
 /// Buckets for `gateway_functions_seconds` (Prometheus's defaults plus longer calls).
 const BUCKETS: [f64; 14] = [
@@ -49,6 +51,14 @@ pub struct GatewayMetrics {
     started: Family<FunctionLabel, Counter>,
     /// `gateway_service_count{function_name}`: ready replicas.
     service_count: Family<FunctionLabel, Gauge>,
+    /// Counters kept by the async worker.
+    pub worker: WorkerCounters,
+    /// `gateway_queue_depth`: calls waiting.
+    queue_depth: Gauge,
+    /// `gateway_queue_oldest_age_seconds`.
+    queue_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// `gateway_queue_in_flight`.
+    queue_in_flight: Gauge,
 }
 
 impl Default for GatewayMetrics {
@@ -86,12 +96,50 @@ impl GatewayMetrics {
             "Ready replicas per function",
             service_count.clone(),
         );
+        let worker = WorkerCounters::default();
+        registry.register(
+            "gateway_async_retries",
+            "Asynchronous call attempts that will be retried",
+            worker.retries.clone(),
+        );
+        registry.register(
+            "gateway_async_dead_lettered",
+            "Asynchronous calls moved to the dead-letter set",
+            worker.dead_lettered.clone(),
+        );
+        registry.register(
+            "gateway_async_callback_failures",
+            "Failed callback delivery attempts",
+            worker.callback_failures.clone(),
+        );
+        let queue_depth = Gauge::default();
+        let queue_oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        let queue_in_flight = Gauge::default();
+        registry.register(
+            "gateway_queue_depth",
+            "Asynchronous calls waiting to run",
+            queue_depth.clone(),
+        );
+        registry.register(
+            "gateway_queue_oldest_age_seconds",
+            "Age of the oldest waiting asynchronous call",
+            queue_oldest.clone(),
+        );
+        registry.register(
+            "gateway_queue_in_flight",
+            "Asynchronous calls running",
+            queue_in_flight.clone(),
+        );
         GatewayMetrics {
             registry,
             invocations,
             seconds,
             started,
             service_count,
+            worker,
+            queue_depth,
+            queue_oldest,
+            queue_in_flight,
         }
     }
 
@@ -117,8 +165,18 @@ impl GatewayMetrics {
             .observe(started.elapsed().as_secs_f64());
     }
 
-    /// The text exposition, with `gateway_service_count` taken from `functions`.
-    pub fn encode(&self, functions: &[FunctionStatus]) -> Result<String, std::fmt::Error> {
+    /// The text exposition, with `gateway_service_count` taken from `functions` and the queue
+    /// gauges from `queue`.
+    pub fn encode(
+        &self,
+        functions: &[FunctionStatus],
+        queue: &QueueStats,
+    ) -> Result<String, std::fmt::Error> {
+        self.queue_depth
+            .set(i64::try_from(queue.depth).unwrap_or(i64::MAX));
+        self.queue_oldest.set(queue.oldest_age);
+        self.queue_in_flight
+            .set(i64::try_from(queue.in_flight).unwrap_or(i64::MAX));
         self.service_count.clear();
         for f in functions {
             self.service_count

@@ -5,6 +5,7 @@
 //! future; on shutdown it stops accepting, drains in-flight calls (bounded), then stops the
 //! provider's functions.
 
+pub mod asynchronous;
 pub mod auth;
 pub mod cli;
 pub mod invoke;
@@ -31,10 +32,13 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::parse;
 use crate::proxy;
+use crate::queue::Queue;
+use crate::queue::embedded::{EmbeddedConfig, EmbeddedQueue};
+use crate::queue::worker::{Worker, WorkerConfig};
 use crate::watchdog::body::ResponseBody;
 use crate::watchdog::server;
 use auth::BasicAuth;
-use cli::{ProviderKind, UpArgs};
+use cli::{ProviderKind, QueueArgs, UpArgs, WorkerArgs};
 use invoke::text;
 use metrics::GatewayMetrics;
 use provider::Provider;
@@ -79,6 +83,23 @@ pub enum GatewayError {
     /// The listener has no address.
     #[error("cannot read the listening address")]
     LocalAddr(#[source] std::io::Error),
+    /// The queue could not be opened.
+    #[error("cannot open the queue")]
+    Queue(#[source] crate::queue::QueueError),
+    /// The queue option names a backend this build lacks.
+    #[error(
+        "invalid --queue {0:?}: expected \"embedded\" (the NATS JetStream backend is not in this build)"
+    )]
+    QueueKind(String),
+    /// The callback secret file cannot be read.
+    #[error("cannot read callback_secret_file {path}")]
+    Secret {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Settings the request path needs.
@@ -90,6 +111,10 @@ pub struct GatewayConfig {
     pub read_timeout: Duration,
     /// How long in-flight calls get on shutdown.
     pub shutdown_timeout: Duration,
+    /// Largest asynchronous request body.
+    pub max_async_body: usize,
+    /// Hosts callbacks may go to (empty: any).
+    pub callback_allowlist: Vec<String>,
 }
 
 /// A running gateway's shared state.
@@ -105,18 +130,85 @@ pub struct Gateway {
     auth: Option<BasicAuth>,
     /// Client for function calls.
     client: proxy::Client,
+    /// Asynchronous calls.
+    pub queue: Arc<dyn Queue>,
+    /// Wakes the in-process worker when a call is enqueued.
+    pub wake: Arc<tokio::sync::Notify>,
+}
+
+/// Opens the queue named by `args` in `data_dir`.
+pub fn open_queue(
+    data_dir: &std::path::Path,
+    args: &QueueArgs,
+) -> Result<Arc<dyn Queue>, GatewayError> {
+    if args.queue != "embedded" {
+        return Err(GatewayError::QueueKind(args.queue.clone()));
+    }
+    let queue = EmbeddedQueue::open(
+        &data_dir.join(store::DB_FILE),
+        EmbeddedConfig {
+            retention: args.retention,
+            result_cap: args.status_result_cap,
+        },
+    )
+    .map_err(GatewayError::Queue)?;
+    Ok(Arc::new(queue))
+}
+
+/// The worker settings from the command line.
+pub fn worker_config(
+    args: &WorkerArgs,
+    call_timeout: Duration,
+    drain: Duration,
+) -> Result<WorkerConfig, GatewayError> {
+    let signing_secret = match &args.callback_secret_file {
+        None => None,
+        Some(path) => Some(
+            std::fs::read(path)
+                .map(|mut key| {
+                    while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+                        key.pop();
+                    }
+                    key
+                })
+                .map_err(|source| GatewayError::Secret {
+                    path: path.clone(),
+                    source,
+                })?,
+        ),
+    };
+    Ok(WorkerConfig {
+        owner: Worker::owner_name(),
+        max_inflight: args.max_inflight.max(1),
+        per_function: args.max_inflight_per_function.max(1),
+        lease: args.lease,
+        max_retry_attempts: args.max_retry_attempts.max(1),
+        max_retry_age: args.max_retry_age,
+        retry_backoff: args.retry_backoff,
+        retry_backoff_max: args.retry_backoff_max,
+        call_timeout,
+        callback_timeout: args.callback_timeout,
+        callback_attempts: args.callback_attempts.max(1),
+        callback_backoff: args.callback_backoff,
+        callback_backoff_max: args.callback_backoff_max,
+        signing_secret,
+        drain,
+    })
 }
 
 impl Gateway {
     /// Builds the gateway for `fgateway up`: opens the store, creates the provider, restores the
     /// deployed functions and deploys the stack file's. Must run inside the runtime.
-    pub fn up(args: &UpArgs) -> Result<Arc<Gateway>, GatewayError> {
+    pub fn up(args: &UpArgs) -> Result<(Arc<Gateway>, Option<Arc<Worker>>), GatewayError> {
         let auth = if args.basic_auth {
             Some(BasicAuth::load(&args.secret_mount_path)?)
         } else {
             None
         };
         let store = Arc::new(Store::open(&args.data_dir)?);
+        let queue = open_queue(&args.data_dir, &args.queue)?;
+        let worker_config =
+            worker_config(&args.worker, args.upstream_timeout, args.shutdown_timeout)?;
         let provider: Arc<dyn Provider> = match args.provider {
             ProviderKind::Local => {
                 let fwatchdog = args
@@ -144,11 +236,15 @@ impl Gateway {
                 upstream_timeout: args.upstream_timeout,
                 read_timeout: args.read_timeout,
                 shutdown_timeout: args.shutdown_timeout,
+                max_async_body: args.max_async_body,
+                callback_allowlist: args.callback_allowlist.clone(),
             },
             registry,
             metrics: Arc::new(GatewayMetrics::new()),
             auth,
             client: proxy::client(),
+            queue,
+            wake: Arc::new(tokio::sync::Notify::new()),
         });
         if let Some(file) = &args.file {
             for spec in stack::load(file)? {
@@ -165,7 +261,18 @@ impl Gateway {
         for f in gateway.registry.list() {
             gateway.warn_timeouts(&f.name);
         }
-        Ok(gateway)
+        let worker = (!args.no_worker).then(|| {
+            Worker::new(
+                Arc::clone(&gateway.queue),
+                Arc::new(asynchronous::GatewayInvoker {
+                    gateway: Arc::clone(&gateway),
+                }),
+                worker_config,
+                gateway.metrics.worker.clone(),
+                Arc::clone(&gateway.wake),
+            )
+        });
+        Ok((gateway, worker))
     }
 
     /// Warns when a function may run longer than the gateway waits for it.
@@ -204,7 +311,21 @@ impl Gateway {
         peer: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let path = req.uri().path().to_string();
-        let resp = if let Some(tail) = path.strip_prefix("/function/") {
+        let resp = if let Some(tail) = path.strip_prefix("/async-function/") {
+            match (req.method(), tail.strip_prefix("status/")) {
+                (&http::Method::GET, Some(call_id)) => asynchronous::status(&self, call_id).await,
+                (&http::Method::DELETE, _) if !tail.is_empty() && !tail.contains('/') => {
+                    asynchronous::cancel(&self, tail).await
+                }
+                _ => match invoke::parse_path(tail) {
+                    Some(target) => asynchronous::enqueue(&self, req, target).await,
+                    None => text(
+                        StatusCode::NOT_FOUND,
+                        "No function named in the path.\n".into(),
+                    ),
+                },
+            }
+        } else if let Some(tail) = path.strip_prefix("/function/") {
             match invoke::parse_path(tail) {
                 Some(target) => invoke::invoke(&self, req, peer, target).await,
                 None => text(
@@ -215,12 +336,16 @@ impl Gateway {
         } else if path.starts_with("/system/") {
             match &self.auth {
                 Some(auth) if !auth.allows(req.headers()) => unauthorized(),
+                _ if path.starts_with("/system/async/") => {
+                    asynchronous::dead_letters(&self, req).await
+                }
                 _ => system::handle(&self, req).await,
             }
         } else if path == "/healthz" {
             text(StatusCode::OK, "OK\n".into())
         } else if path == "/metrics" {
-            match self.metrics.encode(&self.registry.list()) {
+            let stats = self.queue.stats().await.unwrap_or_default();
+            match self.metrics.encode(&self.registry.list(), &stats) {
                 Ok(text_body) => {
                     let mut resp = text(StatusCode::OK, text_body);
                     resp.headers_mut().insert(
@@ -257,10 +382,17 @@ fn unauthorized() -> Response<ResponseBody> {
 /// in-flight calls finish for up to `shutdown_timeout`, and stops the provider's functions.
 pub async fn run(
     gateway: Arc<Gateway>,
+    worker: Option<Arc<Worker>>,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), GatewayError> {
     let addr = listener.local_addr().map_err(GatewayError::LocalAddr)?;
+    let stop_worker = CancellationToken::new();
+    let worker = worker.map(|w| tokio::spawn(w.run(stop_worker.clone())));
+    let expiry = tokio::spawn(expire_calls(
+        Arc::clone(&gateway.queue),
+        stop_worker.clone(),
+    ));
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
     let accept = {
@@ -299,6 +431,12 @@ pub async fn run(
             "drain deadline reached; stopping functions anyway"
         );
     }
+    // The worker finishes its calls while the functions still run.
+    stop_worker.cancel();
+    if let Some(worker) = worker {
+        let _ = worker.await;
+    }
+    let _ = expiry.await;
     gateway
         .registry
         .provider()
@@ -306,4 +444,22 @@ pub async fn run(
         .await;
     tracing::info!("exiting");
     Ok(())
+}
+
+/// Drops finished calls past the retention period, every minute until `stop`.
+pub async fn expire_calls(queue: Arc<dyn Queue>, stop: CancellationToken) {
+    loop {
+        match queue.expire().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(
+                calls = n,
+                "expired finished calls past the retention period"
+            ),
+            Err(e) => tracing::warn!(error = %proxy::error_chain(&e), "cannot expire old calls"),
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+    }
 }

@@ -158,7 +158,7 @@ async fn read_json<T: DeserializeOwned>(
 }
 
 /// A JSON response.
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<ResponseBody> {
     match serde_json::to_vec(value) {
         Ok(bytes) => {
             let mut resp = Response::new(body::full(bytes));
