@@ -7,7 +7,7 @@ fwatchdog (mode=http) starts it once and proxies every request to it:
     GET  /sse?n=5&ms=200     server-sent events, one every ms milliseconds
     GET  /ws                 websocket echo
     ANY  /echo               streams the request body back
-    ANY  /status/NNN         answers with status NNN
+    ANY  /status/NNN         answers with status NNN (?retry_after=S adds Retry-After: S)
     GET  /sleep?s=2          answers after s seconds
     POST /crash              exits with status 3 (to see the watchdog restart policy)
     ANY  anything else       JSON describing the request
@@ -120,7 +120,17 @@ class Handler(BaseHTTPRequestHandler):
         if path.startswith("/status/"):
             for _ in self.body_chunks():
                 pass
-            return self.send_bytes(int(path.rsplit("/", 1)[1]), b"status as asked\n")
+            status = int(path.rsplit("/", 1)[1])
+            self.send_response(status)
+            if "retry_after" in query:
+                self.send_header("Retry-After", query["retry_after"][0])
+            body = b"status as asked\n"
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+            return
         if path == "/sleep":
             time.sleep(float(query.get("s", ["1"])[0]))
             return self.send_bytes(200, b"slept\n")

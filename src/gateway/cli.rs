@@ -11,7 +11,7 @@ use crate::config::parse;
 
 /// fgateway: a lightweight function gateway.
 #[derive(Debug, Parser)]
-#[command(name = "fgateway", version, about, long_about = None)]
+#[command(name = "fgateway", version, about, long_about = None, args_override_self = true)]
 pub struct Cli {
     /// What to run.
     #[command(subcommand)]

@@ -6,8 +6,10 @@
     reason = "tests fail loudly and are not public API"
 )]
 
+mod callback;
 mod examples;
 mod gateway;
+mod gateway_async;
 mod harness;
 mod watchdog_classic;
 mod watchdog_config;
