@@ -4,6 +4,13 @@
 //! waiting in its channel, runs them in one transaction and commits once, then answers each
 //! job: concurrent enqueues share one fsync (group commit), and an enqueue's caller hears back
 //! only after the commit that made it durable.
+//!
+//! A batch that holds an enqueue, a cancel, a redrive or a purge commits with
+//! `synchronous=FULL` (the WAL is fsync'd before anyone hears back). Batches of worker
+//! bookkeeping only (leases, outcomes, callback state) commit with `synchronous=NORMAL`: they
+//! survive a crash of the process, and a power loss can at worst make a call or a callback
+//! happen again, which at-least-once delivery allows. The WAL is sequential, so the next FULL
+//! commit makes everything before it durable too.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,7 +49,15 @@ impl Default for EmbeddedConfig {
 
 /// Runs inside the batch transaction (or is told there is none: the store failed) and returns
 /// what to do once the commit's result is known.
-type Job = Box<dyn FnOnce(Option<&Transaction<'_>>) -> Complete + Send>;
+type Work = Box<dyn FnOnce(Option<&Transaction<'_>>) -> Complete + Send>;
+
+/// One unit of work for the writer.
+struct Job {
+    /// Whether its commit must be fsync'd before it is answered.
+    durable: bool,
+    /// The work.
+    work: Work,
+}
 /// Called with the commit's result.
 type Complete = Box<dyn FnOnce(Result<(), Arc<rusqlite::Error>>) + Send>;
 
@@ -107,6 +122,7 @@ CREATE TABLE IF NOT EXISTS calls (
     cb_next_at INTEGER
 );
 CREATE INDEX IF NOT EXISTS calls_waiting ON calls(state, visible_at);
+CREATE INDEX IF NOT EXISTS calls_leases ON calls(state, lease_until);
 CREATE INDEX IF NOT EXISTS calls_callbacks ON calls(cb_state, cb_next_at);
 CREATE INDEX IF NOT EXISTS calls_finished ON calls(finished_at);
 ";
@@ -124,13 +140,30 @@ impl EmbeddedQueue {
         Ok(EmbeddedQueue { jobs: tx, config })
     }
 
-    /// Runs `f` in the writer's next transaction; resolves after the commit.
+    /// Runs `f` in the writer's next transaction; resolves after the commit, which is fsync'd.
+    fn submit_durable<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, QueueError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, QueueError>> {
+        self.submit_as(true, f)
+    }
+
+    /// Runs `f` in the writer's next transaction; resolves after the commit, which reached the
+    /// operating system but may not be fsync'd yet (worker bookkeeping).
     fn submit<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Transaction<'_>) -> Result<T, QueueError> + Send + 'static,
     ) -> BoxFuture<'static, Result<T, QueueError>> {
+        self.submit_as(false, f)
+    }
+
+    fn submit_as<T: Send + 'static>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, QueueError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, QueueError>> {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |txn| {
+        let work: Work = Box::new(move |txn| {
             let result = match txn {
                 Some(txn) => f(txn),
                 None => Err(unavailable(WriterGone)),
@@ -142,7 +175,7 @@ impl EmbeddedQueue {
                 });
             })
         });
-        let sent = self.jobs.send(job);
+        let sent = self.jobs.send(Job { durable, work });
         Box::pin(async move {
             if sent.is_err() {
                 return Err(unavailable(WriterGone));
@@ -185,6 +218,7 @@ fn open_connection(db: &Path) -> Result<Connection, QueueError> {
 
 /// The writer thread: batches jobs into transactions until every sender is gone.
 fn writer(mut conn: Connection, jobs: std_mpsc::Receiver<Job>, path: &Path) {
+    let mut full = true;
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -193,18 +227,37 @@ fn writer(mut conn: Connection, jobs: std_mpsc::Receiver<Job>, path: &Path) {
                 Err(_) => break,
             }
         }
+        let durable = batch.iter().any(|j| j.durable);
+        if durable != full {
+            let mode = if durable { "FULL" } else { "NORMAL" };
+            match conn.pragma_update(None, "synchronous", mode) {
+                Ok(()) => full = durable,
+                Err(e) => tracing::warn!(error = %e, mode, "cannot switch synchronous mode"),
+            }
+        }
+        if durable && !full {
+            // The switch failed: do not answer a durable job from a commit that is not.
+            let e = Arc::new(rusqlite::Error::InvalidQuery);
+            for job in batch {
+                (job.work)(None)(Err(Arc::clone(&e)));
+            }
+            continue;
+        }
         let txn = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(txn) => txn,
             Err(e) => {
                 tracing::error!(db = %path.display(), error = %e, "queue store unavailable");
                 let e = Arc::new(e);
                 for job in batch {
-                    job(None)(Err(Arc::clone(&e)));
+                    (job.work)(None)(Err(Arc::clone(&e)));
                 }
                 continue;
             }
         };
-        let completes: Vec<Complete> = batch.into_iter().map(|job| job(Some(&txn))).collect();
+        let completes: Vec<Complete> = batch
+            .into_iter()
+            .map(|job| (job.work)(Some(&txn)))
+            .collect();
         let commit = txn.commit().map_err(|e| {
             tracing::error!(db = %path.display(), error = %e, "queue commit failed");
             Arc::new(e)
@@ -310,7 +363,7 @@ impl Queue for EmbeddedQueue {
                 return Box::pin(async move { Err(QueueError::Corrupt { call_id, source }) });
             }
         };
-        self.submit(move |txn| {
+        self.submit_durable(move |txn| {
             let enqueued_at = i64::try_from(request.enqueued_at).unwrap_or(i64::MAX);
             let n = txn
                 .execute(
@@ -359,11 +412,24 @@ impl Queue for EmbeddedQueue {
                     "UPDATE calls SET state = 'running', owner = ?1, lease_until = ?2,
                          attempts = attempts + 1, started_at = ?3
                      WHERE call_id IN (
-                         SELECT call_id FROM calls
-                         WHERE ((state IN ('queued', 'retrying') AND visible_at <= ?3)
-                                OR (state = 'running' AND lease_until < ?3))
-                           AND function NOT IN (SELECT value FROM json_each(?5))
-                         ORDER BY visible_at LIMIT ?4)
+                         SELECT call_id FROM (
+                             SELECT call_id FROM calls
+                             WHERE state = 'queued' AND visible_at <= ?3
+                               AND function NOT IN (SELECT value FROM json_each(?5))
+                             ORDER BY visible_at LIMIT ?4)
+                         UNION ALL
+                         SELECT call_id FROM (
+                             SELECT call_id FROM calls
+                             WHERE state = 'retrying' AND visible_at <= ?3
+                               AND function NOT IN (SELECT value FROM json_each(?5))
+                             ORDER BY visible_at LIMIT ?4)
+                         UNION ALL
+                         SELECT call_id FROM (
+                             SELECT call_id FROM calls
+                             WHERE state = 'running' AND lease_until < ?3
+                               AND function NOT IN (SELECT value FROM json_each(?5))
+                             ORDER BY lease_until LIMIT ?4)
+                         LIMIT ?4)
                      RETURNING call_id, request, attempts",
                 )
                 .map_err(unavailable)?;
@@ -468,7 +534,7 @@ impl Queue for EmbeddedQueue {
 
     fn cancel<'a>(&'a self, call_id: &'a str) -> BoxFuture<'a, Result<Cancelled, QueueError>> {
         let call_id = call_id.to_string();
-        self.submit(move |txn| {
+        self.submit_durable(move |txn| {
             let n = txn
                 .execute(
                     "UPDATE calls SET state = 'cancelled', finished_at = ?2
@@ -526,7 +592,7 @@ impl Queue for EmbeddedQueue {
 
     fn redrive<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>> {
         let call_id = call_id.map(str::to_string);
-        self.submit(move |txn| {
+        self.submit_durable(move |txn| {
             let n = txn
                 .execute(
                     "UPDATE calls SET state = 'queued', dead = 0, attempts = 0, visible_at = ?2,
@@ -541,7 +607,7 @@ impl Queue for EmbeddedQueue {
 
     fn purge<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>> {
         let call_id = call_id.map(str::to_string);
-        self.submit(move |txn| {
+        self.submit_durable(move |txn| {
             let n = txn
                 .execute(
                     "DELETE FROM calls WHERE dead = 1 AND (?1 IS NULL OR call_id = ?1)",
