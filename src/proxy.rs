@@ -35,6 +35,29 @@ pub fn client() -> Client {
         .build(connector)
 }
 
+/// A pooled client for http and https URLs (callbacks), trusting the Mozilla root
+/// certificates bundled by `webpki-roots`.
+pub type TlsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<HttpConnector>,
+    ResponseBody,
+>;
+
+/// A client for callback URLs, http or https.
+pub fn tls_client() -> TlsClient {
+    let mut http = HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    http.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE)
+        .build(connector)
+}
+
 /// Headers that describe one connection and never cross a proxy (RFC 9110, section 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
@@ -162,11 +185,14 @@ pub enum SendError {
 }
 
 /// Sends `req` and waits for the response headers until `deadline`.
-pub async fn send(
-    client: &Client,
+pub async fn send<C>(
+    client: &hyper_util::client::legacy::Client<C, ResponseBody>,
     req: http::Request<ResponseBody>,
     deadline: Option<tokio::time::Instant>,
-) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+) -> Result<http::Response<hyper::body::Incoming>, SendError>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
     let sent = client.request(req);
     let result = match deadline {
         Some(d) => tokio::time::timeout_at(d, sent)

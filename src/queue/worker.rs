@@ -103,8 +103,8 @@ pub struct Worker {
     wake: Arc<Notify>,
     /// Woken when a callback becomes due.
     callbacks_wake: Arc<Notify>,
-    /// Client for callbacks.
-    client: proxy::Client,
+    /// Client for callbacks (http and https).
+    client: proxy::TlsClient,
 }
 
 impl std::fmt::Debug for Worker {
@@ -135,7 +135,7 @@ impl Worker {
             counters,
             wake,
             callbacks_wake: Arc::new(Notify::new()),
-            client: proxy::client(),
+            client: proxy::tls_client(),
         })
     }
 
