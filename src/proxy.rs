@@ -37,10 +37,8 @@ pub fn client() -> Client {
 
 /// A pooled client for http and https URLs (callbacks), trusting the Mozilla root
 /// certificates bundled by `webpki-roots`.
-pub type TlsClient = hyper_util::client::legacy::Client<
-    hyper_rustls::HttpsConnector<HttpConnector>,
-    ResponseBody,
->;
+pub type TlsClient =
+    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, ResponseBody>;
 
 /// A client for callback URLs, http or https.
 pub fn tls_client() -> TlsClient {

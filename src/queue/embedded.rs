@@ -268,6 +268,40 @@ fn writer(mut conn: Connection, jobs: std_mpsc::Receiver<Job>, path: &Path) {
     }
 }
 
+/// Statements through SQLite's prepared-statement cache: the writer runs the same few
+/// statements thousands of times a second.
+trait Cached {
+    /// `execute` with a cached statement.
+    fn exec_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+    /// `query_row` with a cached statement.
+    fn query_row_cached<T, P: rusqlite::Params, F>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T>
+    where
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl Cached for Transaction<'_> {
+    fn exec_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T, P: rusqlite::Params, F>(
+        &self,
+        sql: &str,
+        params: P,
+        f: F,
+    ) -> rusqlite::Result<T>
+    where
+        F: FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 /// Reads a status record row.
 fn status_row(row: &rusqlite::Row<'_>, cap: usize) -> rusqlite::Result<CallStatus> {
     let state: String = row.get("state")?;
@@ -310,6 +344,10 @@ fn status_row(row: &rusqlite::Row<'_>, cap: usize) -> rusqlite::Result<CallStatu
 }
 
 /// Stores the final outcome of a running call this owner holds.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site per final state; each value is a column"
+)]
 fn record_final(
     txn: &Transaction<'_>,
     call_id: &str,
@@ -317,15 +355,16 @@ fn record_final(
     outcome: &Outcome,
     state: CallState,
     dead: bool,
+    claim: Duration,
+    headers: &str,
 ) -> Result<(), QueueError> {
-    let headers = serde_json::to_string(&outcome.headers).unwrap_or_else(|_| "[]".into());
     let n = txn
-        .execute(
+        .exec_cached(
             "UPDATE calls SET state = ?3, dead = ?4, finished_at = ?5, status_code = ?6,
                  last_error = ?7, result = ?8, result_headers = ?9, duration = ?10,
                  owner = NULL, lease_until = NULL,
                  cb_state = CASE WHEN cb_url IS NULL THEN 'none' ELSE 'pending' END,
-                 cb_next_at = ?5
+                 cb_next_at = ?11
              WHERE call_id = ?1 AND owner = ?2 AND state = 'running'",
             params![
                 call_id,
@@ -337,7 +376,8 @@ fn record_final(
                 outcome.error,
                 outcome.body,
                 headers,
-                outcome.duration
+                outcome.duration,
+                now_ms() + ms(claim)
             ],
         )
         .map_err(unavailable)?;
@@ -366,7 +406,7 @@ impl Queue for EmbeddedQueue {
         self.submit_durable(move |txn| {
             let enqueued_at = i64::try_from(request.enqueued_at).unwrap_or(i64::MAX);
             let n = txn
-                .execute(
+                .exec_cached(
                     "INSERT INTO calls (call_id, function, request, idem_key, state, visible_at,
                          enqueued_at, cb_url)
                      VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6)
@@ -385,7 +425,7 @@ impl Queue for EmbeddedQueue {
                 return Ok(Enqueued::New(request.call_id));
             }
             let existing: Option<String> = txn
-                .query_row(
+                .query_row_cached(
                     "SELECT call_id FROM calls WHERE call_id = ?1 OR (?2 IS NOT NULL AND idem_key = ?2)",
                     params![request.call_id, idempotency_key],
                     |row| row.get(0),
@@ -405,7 +445,7 @@ impl Queue for EmbeddedQueue {
     ) -> BoxFuture<'a, Result<Vec<Leased>, QueueError>> {
         let owner = owner.to_string();
         let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
-        self.submit(move |txn| {
+        let rows = self.submit(move |txn| {
             let now = now_ms();
             let mut stmt = txn
                 .prepare_cached(
@@ -445,9 +485,12 @@ impl Queue for EmbeddedQueue {
                     },
                 )
                 .map_err(unavailable)?;
+            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
+        });
+        // Parse outside the writer thread, which every other queue operation waits for.
+        Box::pin(async move {
             let mut out = Vec::new();
-            for row in rows {
-                let (call_id, json, attempts) = row.map_err(unavailable)?;
+            for (call_id, json, attempts) in rows.await? {
                 let mut request: QueueRequest = serde_json::from_str(&json)
                     .map_err(|source| QueueError::Corrupt { call_id, source })?;
                 request.attempt = attempts;
@@ -467,7 +510,7 @@ impl Queue for EmbeddedQueue {
         let (call_id, owner) = (call_id.to_string(), owner.to_string());
         self.submit(move |txn| {
             let n = txn
-                .execute(
+                .exec_cached(
                     "UPDATE calls SET lease_until = ?3
                      WHERE call_id = ?1 AND owner = ?2 AND state = 'running'",
                     params![call_id, owner, now_ms() + ms(lease)],
@@ -482,15 +525,19 @@ impl Queue for EmbeddedQueue {
         call_id: &'a str,
         owner: &'a str,
         outcome: Outcome,
+        claim: Duration,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         let (call_id, owner) = (call_id.to_string(), owner.to_string());
+        let headers = serde_json::to_string(&outcome.headers).unwrap_or_else(|_| "[]".into());
         self.submit(move |txn| {
             let state = if outcome.succeeded() {
                 CallState::Succeeded
             } else {
                 CallState::Failed
             };
-            record_final(txn, &call_id, &owner, &outcome, state, false)
+            record_final(
+                txn, &call_id, &owner, &outcome, state, false, claim, &headers,
+            )
         })
     }
 
@@ -503,7 +550,7 @@ impl Queue for EmbeddedQueue {
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         let (call_id, owner) = (call_id.to_string(), owner.to_string());
         self.submit(move |txn| {
-            txn.execute(
+            txn.exec_cached(
                 "UPDATE calls SET state = 'retrying', visible_at = ?3, status_code = ?4,
                      last_error = ?5, owner = NULL, lease_until = NULL
                  WHERE call_id = ?1 AND owner = ?2 AND state = 'running'",
@@ -525,10 +572,21 @@ impl Queue for EmbeddedQueue {
         call_id: &'a str,
         owner: &'a str,
         outcome: Outcome,
+        claim: Duration,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         let (call_id, owner) = (call_id.to_string(), owner.to_string());
+        let headers = serde_json::to_string(&outcome.headers).unwrap_or_else(|_| "[]".into());
         self.submit(move |txn| {
-            record_final(txn, &call_id, &owner, &outcome, CallState::Failed, true)
+            record_final(
+                txn,
+                &call_id,
+                &owner,
+                &outcome,
+                CallState::Failed,
+                true,
+                claim,
+                &headers,
+            )
         })
     }
 
@@ -536,7 +594,7 @@ impl Queue for EmbeddedQueue {
         let call_id = call_id.to_string();
         self.submit_durable(move |txn| {
             let n = txn
-                .execute(
+                .exec_cached(
                     "UPDATE calls SET state = 'cancelled', finished_at = ?2
                      WHERE call_id = ?1 AND state IN ('queued', 'retrying')",
                     params![call_id, now_ms()],
@@ -546,7 +604,7 @@ impl Queue for EmbeddedQueue {
                 return Ok(Cancelled::Yes);
             }
             let state: Option<String> = txn
-                .query_row(
+                .query_row_cached(
                     "SELECT state FROM calls WHERE call_id = ?1",
                     params![call_id],
                     |row| row.get(0),
@@ -567,7 +625,7 @@ impl Queue for EmbeddedQueue {
         let call_id = call_id.to_string();
         let cap = self.config.result_cap;
         self.submit(move |txn| {
-            txn.query_row(
+            txn.query_row_cached(
                 "SELECT * FROM calls WHERE call_id = ?1",
                 params![call_id],
                 |row| status_row(row, cap),
@@ -594,7 +652,7 @@ impl Queue for EmbeddedQueue {
         let call_id = call_id.map(str::to_string);
         self.submit_durable(move |txn| {
             let n = txn
-                .execute(
+                .exec_cached(
                     "UPDATE calls SET state = 'queued', dead = 0, attempts = 0, visible_at = ?2,
                          finished_at = NULL, cb_state = 'none', cb_attempts = 0
                      WHERE dead = 1 AND (?1 IS NULL OR call_id = ?1)",
@@ -609,7 +667,7 @@ impl Queue for EmbeddedQueue {
         let call_id = call_id.map(str::to_string);
         self.submit_durable(move |txn| {
             let n = txn
-                .execute(
+                .exec_cached(
                     "DELETE FROM calls WHERE dead = 1 AND (?1 IS NULL OR call_id = ?1)",
                     params![call_id],
                 )
@@ -674,7 +732,7 @@ impl Queue for EmbeddedQueue {
                 (false, Some(d)) => ("pending", Some(now_ms() + ms(d))),
                 (false, None) => ("failed", None),
             };
-            txn.execute(
+            txn.exec_cached(
                 "UPDATE calls SET cb_state = ?2, cb_next_at = ?3, cb_attempts = cb_attempts + 1
                  WHERE call_id = ?1",
                 params![call_id, state, next],
@@ -687,7 +745,7 @@ impl Queue for EmbeddedQueue {
     fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
         self.submit(move |txn| {
             let (depth, oldest): (i64, Option<i64>) = txn
-                .query_row(
+                .query_row_cached(
                     "SELECT count(*), min(enqueued_at) FROM calls
                      WHERE state IN ('queued', 'retrying')",
                     [],
@@ -695,7 +753,7 @@ impl Queue for EmbeddedQueue {
                 )
                 .map_err(unavailable)?;
             let in_flight: i64 = txn
-                .query_row(
+                .query_row_cached(
                     "SELECT count(*) FROM calls WHERE state = 'running'",
                     [],
                     |row| row.get(0),
@@ -714,7 +772,7 @@ impl Queue for EmbeddedQueue {
         let horizon = now_ms() - ms(self.config.retention);
         self.submit(move |txn| {
             let n = txn
-                .execute(
+                .exec_cached(
                     "DELETE FROM calls
                      WHERE state IN ('succeeded', 'failed', 'cancelled') AND dead = 0
                        AND cb_state != 'pending' AND finished_at < ?1",

@@ -246,12 +246,15 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
         lease: Duration,
     ) -> BoxFuture<'a, Result<bool, QueueError>>;
 
-    /// Records the final outcome (succeeded, or failed for good) and queues its callback.
+    /// Records the final outcome (succeeded, or failed for good) and queues its callback, due
+    /// after `claim` (the caller may deliver it itself meanwhile; if it does not record the
+    /// delivery in time, any dispatcher will).
     fn finish<'a>(
         &'a self,
         call_id: &'a str,
         owner: &'a str,
         outcome: Outcome,
+        claim: Duration,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Makes the call wait `delay` before its next attempt.
@@ -264,12 +267,13 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Retries are exhausted: the call fails, joins the dead-letter set, and its callback is
-    /// queued.
+    /// queued (due after `claim`, as for [`Queue::finish`]).
     fn dead_letter<'a>(
         &'a self,
         call_id: &'a str,
         owner: &'a str,
         outcome: Outcome,
+        claim: Duration,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Cancels a call that has not run.

@@ -107,7 +107,7 @@ pub async fn run(q: &dyn Queue) {
     );
 
     // Finish with a callback: the callback becomes due, once.
-    q.finish("a", "w1", ok(200)).await.unwrap();
+    q.finish("a", "w1", ok(200), Duration::ZERO).await.unwrap();
     let st = q.status("a").await.unwrap().unwrap();
     assert_eq!(st.state, CallState::Succeeded);
     assert_eq!(st.status_code, Some(200));
@@ -146,7 +146,9 @@ pub async fn run(q: &dyn Queue) {
     let again = q.lease("w2", 10, lease, &[]).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].request.attempt, 2);
-    q.dead_letter("b", "w2", ok(503)).await.unwrap();
+    q.dead_letter("b", "w2", ok(503), Duration::ZERO)
+        .await
+        .unwrap();
     let dead = q.dead_letters().await.unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].call_id, "b");
@@ -156,7 +158,9 @@ pub async fn run(q: &dyn Queue) {
     assert!(q.dead_letters().await.unwrap().is_empty());
     let again = q.lease("w2", 10, lease, &[]).await.unwrap();
     assert_eq!(again[0].request.call_id, "b");
-    q.dead_letter("b", "w2", ok(500)).await.unwrap();
+    q.dead_letter("b", "w2", ok(500), Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(q.purge(None).await.unwrap(), 1);
     assert!(q.status("b").await.unwrap().is_none());
 
@@ -172,12 +176,14 @@ pub async fn run(q: &dyn Queue) {
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].request.attempt, 2);
     // The dead worker's late outcome is ignored.
-    q.finish("c", "dead-worker", ok(200)).await.unwrap();
+    q.finish("c", "dead-worker", ok(200), Duration::ZERO)
+        .await
+        .unwrap();
     assert_eq!(
         q.status("c").await.unwrap().unwrap().state,
         CallState::Running
     );
-    q.finish("c", "w", ok(404)).await.unwrap();
+    q.finish("c", "w", ok(404), Duration::ZERO).await.unwrap();
     assert_eq!(
         q.status("c").await.unwrap().unwrap().state,
         CallState::Failed

@@ -15,7 +15,9 @@
 //!   (503 when the call itself failed), `X-Function-Name`, `X-Duration-Seconds`, `X-Retry` (the
 //!   attempt that produced the result, from 1), `X-Retry-Max`, `User-Agent`, and
 //!   `X-Fgateway-Signature: sha256=HEX` (HMAC-SHA256 of the body) when a secret is set. A failed
-//!   delivery is retried on its own backoff; it never runs the function again.
+//!   delivery is retried on its own backoff; it never runs the function again. The worker that
+//!   ran a call sends its first callback itself; later attempts, and callbacks whose worker
+//!   died, go through the callback dispatcher, which polls for due callbacks.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -101,10 +103,10 @@ pub struct Worker {
     counters: WorkerCounters,
     /// Woken by enqueues in the same process.
     wake: Arc<Notify>,
-    /// Woken when a callback becomes due.
-    callbacks_wake: Arc<Notify>,
     /// Client for callbacks (http and https).
     client: proxy::TlsClient,
+    /// First deliveries, sent right after a call finishes.
+    inline_callbacks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for Worker {
@@ -134,8 +136,8 @@ impl Worker {
             config,
             counters,
             wake,
-            callbacks_wake: Arc::new(Notify::new()),
             client: proxy::tls_client(),
+            inline_callbacks: tokio_util::task::TaskTracker::new(),
         })
     }
 
@@ -152,9 +154,12 @@ impl Worker {
         let callbacks = tokio::spawn(Arc::clone(&self).deliver_callbacks(stop.clone()));
         let running: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let mut tasks = JoinSet::new();
+        // While busy, lease in batches rather than one call per completion: each lease is a
+        // write every other queue operation waits behind.
+        let batch = (self.config.max_inflight / 8).max(1);
         while !stop.is_cancelled() {
             let free = self.config.max_inflight.saturating_sub(tasks.len());
-            let leased = if free == 0 {
+            let leased = if free == 0 || (free < batch && !tasks.is_empty()) {
                 Vec::new()
             } else {
                 let busy: Vec<String> = running
@@ -224,10 +229,13 @@ impl Worker {
             );
         }
         let _ = callbacks.await;
+        self.inline_callbacks.close();
+        let _ =
+            tokio::time::timeout(self.config.callback_timeout, self.inline_callbacks.wait()).await;
     }
 
     /// Runs one leased call to a recorded outcome.
-    async fn run_call(&self, call: Leased) {
+    async fn run_call(self: &Arc<Self>, call: Leased) {
         let request = &call.request;
         let call_id = request.call_id.as_str();
         let extend = async {
@@ -250,10 +258,22 @@ impl Worker {
             outcome = self.invoker.invoke(request, self.config.call_timeout) => outcome,
             () = extend => unreachable_outcome(),
         };
-        let recorded = if !retryable(&outcome) {
-            self.queue
-                .finish(call_id, &self.config.owner, outcome)
-                .await
+        let claim = self.callback_claim();
+        let callback = request.callback_url.as_ref().map(|url| CallbackJob {
+            call_id: request.call_id.clone(),
+            function: request.function.clone(),
+            url: url.clone(),
+            outcome: outcome.clone(),
+            attempts: request.attempt,
+            delivery_attempts: 0,
+        });
+        let (recorded, is_final) = if !retryable(&outcome) {
+            (
+                self.queue
+                    .finish(call_id, &self.config.owner, outcome, claim)
+                    .await,
+                true,
+            )
         } else if let Some(delay) = self.retry_delay(request, &outcome) {
             self.counters.retries.inc();
             tracing::info!(
@@ -264,9 +284,12 @@ impl Worker {
                 delay = %humantime::format_duration(delay),
                 "call will be retried"
             );
-            self.queue
-                .retry_later(call_id, &self.config.owner, delay, outcome)
-                .await
+            (
+                self.queue
+                    .retry_later(call_id, &self.config.owner, delay, outcome)
+                    .await,
+                false,
+            )
         } else {
             self.counters.dead_lettered.inc();
             tracing::warn!(
@@ -276,18 +299,38 @@ impl Worker {
                 status = outcome.status,
                 "retries exhausted; call moved to the dead-letter set"
             );
-            self.queue
-                .dead_letter(call_id, &self.config.owner, outcome)
-                .await
+            (
+                self.queue
+                    .dead_letter(call_id, &self.config.owner, outcome, claim)
+                    .await,
+                true,
+            )
         };
         match recorded {
-            Ok(()) => self.callbacks_wake.notify_one(),
+            // The callback is ours for `claim`: deliver it now rather than through the
+            // dispatcher. Should this process die first, the dispatcher of any worker sends it
+            // once the claim lapses.
+            // In its own task: a slow receiver must not hold one of the function call slots.
+            Ok(()) if is_final => {
+                if let Some(job) = callback {
+                    let worker = Arc::clone(self);
+                    self.inline_callbacks
+                        .spawn(async move { worker.deliver(job).await });
+                }
+            }
+            Ok(()) => {}
             Err(e) => tracing::error!(
                 call_id,
                 error = %proxy::error_chain(&e),
                 "cannot record the outcome; the call will run again when its lease expires"
             ),
         }
+    }
+
+    /// How long a callback stays with the worker that produced it before any dispatcher may
+    /// send it.
+    fn callback_claim(&self) -> Duration {
+        self.config.callback_timeout * 2 + Duration::from_secs(1)
     }
 
     /// When to try again, or `None` when the call is out of attempts or age.
@@ -312,7 +355,7 @@ impl Worker {
     /// Delivers due callbacks until `stop`.
     async fn deliver_callbacks(self: Arc<Self>, stop: CancellationToken) {
         let mut deliveries = JoinSet::new();
-        let claim = self.config.callback_timeout * 2 + Duration::from_secs(1);
+        let claim = self.callback_claim();
         loop {
             let due = match self.queue.due_callbacks(64, claim).await {
                 Ok(due) => due,
@@ -330,7 +373,6 @@ impl Worker {
             if idle {
                 tokio::select! {
                     _ = stop.cancelled() => break,
-                    _ = self.callbacks_wake.notified() => {}
                     _ = tokio::time::sleep(POLL) => {}
                 }
             }

@@ -578,3 +578,52 @@ async fn a_separate_worker_process_runs_the_calls() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn the_example_callback_receiver_checks_signatures() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "hush").unwrap();
+    let gw = up(&dir, &["--callback-secret-file", secret.to_str().unwrap()]).await;
+    let port = free_port();
+    let out = dir.path().join("receiver.out");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _receiver = Kill(
+        std::process::Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/examples/callback-receiver/receiver.py"
+            ))
+            .env("PORT", port.to_string())
+            .env("CALLBACK_SECRET", "hush")
+            .stdout(std::fs::File::create(&out).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    crate::harness::eventually("the receiver to listen", DEADLINE, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .await;
+    let url = format!("http://127.0.0.1:{port}/");
+    let r = enqueue(
+        &gw,
+        "/async-function/echo",
+        "signed",
+        &[("x-callback-url", url.as_str())],
+    )
+    .await;
+    let call_id = r.header("x-call-id").unwrap();
+    status_until(&gw, &call_id, "delivered", |s| s["callback"] == "delivered").await;
+    let printed = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        printed.contains(&format!("call {call_id}: function echo answered 200")),
+        "{printed}"
+    );
+    assert!(printed.contains("signature ok"), "{printed}");
+}
