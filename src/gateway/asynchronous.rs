@@ -273,17 +273,18 @@ pub async fn dead_letters(gateway: &Gateway, req: Request<Incoming>) -> Response
             );
         }
     };
+    let call_id = || selection(&body).map(|s| s.call_id);
     match (path.as_str(), method) {
         ("/system/async/dead-letters", Method::GET) => match gateway.queue.dead_letters().await {
             Ok(list) => super::system::json(StatusCode::OK, &list),
             Err(e) => unavailable(&e),
         },
         ("/system/async/dead-letters/redrive", Method::POST) => {
-            let sel = match selection(&body) {
-                Ok(s) => s,
+            let id = match call_id() {
+                Ok(id) => id,
                 Err(why) => return text(StatusCode::BAD_REQUEST, why),
             };
-            match gateway.queue.redrive(sel.call_id.as_deref()).await {
+            match gateway.queue.redrive(id.as_deref()).await {
                 Ok(n) => {
                     gateway.wake.notify_one();
                     super::system::json(StatusCode::OK, &serde_json::json!({ "redriven": n }))
@@ -292,11 +293,11 @@ pub async fn dead_letters(gateway: &Gateway, req: Request<Incoming>) -> Response
             }
         }
         ("/system/async/dead-letters", Method::DELETE) => {
-            let sel = match selection(&body) {
-                Ok(s) => s,
+            let id = match call_id() {
+                Ok(id) => id,
                 Err(why) => return text(StatusCode::BAD_REQUEST, why),
             };
-            match gateway.queue.purge(sel.call_id.as_deref()).await {
+            match gateway.queue.purge(id.as_deref()).await {
                 Ok(n) => super::system::json(StatusCode::OK, &serde_json::json!({ "purged": n })),
                 Err(e) => unavailable(&e),
             }

@@ -343,21 +343,26 @@ fn status_row(row: &rusqlite::Row<'_>, cap: usize) -> rusqlite::Result<CallStatu
     })
 }
 
-/// Stores the final outcome of a running call this owner holds.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "one call site per final state; each value is a column"
-)]
-fn record_final(
-    txn: &Transaction<'_>,
-    call_id: &str,
-    owner: &str,
-    outcome: &Outcome,
+/// The final outcome of a call, ready to store.
+struct Final {
+    /// The call.
+    call_id: String,
+    /// The worker that must still hold its lease.
+    owner: String,
+    /// What happened.
+    outcome: Outcome,
+    /// `outcome.headers` as JSON.
+    headers: String,
+    /// Succeeded or failed.
     state: CallState,
+    /// Whether it joins the dead-letter set.
     dead: bool,
-    claim: Duration,
-    headers: &str,
-) -> Result<(), QueueError> {
+    /// When its callback becomes due for the dispatcher.
+    callback_due: i64,
+}
+
+/// Stores the final outcome of a running call its owner still holds.
+fn record_final(txn: &Transaction<'_>, f: &Final) -> Result<(), QueueError> {
     let n = txn
         .exec_cached(
             "UPDATE calls SET state = ?3, dead = ?4, finished_at = ?5, status_code = ?6,
@@ -367,27 +372,55 @@ fn record_final(
                  cb_next_at = ?11
              WHERE call_id = ?1 AND owner = ?2 AND state = 'running'",
             params![
-                call_id,
-                owner,
-                state.as_str(),
-                i64::from(dead),
+                f.call_id,
+                f.owner,
+                f.state.as_str(),
+                i64::from(f.dead),
                 now_ms(),
-                outcome.status,
-                outcome.error,
-                outcome.body,
-                headers,
-                outcome.duration,
-                now_ms() + ms(claim)
+                f.outcome.status,
+                f.outcome.error,
+                f.outcome.body,
+                f.headers,
+                f.outcome.duration,
+                f.callback_due
             ],
         )
         .map_err(unavailable)?;
     if n == 0 {
         tracing::warn!(
-            call_id,
+            call_id = %f.call_id,
             "lease lost before the outcome was recorded; another worker owns the call"
         );
     }
     Ok(())
+}
+
+impl EmbeddedQueue {
+    /// Records a final outcome: succeeded or failed, or dead-lettered.
+    fn finalize(
+        &self,
+        call_id: &str,
+        owner: &str,
+        outcome: Outcome,
+        claim: Duration,
+        dead: bool,
+    ) -> BoxFuture<'static, Result<(), QueueError>> {
+        let state = if !dead && outcome.succeeded() {
+            CallState::Succeeded
+        } else {
+            CallState::Failed
+        };
+        let f = Final {
+            call_id: call_id.to_string(),
+            owner: owner.to_string(),
+            headers: serde_json::to_string(&outcome.headers).unwrap_or_else(|_| "[]".into()),
+            outcome,
+            state,
+            dead,
+            callback_due: now_ms() + ms(claim),
+        };
+        self.submit(move |txn| record_final(txn, &f))
+    }
 }
 
 impl Queue for EmbeddedQueue {
@@ -527,18 +560,7 @@ impl Queue for EmbeddedQueue {
         outcome: Outcome,
         claim: Duration,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
-        let (call_id, owner) = (call_id.to_string(), owner.to_string());
-        let headers = serde_json::to_string(&outcome.headers).unwrap_or_else(|_| "[]".into());
-        self.submit(move |txn| {
-            let state = if outcome.succeeded() {
-                CallState::Succeeded
-            } else {
-                CallState::Failed
-            };
-            record_final(
-                txn, &call_id, &owner, &outcome, state, false, claim, &headers,
-            )
-        })
+        self.finalize(call_id, owner, outcome, claim, false)
     }
 
     fn retry_later<'a>(
@@ -574,20 +596,7 @@ impl Queue for EmbeddedQueue {
         outcome: Outcome,
         claim: Duration,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
-        let (call_id, owner) = (call_id.to_string(), owner.to_string());
-        let headers = serde_json::to_string(&outcome.headers).unwrap_or_else(|_| "[]".into());
-        self.submit(move |txn| {
-            record_final(
-                txn,
-                &call_id,
-                &owner,
-                &outcome,
-                CallState::Failed,
-                true,
-                claim,
-                &headers,
-            )
-        })
+        self.finalize(call_id, owner, outcome, claim, true)
     }
 
     fn cancel<'a>(&'a self, call_id: &'a str) -> BoxFuture<'a, Result<Cancelled, QueueError>> {
