@@ -19,8 +19,10 @@ use crate::watchdog::body::ResponseBody;
 /// body, so a request body can stream straight through).
 pub type Client = hyper_util::client::legacy::Client<HttpConnector, ResponseBody>;
 
-/// How long an idle pooled connection is kept.
-const POOL_IDLE: Duration = Duration::from_secs(90);
+/// How long an idle pooled connection is kept: shorter than the idle limits of common
+/// upstream servers (Node closes after 5 s), so a request rarely meets a connection the server
+/// is closing.
+const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// How long connecting to an upstream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -124,10 +126,14 @@ pub fn forward_request_headers(
         headers.insert(header::UPGRADE, protocol.clone());
     }
     if let Some(ip) = peer {
-        let value = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-            Some(prior) => format!("{prior}, {ip}"),
-            None => ip.to_string(),
-        };
+        let mut chain: Vec<&str> = headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let ip = ip.to_string();
+        chain.push(&ip);
+        let value = chain.join(", ");
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(X_FORWARDED_FOR, v);
         }

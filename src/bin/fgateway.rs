@@ -119,6 +119,7 @@ async fn worker(args: WorkerCmdArgs) -> Result<(), Box<UpError>> {
     let invoker = Arc::new(gateway::asynchronous::RemoteInvoker {
         gateway: args.gateway.clone(),
         client: fwatchdog::proxy::client(),
+        max_result: args.worker.max_async_result,
     });
     let worker = Worker::new(
         Arc::clone(&queue),

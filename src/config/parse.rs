@@ -7,7 +7,11 @@ use std::time::Duration;
 
 /// Accepted form of a duration, quoted in error messages.
 pub const DURATION_FORM: &str =
-    r#"seconds ("10") or a duration ("500ms", "10s", "1m30s"); "0" means no limit"#;
+    r#"seconds ("10") or a duration ("500ms", "10s", "1m30s") up to 10 years; "0" means no limit"#;
+
+/// The longest duration accepted: deadlines are computed by adding durations to the current
+/// time, which must not overflow.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Accepted form of a boolean, quoted in error messages.
 pub const BOOL_FORM: &str = "true, false, 1 or 0 (any case)";
 /// Accepted form of a non-negative integer, quoted in error messages.
@@ -52,6 +56,9 @@ pub fn duration(value: &str) -> Result<Option<Duration>, &'static str> {
     } else {
         humantime::parse_duration(value).map_err(|_| DURATION_FORM)?
     };
+    if parsed > MAX_DURATION {
+        return Err(DURATION_FORM);
+    }
     Ok((!parsed.is_zero()).then_some(parsed))
 }
 
@@ -77,6 +84,14 @@ pub fn port(value: &str) -> Result<u16, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_are_capped() {
+        assert_eq!(duration("315360000"), Ok(Some(MAX_DURATION)));
+        assert_eq!(duration("315360001"), Err(DURATION_FORM));
+        assert_eq!(duration("18446744073709551615"), Err(DURATION_FORM));
+        assert_eq!(duration("100000y"), Err(DURATION_FORM));
+    }
 
     #[test]
     fn sizes() {

@@ -324,6 +324,10 @@ fn headers_of(request: &QueueRequest) -> HeaderMap {
     {
         headers.insert(header::HOST, v);
     }
+    // The stored body is replayed whole: its original framing does not apply.
+    proxy::strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::EXPECT);
     headers
 }
 
@@ -340,8 +344,13 @@ fn path_and_query(request: &QueueRequest) -> String {
     }
 }
 
-/// Turns a response into an outcome, reading its whole body.
-async fn outcome_of(response: Response<Incoming>, started: Instant, deadline: Instant) -> Outcome {
+/// Turns a response into an outcome, reading its whole body (at most `max` bytes).
+async fn outcome_of(
+    response: Response<Incoming>,
+    started: Instant,
+    deadline: Instant,
+    max: usize,
+) -> Outcome {
     let (parts, incoming) = response.into_parts();
     let mut headers = parts.headers;
     proxy::forward_response_headers(&mut headers, false);
@@ -355,13 +364,21 @@ async fn outcome_of(response: Response<Incoming>, started: Instant, deadline: In
             )
         })
         .collect();
-    match tokio::time::timeout_at(deadline, incoming.collect()).await {
+    match tokio::time::timeout_at(deadline, Limited::new(incoming, max).collect()).await {
         Ok(Ok(body)) => Outcome {
             status: parts.status.as_u16(),
             headers: pairs,
             body: body.to_bytes().to_vec(),
             duration: started.elapsed().as_secs_f64(),
             error: None,
+        },
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Outcome {
+            status: 502,
+            duration: started.elapsed().as_secs_f64(),
+            error: Some(format!(
+                "the response is larger than max_async_result ({max} bytes)"
+            )),
+            ..Outcome::default()
         },
         Ok(Err(e)) => Outcome {
             status: 502,
@@ -383,6 +400,8 @@ async fn outcome_of(response: Response<Incoming>, started: Instant, deadline: In
 pub struct GatewayInvoker {
     /// The gateway.
     pub gateway: Arc<Gateway>,
+    /// Largest response kept.
+    pub max_result: usize,
 }
 
 impl Invoker for GatewayInvoker {
@@ -408,7 +427,9 @@ impl Invoker for GatewayInvoker {
                 deadline,
             };
             match invoke::call(&self.gateway, call).await {
-                Ok((response, _record)) => outcome_of(response, started, deadline).await,
+                Ok((response, _record)) => {
+                    outcome_of(response, started, deadline, self.max_result).await
+                }
                 Err((error, _record)) => Outcome {
                     status: error.status().as_u16(),
                     headers: Vec::new(),
@@ -430,6 +451,8 @@ pub struct RemoteInvoker {
     pub gateway: http::Uri,
     /// Client.
     pub client: proxy::Client,
+    /// Largest response kept.
+    pub max_result: usize,
 }
 
 impl Invoker for RemoteInvoker {
@@ -447,6 +470,12 @@ impl Invoker for RemoteInvoker {
                 error: Some(why),
                 ..Outcome::default()
             };
+            let final_failure = |why: String, status: u16| Outcome {
+                status,
+                body: why.into_bytes(),
+                duration: started.elapsed().as_secs_f64(),
+                ..Outcome::default()
+            };
             let target = format!("/function/{}{}", request.function, path_and_query(request));
             let uri = match target
                 .parse()
@@ -454,7 +483,8 @@ impl Invoker for RemoteInvoker {
                 .and_then(|pq| proxy::upstream_uri(&self.gateway, Some(&pq)))
             {
                 Ok(uri) => uri,
-                Err(e) => return failed(format!("bad path: {e}"), 400),
+                // Final: retrying cannot fix the path.
+                Err(e) => return final_failure(format!("Cannot forward this path: {e}\n"), 400),
             };
             let mut req = Request::new(
                 Full::new(Bytes::from(request.body.clone()))
@@ -467,7 +497,7 @@ impl Invoker for RemoteInvoker {
             *req.headers_mut() = headers_of(request);
             req.headers_mut().remove(header::HOST);
             match proxy::send(&self.client, req, Some(deadline)).await {
-                Ok(resp) => outcome_of(resp, started, deadline).await,
+                Ok(resp) => outcome_of(resp, started, deadline, self.max_result).await,
                 Err(proxy::SendError::TimedOut) => failed("timed out".into(), 504),
                 Err(proxy::SendError::Connect(why) | proxy::SendError::Failed(why)) => {
                     failed(why, 502)

@@ -62,7 +62,9 @@ impl BasicAuth {
         let Some(encoded) = headers
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Basic "))
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+            .map(|(_, credentials)| credentials)
         else {
             return false;
         };
@@ -97,6 +99,10 @@ mod tests {
             h
         };
         assert!(auth.allows(&with("admin:s3cret")));
+        let mut lower = HeaderMap::new();
+        let b64 = base64::engine::general_purpose::STANDARD.encode("admin:s3cret");
+        lower.insert("authorization", format!("basic {b64}").parse().unwrap());
+        assert!(auth.allows(&lower));
         assert!(!auth.allows(&with("admin:wrong")));
         assert!(!auth.allows(&with("root:s3cret")));
         assert!(!auth.allows(&with("admin")));

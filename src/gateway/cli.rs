@@ -228,6 +228,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "callback_backoff_max", default_value = "5m", value_parser = duration)]
     pub callback_backoff_max: Duration,
 
+    /// Largest function response an asynchronous call keeps (for its callback and status);
+    /// a larger one fails the attempt.
+    #[arg(long, env = "max_async_result", default_value = "8MiB", value_parser = size)]
+    pub max_async_result: usize,
+
     /// File holding the key for the callback signature header (X-Fgateway-Signature:
     /// sha256=HMAC of the body).
     #[arg(long, env = "callback_secret_file", value_name = "PATH")]

@@ -266,6 +266,7 @@ impl Gateway {
                 Arc::clone(&gateway.queue),
                 Arc::new(asynchronous::GatewayInvoker {
                     gateway: Arc::clone(&gateway),
+                    max_result: args.worker.max_async_result,
                 }),
                 worker_config,
                 gateway.metrics.worker.clone(),
@@ -414,6 +415,8 @@ pub async fn run(
         "listening addr={addr}"
     );
     shutdown.await;
+    // Stop leasing at once; the worker finishes its calls while connections drain.
+    stop_worker.cancel();
     stop_accepting.cancel();
     let _ = accept.await;
     connections.close();
@@ -431,8 +434,7 @@ pub async fn run(
             "drain deadline reached; stopping functions anyway"
         );
     }
-    // The worker finishes its calls while the functions still run.
-    stop_worker.cancel();
+    // The worker's calls need the functions: stop those last.
     if let Some(worker) = worker {
         let _ = worker.await;
     }

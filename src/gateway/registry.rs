@@ -1,6 +1,7 @@
 //! The function registry: what is deployed (kept in the [`Store`], so it survives restarts) and
-//! the provider that runs it. Every system API change goes through here, is persisted, and then
-//! applied, so the running set always matches the stored one.
+//! the provider that runs it. Every system API change goes through here: it is applied to the
+//! provider, then persisted; a new function that fails either step is removed from the provider
+//! again, so nothing runs that the store does not know about.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -9,6 +10,9 @@ use std::time::{Duration, SystemTime};
 use super::provider::{Endpoint, Provider, ProviderError};
 use super::store::{Store, StoreError, StoredFunction};
 use super::types::{FunctionDeployment, FunctionStatus};
+
+/// The most replicas a function may be scaled to.
+pub const MAX_REPLICAS: u64 = 100;
 
 /// Why a registry operation failed; the system API maps each to a status code.
 #[derive(Debug, thiserror::Error)]
@@ -113,13 +117,25 @@ impl Registry {
             .as_ref()
             .map_or_else(|| spec.initial_replicas().into(), |e| e.replicas);
         let spec = Arc::new(spec);
-        self.provider.apply(&spec, replicas)?;
+        let is_new = existing.is_none();
+        if let Err(e) = self.provider.apply(&spec, replicas) {
+            if is_new {
+                // Nothing of a function that failed to deploy may keep running.
+                self.provider.remove(&spec.service);
+            }
+            return Err(e.into());
+        }
         let entry = Entry {
             spec,
             replicas,
             created_at: now(),
         };
-        self.persist(&entry)?;
+        if let Err(e) = self.persist(&entry) {
+            if is_new {
+                self.provider.remove(&entry.spec.service);
+            }
+            return Err(e.into());
+        }
         self.functions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -142,8 +158,13 @@ impl Registry {
         Ok(())
     }
 
-    /// Sets a function's replica count.
+    /// Sets a function's replica count (at most [`MAX_REPLICAS`]).
     pub fn scale(&self, name: &str, replicas: u64) -> Result<(), RegistryError> {
+        if replicas > MAX_REPLICAS {
+            return Err(RegistryError::Invalid(format!(
+                "replicas must be at most {MAX_REPLICAS}, not {replicas}"
+            )));
+        }
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
         let mut entry = self
             .entry(name)

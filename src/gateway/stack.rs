@@ -138,7 +138,9 @@ pub fn parse(text: &str, base: &Path) -> Result<Vec<FunctionDeployment>, String>
             annotations.insert(UPSTREAM_ANNOTATION.to_string(), upstream);
         }
         let mut env_vars = texts(f.environment);
-        let env_process = f.fprocess.or_else(|| env_vars.remove("fprocess"));
+        // The explicit key wins; either way fprocess is not left in the environment twice.
+        let from_env = env_vars.remove("fprocess");
+        let env_process = f.fprocess.or(from_env);
         let labels = texts(f.labels);
         let spec = FunctionDeployment {
             service: name.clone(),

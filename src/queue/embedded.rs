@@ -91,6 +91,11 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// `base` plus `d`, saturating (a huge `Retry-After` must not wrap into the past).
+fn later(base: i64, d: Duration) -> i64 {
+    base.saturating_add(ms(d))
+}
+
 fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_millis(t).to_string()
@@ -109,6 +114,7 @@ CREATE TABLE IF NOT EXISTS calls (
     owner TEXT,
     lease_until INTEGER,
     enqueued_at INTEGER NOT NULL,
+    retry_since INTEGER NOT NULL DEFAULT 0,
     started_at INTEGER,
     finished_at INTEGER,
     status_code INTEGER,
@@ -254,10 +260,19 @@ fn writer(mut conn: Connection, jobs: std_mpsc::Receiver<Job>, path: &Path) {
                 continue;
             }
         };
-        let completes: Vec<Complete> = batch
-            .into_iter()
-            .map(|job| (job.work)(Some(&txn)))
-            .collect();
+        // A failing statement (disk full, I/O error) can make SQLite roll the whole
+        // transaction back; jobs after that must not run in autocommit mode and persist while
+        // the batch reports failure.
+        let mut completes: Vec<Complete> = Vec::with_capacity(batch.len());
+        let mut rolled_back = false;
+        for job in batch {
+            if rolled_back {
+                completes.push((job.work)(None));
+                continue;
+            }
+            completes.push((job.work)(Some(&txn)));
+            rolled_back = txn.is_autocommit();
+        }
         let commit = txn.commit().map_err(|e| {
             tracing::error!(db = %path.display(), error = %e, "queue commit failed");
             Arc::new(e)
@@ -302,16 +317,26 @@ impl Cached for Transaction<'_> {
     }
 }
 
+/// The columns a status record is read from; parameter `?2` caps the result bytes read.
+const STATUS_COLUMNS: &str = "call_id, function, state, attempts, dead, status_code, last_error,
+    enqueued_at, started_at, finished_at, visible_at, cb_state, cb_attempts,
+    substr(result, 1, ?2) AS result_head, length(result) AS result_len";
+
+/// Most dead letters listed at once (the oldest).
+const DEAD_LETTER_PAGE: usize = 1000;
+
 /// Reads a status record row.
 fn status_row(row: &rusqlite::Row<'_>, cap: usize) -> rusqlite::Result<CallStatus> {
     let state: String = row.get("state")?;
-    let result: Option<Vec<u8>> = row.get("result")?;
+    let result: Option<Vec<u8>> = row.get("result_head")?;
+    let result_len: Option<i64> = row.get("result_len")?;
     let visible_at: i64 = row.get("visible_at")?;
     let state = CallState::parse(&state).unwrap_or(CallState::Queued);
     let (text, b64, truncated) = match result {
         None => (None, None, false),
         Some(bytes) => {
-            let truncated = bytes.len() > cap;
+            let truncated =
+                result_len.is_some_and(|n| usize::try_from(n).unwrap_or(usize::MAX) > cap);
             let shown = &bytes[..bytes.len().min(cap)];
             match std::str::from_utf8(shown) {
                 Ok(t) => (Some(t.to_string()), None, truncated),
@@ -362,7 +387,7 @@ struct Final {
 }
 
 /// Stores the final outcome of a running call its owner still holds.
-fn record_final(txn: &Transaction<'_>, f: &Final) -> Result<(), QueueError> {
+fn record_final(txn: &Transaction<'_>, f: &Final) -> Result<bool, QueueError> {
     let n = txn
         .exec_cached(
             "UPDATE calls SET state = ?3, dead = ?4, finished_at = ?5, status_code = ?6,
@@ -392,7 +417,7 @@ fn record_final(txn: &Transaction<'_>, f: &Final) -> Result<(), QueueError> {
             "lease lost before the outcome was recorded; another worker owns the call"
         );
     }
-    Ok(())
+    Ok(n == 1)
 }
 
 impl EmbeddedQueue {
@@ -404,7 +429,7 @@ impl EmbeddedQueue {
         outcome: Outcome,
         claim: Duration,
         dead: bool,
-    ) -> BoxFuture<'static, Result<(), QueueError>> {
+    ) -> BoxFuture<'static, Result<bool, QueueError>> {
         let state = if !dead && outcome.succeeded() {
             CallState::Succeeded
         } else {
@@ -417,7 +442,7 @@ impl EmbeddedQueue {
             outcome,
             state,
             dead,
-            callback_due: now_ms() + ms(claim),
+            callback_due: later(now_ms(), claim),
         };
         self.submit(move |txn| record_final(txn, &f))
     }
@@ -441,8 +466,8 @@ impl Queue for EmbeddedQueue {
             let n = txn
                 .exec_cached(
                     "INSERT INTO calls (call_id, function, request, idem_key, state, visible_at,
-                         enqueued_at, cb_url)
-                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?6)
+                         enqueued_at, retry_since, cb_url)
+                     VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?5, ?5, ?6)
                      ON CONFLICT DO NOTHING",
                     params![
                         request.call_id,
@@ -486,34 +511,36 @@ impl Queue for EmbeddedQueue {
                          attempts = attempts + 1, started_at = ?3
                      WHERE call_id IN (
                          SELECT call_id FROM (
-                             SELECT call_id FROM calls
-                             WHERE state = 'queued' AND visible_at <= ?3
-                               AND function NOT IN (SELECT value FROM json_each(?5))
-                             ORDER BY visible_at LIMIT ?4)
-                         UNION ALL
-                         SELECT call_id FROM (
-                             SELECT call_id FROM calls
-                             WHERE state = 'retrying' AND visible_at <= ?3
-                               AND function NOT IN (SELECT value FROM json_each(?5))
-                             ORDER BY visible_at LIMIT ?4)
-                         UNION ALL
-                         SELECT call_id FROM (
-                             SELECT call_id FROM calls
-                             WHERE state = 'running' AND lease_until < ?3
-                               AND function NOT IN (SELECT value FROM json_each(?5))
-                             ORDER BY lease_until LIMIT ?4)
-                         LIMIT ?4)
-                     RETURNING call_id, request, attempts",
+                             SELECT call_id, t FROM (
+                                 SELECT call_id, visible_at AS t FROM calls
+                                 WHERE state = 'queued' AND visible_at <= ?3
+                                   AND function NOT IN (SELECT value FROM json_each(?5))
+                                 ORDER BY visible_at LIMIT ?4)
+                             UNION ALL
+                             SELECT call_id, t FROM (
+                                 SELECT call_id, visible_at AS t FROM calls
+                                 WHERE state = 'retrying' AND visible_at <= ?3
+                                   AND function NOT IN (SELECT value FROM json_each(?5))
+                                 ORDER BY visible_at LIMIT ?4)
+                             UNION ALL
+                             SELECT call_id, t FROM (
+                                 SELECT call_id, lease_until AS t FROM calls
+                                 WHERE state = 'running' AND lease_until < ?3
+                                   AND function NOT IN (SELECT value FROM json_each(?5))
+                                 ORDER BY lease_until LIMIT ?4))
+                         ORDER BY t LIMIT ?4)
+                     RETURNING call_id, request, attempts, retry_since",
                 )
                 .map_err(unavailable)?;
             let rows = stmt
                 .query_map(
-                    params![owner, now + ms(lease), now, max as i64, busy],
+                    params![owner, later(now, lease), now, max as i64, busy],
                     |row| {
                         Ok((
                             row.get::<_, String>(0)?,
                             row.get::<_, String>(1)?,
                             row.get::<_, u32>(2)?,
+                            row.get::<_, i64>(3)?,
                         ))
                     },
                 )
@@ -523,11 +550,14 @@ impl Queue for EmbeddedQueue {
         // Parse outside the writer thread, which every other queue operation waits for.
         Box::pin(async move {
             let mut out = Vec::new();
-            for (call_id, json, attempts) in rows.await? {
+            for (call_id, json, attempts, retry_since) in rows.await? {
                 let mut request: QueueRequest = serde_json::from_str(&json)
                     .map_err(|source| QueueError::Corrupt { call_id, source })?;
                 request.attempt = attempts;
-                out.push(Leased { request });
+                out.push(Leased {
+                    request,
+                    retry_since: u64::try_from(retry_since).unwrap_or(0),
+                });
             }
             out.sort_by_key(|l| l.request.enqueued_at);
             Ok(out)
@@ -546,7 +576,7 @@ impl Queue for EmbeddedQueue {
                 .exec_cached(
                     "UPDATE calls SET lease_until = ?3
                      WHERE call_id = ?1 AND owner = ?2 AND state = 'running'",
-                    params![call_id, owner, now_ms() + ms(lease)],
+                    params![call_id, owner, later(now_ms(), lease)],
                 )
                 .map_err(unavailable)?;
             Ok(n == 1)
@@ -559,7 +589,7 @@ impl Queue for EmbeddedQueue {
         owner: &'a str,
         outcome: Outcome,
         claim: Duration,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
         self.finalize(call_id, owner, outcome, claim, false)
     }
 
@@ -579,7 +609,7 @@ impl Queue for EmbeddedQueue {
                 params![
                     call_id,
                     owner,
-                    now_ms() + ms(delay),
+                    later(now_ms(), delay),
                     outcome.status,
                     outcome.error
                 ],
@@ -595,8 +625,28 @@ impl Queue for EmbeddedQueue {
         owner: &'a str,
         outcome: Outcome,
         claim: Duration,
-    ) -> BoxFuture<'a, Result<(), QueueError>> {
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
         self.finalize(call_id, owner, outcome, claim, true)
+    }
+
+    fn release<'a>(
+        &'a self,
+        call_ids: &'a [String],
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        let ids = serde_json::to_string(call_ids).unwrap_or_else(|_| "[]".into());
+        let owner = owner.to_string();
+        self.submit(move |txn| {
+            txn.exec_cached(
+                "UPDATE calls SET state = CASE WHEN attempts > 1 THEN 'retrying' ELSE 'queued' END,
+                     attempts = attempts - 1, owner = NULL, lease_until = NULL
+                 WHERE owner = ?1 AND state = 'running'
+                   AND call_id IN (SELECT value FROM json_each(?2))",
+                params![owner, ids],
+            )
+            .map_err(unavailable)?;
+            Ok(())
+        })
     }
 
     fn cancel<'a>(&'a self, call_id: &'a str) -> BoxFuture<'a, Result<Cancelled, QueueError>> {
@@ -635,8 +685,8 @@ impl Queue for EmbeddedQueue {
         let cap = self.config.result_cap;
         self.submit(move |txn| {
             txn.query_row_cached(
-                "SELECT * FROM calls WHERE call_id = ?1",
-                params![call_id],
+                &format!("SELECT {STATUS_COLUMNS} FROM calls WHERE call_id = ?1"),
+                params![call_id, cap as i64],
                 |row| status_row(row, cap),
             )
             .optional()
@@ -648,10 +698,13 @@ impl Queue for EmbeddedQueue {
         let cap = self.config.result_cap;
         self.submit(move |txn| {
             let mut stmt = txn
-                .prepare("SELECT * FROM calls WHERE dead = 1 ORDER BY enqueued_at")
+                .prepare_cached(&format!(
+                    "SELECT {STATUS_COLUMNS} FROM calls WHERE dead = ?1
+                     ORDER BY enqueued_at LIMIT {DEAD_LETTER_PAGE}"
+                ))
                 .map_err(unavailable)?;
             let rows = stmt
-                .query_map([], |row| status_row(row, cap))
+                .query_map(params![1, cap as i64], |row| status_row(row, cap))
                 .map_err(unavailable)?;
             rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
         })
@@ -663,7 +716,7 @@ impl Queue for EmbeddedQueue {
             let n = txn
                 .exec_cached(
                     "UPDATE calls SET state = 'queued', dead = 0, attempts = 0, visible_at = ?2,
-                         finished_at = NULL, cb_state = 'none', cb_attempts = 0
+                         retry_since = ?2, finished_at = NULL, cb_state = 'none', cb_attempts = 0
                      WHERE dead = 1 AND (?1 IS NULL OR call_id = ?1)",
                     params![call_id, now_ms()],
                 )
@@ -704,7 +757,7 @@ impl Queue for EmbeddedQueue {
                 )
                 .map_err(unavailable)?;
             let rows = stmt
-                .query_map(params![now, now + ms(claim), max as i64], |row| {
+                .query_map(params![now, later(now, claim), max as i64], |row| {
                     let headers: Option<String> = row.get(4)?;
                     Ok(CallbackJob {
                         call_id: row.get(0)?,
@@ -738,12 +791,12 @@ impl Queue for EmbeddedQueue {
         self.submit(move |txn| {
             let (state, next) = match (delivered, retry_in) {
                 (true, _) => ("delivered", None),
-                (false, Some(d)) => ("pending", Some(now_ms() + ms(d))),
+                (false, Some(d)) => ("pending", Some(later(now_ms(), d))),
                 (false, None) => ("failed", None),
             };
             txn.exec_cached(
                 "UPDATE calls SET cb_state = ?2, cb_next_at = ?3, cb_attempts = cb_attempts + 1
-                 WHERE call_id = ?1",
+                 WHERE call_id = ?1 AND cb_state = 'pending'",
                 params![call_id, state, next],
             )
             .map_err(unavailable)?;
@@ -778,7 +831,7 @@ impl Queue for EmbeddedQueue {
     }
 
     fn expire(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
-        let horizon = now_ms() - ms(self.config.retention);
+        let horizon = now_ms().saturating_sub(ms(self.config.retention));
         self.submit(move |txn| {
             let n = txn
                 .exec_cached(

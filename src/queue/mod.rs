@@ -111,6 +111,8 @@ impl Enqueued {
 pub struct Leased {
     /// The request (with `attempt` counting this one).
     pub request: QueueRequest,
+    /// Unix milliseconds the retry age is counted from: enqueue time, or the last redrive.
+    pub retry_since: u64,
 }
 
 /// The result of one attempt.
@@ -248,14 +250,15 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
 
     /// Records the final outcome (succeeded, or failed for good) and queues its callback, due
     /// after `claim` (the caller may deliver it itself meanwhile; if it does not record the
-    /// delivery in time, any dispatcher will).
+    /// delivery in time, any dispatcher will). False when this owner had lost the lease: the
+    /// outcome was not recorded and the caller must not deliver a callback.
     fn finish<'a>(
         &'a self,
         call_id: &'a str,
         owner: &'a str,
         outcome: Outcome,
         claim: Duration,
-    ) -> BoxFuture<'a, Result<(), QueueError>>;
+    ) -> BoxFuture<'a, Result<bool, QueueError>>;
 
     /// Makes the call wait `delay` before its next attempt.
     fn retry_later<'a>(
@@ -267,13 +270,20 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Retries are exhausted: the call fails, joins the dead-letter set, and its callback is
-    /// queued (due after `claim`, as for [`Queue::finish`]).
+    /// queued (due after `claim`, as for [`Queue::finish`]). False when the lease was lost.
     fn dead_letter<'a>(
         &'a self,
         call_id: &'a str,
         owner: &'a str,
         outcome: Outcome,
         claim: Duration,
+    ) -> BoxFuture<'a, Result<bool, QueueError>>;
+
+    /// Gives leased calls back without running them (their attempt is not counted).
+    fn release<'a>(
+        &'a self,
+        call_ids: &'a [String],
+        owner: &'a str,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Cancels a call that has not run.
@@ -303,7 +313,7 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'_, Result<Vec<CallbackJob>, QueueError>>;
 
     /// Records a callback delivery: done, or to be tried again after `retry_in` (`None` = give
-    /// up).
+    /// up). Ignored unless the callback is still pending.
     fn callback_result<'a>(
         &'a self,
         call_id: &'a str,

@@ -107,7 +107,7 @@ pub async fn run(q: &dyn Queue) {
     );
 
     // Finish with a callback: the callback becomes due, once.
-    q.finish("a", "w1", ok(200), Duration::ZERO).await.unwrap();
+    assert!(q.finish("a", "w1", ok(200), Duration::ZERO).await.unwrap());
     let st = q.status("a").await.unwrap().unwrap();
     assert_eq!(st.state, CallState::Succeeded);
     assert_eq!(st.status_code, Some(200));
@@ -203,6 +203,25 @@ pub async fn run(q: &dyn Queue) {
     );
     assert_eq!(q.cancel("nope").await.unwrap(), Cancelled::NotFound);
     assert!(q.status("nope").await.unwrap().is_none());
+
+    // A callback result for a call whose callback is no longer pending is ignored.
+    q.callback_result("a", false, Some(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(q.status("a").await.unwrap().unwrap().callback, "delivered");
+
+    // Released leases go back to the front without counting an attempt.
+    enqueue_request(q, "r1").await;
+    let got = q.lease("w", 10, lease, &[]).await.unwrap();
+    assert_eq!(got.len(), 1);
+    q.release(&["r1".to_string()], "w").await.unwrap();
+    let st = q.status("r1").await.unwrap().unwrap();
+    assert_eq!(st.state, CallState::Queued);
+    assert_eq!(st.attempts, 0);
+    let again = q.lease("w", 10, lease, &[]).await.unwrap();
+    assert_eq!(again[0].request.call_id, "r1");
+    assert_eq!(again[0].request.attempt, 1);
+    assert!(q.finish("r1", "w", ok(200), Duration::ZERO).await.unwrap());
 
     // Fairness: a busy function does not block another's calls.
     enqueue_request(q, "e1").await;

@@ -117,6 +117,10 @@ impl std::fmt::Debug for Worker {
     }
 }
 
+/// Most callback deliveries the dispatcher runs at once (a backlog after a receiver outage must
+/// not open a connection per call).
+const CALLBACK_CONCURRENCY: usize = 64;
+
 /// How often the queue is polled when nothing woke the worker (retries coming due, leases
 /// expiring, calls enqueued by other processes).
 const POLL: Duration = Duration::from_millis(100);
@@ -190,13 +194,28 @@ impl Worker {
                 }
                 continue;
             }
+            // One lease can return more calls of a function than it has slots left: give the
+            // extra ones back at once (they stay first in line).
+            let (leased, extra): (Vec<Leased>, Vec<Leased>) = {
+                let mut counts = running.lock().unwrap_or_else(PoisonError::into_inner);
+                leased.into_iter().partition(|call| {
+                    let n = counts.entry(call.request.function.clone()).or_default();
+                    if *n < self.config.per_function {
+                        *n += 1;
+                        true
+                    } else {
+                        false
+                    }
+                })
+            };
+            if !extra.is_empty() {
+                let ids: Vec<String> = extra.iter().map(|c| c.request.call_id.clone()).collect();
+                if let Err(e) = self.queue.release(&ids, &self.config.owner).await {
+                    tracing::warn!(error = %proxy::error_chain(&e), "cannot give back extra leases; they expire instead");
+                }
+            }
             for call in leased {
                 let function = call.request.function.clone();
-                *running
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .entry(function.clone())
-                    .or_default() += 1;
                 let worker = Arc::clone(&self);
                 let running = Arc::clone(&running);
                 tasks.spawn(async move {
@@ -274,7 +293,7 @@ impl Worker {
                     .await,
                 true,
             )
-        } else if let Some(delay) = self.retry_delay(request, &outcome) {
+        } else if let Some(delay) = self.retry_delay(&call, &outcome) {
             self.counters.retries.inc();
             tracing::info!(
                 call_id,
@@ -287,7 +306,8 @@ impl Worker {
             (
                 self.queue
                     .retry_later(call_id, &self.config.owner, delay, outcome)
-                    .await,
+                    .await
+                    .map(|()| true),
                 false,
             )
         } else {
@@ -311,14 +331,15 @@ impl Worker {
             // dispatcher. Should this process die first, the dispatcher of any worker sends it
             // once the claim lapses.
             // In its own task: a slow receiver must not hold one of the function call slots.
-            Ok(()) if is_final => {
+            Ok(true) if is_final => {
                 if let Some(job) = callback {
                     let worker = Arc::clone(self);
                     self.inline_callbacks
                         .spawn(async move { worker.deliver(job).await });
                 }
             }
-            Ok(()) => {}
+            // Lost lease (another worker has the call) or not final: nothing to deliver.
+            Ok(_) => {}
             Err(e) => tracing::error!(
                 call_id,
                 error = %proxy::error_chain(&e),
@@ -334,14 +355,16 @@ impl Worker {
     }
 
     /// When to try again, or `None` when the call is out of attempts or age.
-    fn retry_delay(&self, request: &super::QueueRequest, outcome: &Outcome) -> Option<Duration> {
+    fn retry_delay(&self, call: &Leased, outcome: &Outcome) -> Option<Duration> {
+        let request = &call.request;
         if request.attempt >= self.config.max_retry_attempts {
             return None;
         }
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let age = Duration::from_millis(now_ms.saturating_sub(request.enqueued_at));
+        // Counted from the enqueue, or from the last redrive.
+        let age = Duration::from_millis(now_ms.saturating_sub(call.retry_since));
         let delay = retry_after(outcome).unwrap_or_else(|| {
             backoff(
                 self.config.retry_backoff,
@@ -349,15 +372,25 @@ impl Worker {
                 request.attempt,
             )
         });
-        (age + delay < self.config.max_retry_age).then_some(delay)
+        // A function may send any Retry-After; a huge one simply exhausts the retry age.
+        (age.saturating_add(delay) < self.config.max_retry_age).then_some(delay)
     }
 
-    /// Delivers due callbacks until `stop`.
+    /// Delivers due callbacks until `stop`, at most [`CALLBACK_CONCURRENCY`] at once.
     async fn deliver_callbacks(self: Arc<Self>, stop: CancellationToken) {
         let mut deliveries = JoinSet::new();
+        let slots = Arc::new(tokio::sync::Semaphore::new(CALLBACK_CONCURRENCY));
         let claim = self.callback_claim();
         loop {
-            let due = match self.queue.due_callbacks(64, claim).await {
+            let free = slots.available_permits();
+            if free == 0 {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = deliveries.join_next() => {}
+                }
+                continue;
+            }
+            let due = match self.queue.due_callbacks(free, claim).await {
                 Ok(due) => due,
                 Err(e) => {
                     tracing::error!(error = %proxy::error_chain(&e), "cannot read due callbacks");
@@ -366,8 +399,14 @@ impl Worker {
             };
             let idle = due.is_empty();
             for job in due {
+                let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+                    break;
+                };
                 let worker = Arc::clone(&self);
-                deliveries.spawn(async move { worker.deliver(job).await });
+                deliveries.spawn(async move {
+                    worker.deliver(job).await;
+                    drop(slot);
+                });
             }
             while deliveries.try_join_next().is_some() {}
             if idle {

@@ -384,7 +384,15 @@ pub async fn run(
         upstream
             .drain_tunnels(drain_end.saturating_duration_since(Instant::now()))
             .await;
+        // An upstream that died by itself during the shutdown is still a failure.
+        let crashed = upstream.exit_status();
         upstream.stop(UPSTREAM_STOP_GRACE).await;
+        if let Some(status) = crashed {
+            root.cancel();
+            watchdog.table.kill_all();
+            watchdog.health.stop();
+            return Err(WatchdogError::UpstreamExited(mode::describe_exit(status)));
+        }
     }
     root.cancel();
     watchdog.table.kill_all();

@@ -279,6 +279,18 @@ async fn retry_after_is_honoured_and_4xx_is_final() {
     // The backoff alone would be under 200 ms; Retry-After asked for 30 s.
     assert!(wait > Duration::from_secs(20), "next attempt in {wait:?}");
 
+    // An absurd Retry-After cannot outlive max_retry_age: the call is dead-lettered at once.
+    let r = enqueue(
+        &gw,
+        "/async-function/web/status/503?retry_after=18446744073709551615",
+        "",
+        &[],
+    )
+    .await;
+    let huge = r.header("x-call-id").unwrap();
+    let s = status_until(&gw, &huge, "dead letter", |s| s["deadLetter"] == true).await;
+    assert_eq!(s["attempts"], 1);
+
     let rx = Receiver::start(0).await;
     let url = rx.url();
     let r = enqueue(
@@ -626,4 +638,42 @@ async fn the_example_callback_receiver_checks_signatures() {
         "{printed}"
     );
     assert!(printed.contains("signature ok"), "{printed}");
+}
+
+#[tokio::test]
+async fn the_per_function_limit_holds_even_when_one_lease_could_take_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = up(
+        &dir,
+        &["--max-inflight", "8", "--max-inflight-per-function", "2"],
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(
+            enqueue(&gw, "/async-function/slow", "", &[])
+                .await
+                .header("x-call-id")
+                .unwrap(),
+        );
+    }
+    let end = Instant::now() + DEADLINE;
+    loop {
+        let mut states = Vec::new();
+        for id in &ids {
+            states.push(status(&gw, id).await["state"].as_str().unwrap().to_string());
+        }
+        let running = states.iter().filter(|s| *s == "running").count();
+        assert!(running <= 2, "{states:?}");
+        if running == 2 {
+            assert_eq!(
+                states.iter().filter(|s| *s == "queued").count(),
+                2,
+                "{states:?}"
+            );
+            break;
+        }
+        assert!(Instant::now() < end, "calls never started: {states:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

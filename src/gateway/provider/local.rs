@@ -44,8 +44,8 @@ const PROBE_DELAYS: (Duration, Duration) = (Duration::from_millis(10), Duration:
 /// How often a ready replica is probed again.
 const RECHECK: Duration = Duration::from_secs(2);
 
-/// How long a replica may take to exit after SIGTERM when it is replaced or scaled away.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Extra time a stopping replica gets beyond its own drain.
+const STOP_MARGIN: Duration = Duration::from_secs(2);
 
 /// The local provider.
 #[derive(Debug)]
@@ -64,6 +64,9 @@ pub struct LocalProvider {
     functions: Mutex<HashMap<String, LocalFunction>>,
     /// Every replica supervisor.
     tasks: TaskTracker,
+    /// Numbers replica directories, unique for the provider's life (a redeployed function
+    /// must never share a directory with a replica of its previous deployment).
+    next_dir: std::sync::atomic::AtomicU64,
     /// Stops every replica at shutdown.
     stop_all: CancellationToken,
 }
@@ -94,6 +97,8 @@ struct Replica {
     ready: AtomicBool,
     /// Stops this replica.
     stop: CancellationToken,
+    /// Cancelled once its supervisor has ended (its processes are gone).
+    gone: CancellationToken,
 }
 
 impl Replica {
@@ -122,6 +127,7 @@ impl LocalProvider {
             client: proxy::client(),
             functions: Mutex::new(HashMap::new()),
             tasks: TaskTracker::new(),
+            next_dir: std::sync::atomic::AtomicU64::new(0),
             stop_all: CancellationToken::new(),
         })
     }
@@ -144,10 +150,16 @@ impl LocalProvider {
     }
 
     /// Starts one more replica of `function`.
-    fn start_replica(&self, name: &str, function: &mut LocalFunction) -> Result<(), ProviderError> {
+    fn start_replica(
+        &self,
+        name: &str,
+        function: &mut LocalFunction,
+        after: Vec<Arc<Replica>>,
+    ) -> Result<(), ProviderError> {
         let serial = function.serial;
         function.serial += 1;
-        let dir = self.run_dir.join(format!("{name}-{serial}"));
+        let unique = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        let dir = self.run_dir.join(format!("{name}-{unique}"));
         std::fs::create_dir_all(&dir).map_err(|source| ProviderError::Start {
             name: name.to_string(),
             source,
@@ -167,6 +179,7 @@ impl LocalProvider {
             addr: Mutex::new(None),
             ready: AtomicBool::new(false),
             stop: self.stop_all.child_token(),
+            gone: CancellationToken::new(),
         });
         let supervisor = Supervisor {
             name: name.to_string(),
@@ -179,6 +192,8 @@ impl LocalProvider {
             table: Arc::clone(&self.table),
             client: self.client.clone(),
             dir,
+            after,
+            stop_grace: stop_grace(&function.spec),
         };
         self.tasks.spawn(supervisor.run());
         function.replicas.push(replica);
@@ -254,12 +269,14 @@ impl Provider for LocalProvider {
                 ready_changed: Arc::new(Notify::new()),
                 serial: 0,
             });
+        let mut replaced = Vec::new();
         if function.spec != *spec {
             // A new spec replaces every replica at once: no request after the update is served
-            // by the old configuration.
+            // by the old configuration. The new replicas start once the old ones are gone.
             for old in function.replicas.drain(..) {
                 old.ready.store(false, Ordering::SeqCst);
                 old.stop.cancel();
+                replaced.push(old);
             }
             function.spec = Arc::clone(spec);
         }
@@ -270,7 +287,7 @@ impl Provider for LocalProvider {
             }
         }
         while function.replicas.len() < replicas {
-            self.start_replica(&name, function)?;
+            self.start_replica(&name, function, replaced.clone())?;
         }
         Ok(())
     }
@@ -387,11 +404,39 @@ struct Supervisor {
     client: proxy::Client,
     /// Its temp directory, removed when it stops for good.
     dir: PathBuf,
+    /// Replicas of the previous configuration, which must be gone before this one starts (they
+    /// may hold the same fixed upstream port).
+    after: Vec<Arc<Replica>>,
+    /// How long it may take to exit after SIGTERM.
+    stop_grace: Duration,
+}
+
+/// How long a replica gets to exit after SIGTERM: its fwatchdog drains for up to its
+/// `write_timeout` (30 s by default) and then stops an http-mode upstream (5 s).
+fn stop_grace(spec: &FunctionDeployment) -> Duration {
+    let write = spec
+        .env_vars
+        .get("write_timeout")
+        .and_then(|v| crate::config::parse::duration(v).ok())
+        .flatten()
+        .unwrap_or(crate::config::DEFAULT_IO_TIMEOUT);
+    write + crate::watchdog::UPSTREAM_STOP_GRACE + STOP_MARGIN
 }
 
 impl Supervisor {
     /// Runs the replica until it is stopped, restarting it when it exits.
     async fn run(self) {
+        for old in &self.after {
+            tokio::select! {
+                _ = old.gone.cancelled() => {}
+                _ = self.replica.stop.cancelled() => {}
+            }
+        }
+        self.run_until_stopped().await;
+        self.replica.gone.cancel();
+    }
+
+    async fn run_until_stopped(&self) {
         let mut backoff = RESTART_BACKOFF.0;
         while !self.replica.stop.is_cancelled() {
             let started = Instant::now();
@@ -449,7 +494,7 @@ impl Supervisor {
         self.set_ready(false);
         if stopped {
             process.signal_group(Signal::SIGTERM);
-            if tokio::time::timeout(STOP_GRACE, process.exited())
+            if tokio::time::timeout(self.stop_grace, process.exited())
                 .await
                 .is_err()
             {
@@ -527,7 +572,8 @@ async fn forward_log(
 ) {
     let mut lines = BufReader::new(pipe).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        if let Some(tx) = addr_tx.take_if(|_| line.contains("listening addr=")) {
+        // Only fwatchdog's own line: an http-mode upstream's log goes through the same pipe.
+        if let Some(tx) = addr_tx.take_if(|_| line.contains(LISTENING_LINE)) {
             match listening_addr(&line) {
                 Some(addr) => {
                     let _ = tx.send(addr);
@@ -538,6 +584,9 @@ async fn forward_log(
         tracing::info!(target: "function", function = %function, "{line}");
     }
 }
+
+/// What fwatchdog's own listening line contains.
+const LISTENING_LINE: &str = "fwatchdog::watchdog: listening addr=";
 
 /// The address in a `listening addr=IP:PORT` log line.
 fn listening_addr(line: &str) -> Option<SocketAddr> {
@@ -556,6 +605,8 @@ mod tests {
     #[test]
     fn reads_the_listening_line() {
         let line = "2026-11-28T08:10:10Z  INFO fwatchdog::watchdog: listening addr=127.0.0.1:40123 mode=\"classic\"";
+        assert!(line.contains(LISTENING_LINE));
+        assert!(!"INFO function: listening addr=127.0.0.1:5000".contains(LISTENING_LINE));
         assert_eq!(
             listening_addr(line),
             Some(SocketAddr::from(([127, 0, 0, 1], 40123)))

@@ -121,6 +121,11 @@ impl Upstream {
         }
     }
 
+    /// The upstream's exit status, if it has exited.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        *self.exit.borrow()
+    }
+
     /// Resolves with the upstream's exit status when it exits.
     pub async fn exited(&self) -> Option<ExitStatus> {
         let mut exit = self.exit.clone();
