@@ -677,3 +677,69 @@ async fn the_per_function_limit_holds_even_when_one_lease_could_take_more() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_full_disk_answers_503_never_a_fake_202() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipping: mounting a small tmpfs needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let file = stack(dir.path());
+    // The gateway runs in its own mount namespace with its data directory on a 4 MiB tmpfs.
+    let gw = Gateway::start_with(
+        &data,
+        &[
+            "-f",
+            file.to_str().unwrap(),
+            "--no-worker",
+            "--max-async-body",
+            "1MiB",
+        ],
+        &[],
+        |cmd| {
+            let mut line = String::from("mount -t tmpfs -o size=4m tmpfs \"$0\" && exec");
+            line.push_str(&format!(" {:?}", cmd.get_program()));
+            for arg in cmd.get_args() {
+                line.push_str(&format!(" {arg:?}"));
+            }
+            let mut wrapped = std::process::Command::new("unshare");
+            wrapped
+                .args(["--mount", "--propagation", "private", "sh", "-c", &line])
+                .arg(&data)
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .env_clear()
+                .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))));
+            wrapped
+        },
+    )
+    .await;
+    let body: &'static str = Box::leak("x".repeat(256 * 1024).into_boxed_str());
+    let mut accepted = Vec::new();
+    let refused = loop {
+        let r = enqueue(&gw, "/async-function/echo", body, &[]).await;
+        match r.status() {
+            202 => accepted.push(r.header("x-call-id").unwrap()),
+            _ => break r,
+        }
+        assert!(
+            accepted.len() < 100,
+            "a 4 MiB disk took {} calls of 256 KiB",
+            accepted.len()
+        );
+    };
+    assert_eq!(refused.status(), 503, "{}", refused.text());
+    assert!(
+        refused.text().contains("queue cannot store"),
+        "{}",
+        refused.text()
+    );
+    assert!(!accepted.is_empty());
+    eprintln!("disk full after {} calls of 256 KiB: 503", accepted.len());
+    // Every call that got a 202 is there.
+    for id in &accepted {
+        assert_eq!(status(&gw, id).await["state"], "queued");
+    }
+}

@@ -215,6 +215,17 @@ impl Gateway {
     /// Starts `fgateway up --port 0 --data-dir DATA ARGS...` from the repository root, with a
     /// clean environment plus `env`.
     pub async fn start(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Gateway {
+        Self::start_with(data, args, env, |cmd| cmd).await
+    }
+
+    /// Like [`Gateway::start`], letting `wrap` change the command (to run it in another
+    /// namespace, for example).
+    pub async fn start_with(
+        data: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wrap: impl FnOnce(Command) -> Command,
+    ) -> Gateway {
         let mut cmd = Command::new(fgateway_bin());
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
             .env_clear()
@@ -224,6 +235,7 @@ impl Gateway {
             .arg(data)
             .args(args)
             .envs(env.iter().copied());
+        let cmd = wrap(cmd);
         let (child, log, addr) =
             launch(cmd, "fgateway", "fwatchdog::gateway: listening addr=").await;
         Gateway { child, addr, log }
