@@ -75,14 +75,19 @@ const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// `X-Forwarded-Host`.
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Whether a `Connection` header lists `token` (case-insensitive).
-fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+/// The tokens of every `Connection` header.
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+        .map(str::trim)
+}
+
+/// Whether a `Connection` header lists `token` (case-insensitive).
+fn connection_lists(headers: &HeaderMap, token: &str) -> bool {
+    connection_tokens(headers).any(|t| t.eq_ignore_ascii_case(token))
 }
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` with an `Upgrade` header).
@@ -96,12 +101,8 @@ pub fn requested_upgrade(headers: &HeaderMap) -> Option<HeaderValue> {
 
 /// Removes the hop-by-hop headers, including any that `Connection` names.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);

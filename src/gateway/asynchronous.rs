@@ -3,7 +3,7 @@
 //! dead-letter endpoints of the system API, and the invokers the worker calls functions with.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
@@ -145,7 +145,7 @@ pub async fn enqueue(
         function: target.name.to_string(),
         callback_url,
         call_id,
-        enqueued_at: now_ms(),
+        enqueued_at: crate::queue::unix_ms(),
         attempt: 0,
     };
     match gateway.queue.enqueue(request, idempotency_key).await {
@@ -202,12 +202,6 @@ fn check_callback(value: &HeaderValue, allowlist: &[String]) -> Result<String, S
         }
     }
     Ok(text.to_string())
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// `GET /async-function/status/CALL_ID`.

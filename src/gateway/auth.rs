@@ -37,19 +37,22 @@ impl std::fmt::Debug for BasicAuth {
     }
 }
 
+/// Reads a secret file (a mounted Kubernetes or Docker secret), without its trailing line
+/// breaks.
+pub fn read_secret(path: &Path) -> std::io::Result<Vec<u8>> {
+    let mut secret = std::fs::read(path)?;
+    while secret.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        secret.pop();
+    }
+    Ok(secret)
+}
+
 impl BasicAuth {
-    /// Reads the credential files in `dir` (one trailing newline is ignored).
+    /// Reads the credential files in `dir` (trailing line breaks are ignored).
     pub fn load(dir: &Path) -> Result<Self, AuthError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read(&path)
-                .map(|mut v| {
-                    while v.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                        v.pop();
-                    }
-                    v
-                })
-                .map_err(|source| AuthError { path, source })
+            read_secret(&path).map_err(|source| AuthError { path, source })
         };
         Ok(BasicAuth {
             user: read(USER_FILE)?,

@@ -164,17 +164,10 @@ pub fn worker_config(
     let signing_secret = match &args.callback_secret_file {
         None => None,
         Some(path) => Some(
-            std::fs::read(path)
-                .map(|mut key| {
-                    while key.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-                        key.pop();
-                    }
-                    key
-                })
-                .map_err(|source| GatewayError::Secret {
-                    path: path.clone(),
-                    source,
-                })?,
+            auth::read_secret(path).map_err(|source| GatewayError::Secret {
+                path: path.clone(),
+                source,
+            })?,
         ),
     };
     Ok(WorkerConfig {

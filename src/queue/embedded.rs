@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -80,11 +80,9 @@ fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> QueueError 
 #[error("the queue writer has stopped")]
 struct WriterGone;
 
-/// Milliseconds since the Unix epoch.
+/// The queue's clock as SQLite stores it.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    i64::try_from(super::unix_ms()).unwrap_or(i64::MAX)
 }
 
 fn ms(d: Duration) -> i64 {

@@ -22,6 +22,13 @@ use serde::Serialize;
 
 pub use message::QueueRequest;
 
+/// Milliseconds since the Unix epoch, the queue's clock (`EnqueuedAt`, leases, retry ages).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A boxed future, for the trait's async methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 

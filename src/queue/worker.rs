@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use hmac::{Hmac, KeyInit, Mac};
@@ -360,11 +360,8 @@ impl Worker {
         if request.attempt >= self.config.max_retry_attempts {
             return None;
         }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         // Counted from the enqueue, or from the last redrive.
-        let age = Duration::from_millis(now_ms.saturating_sub(call.retry_since));
+        let age = Duration::from_millis(super::unix_ms().saturating_sub(call.retry_since));
         let delay = retry_after(outcome).unwrap_or_else(|| {
             backoff(
                 self.config.retry_backoff,
