@@ -553,14 +553,7 @@ async fn a_separate_worker_process_runs_the_calls() {
     let call_id = r.header("x-call-id").unwrap();
     assert_eq!(status(&gw, &call_id).await["state"], "queued");
 
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let mut worker = Kill(
+    let mut worker = crate::harness::KillOnDrop(
         std::process::Command::new(crate::harness::fgateway_bin())
             .arg("worker")
             .arg("--gateway")
@@ -575,20 +568,9 @@ async fn a_separate_worker_process_runs_the_calls() {
     let cb = &rx.wait_for(1).await[0];
     assert_eq!(cb.body, "method=POST path=/ query=\nremote");
     assert_eq!(cb.header("x-call-id"), call_id);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(worker.0.id() as i32),
-        Signal::SIGTERM,
-    )
-    .unwrap();
-    let end = Instant::now() + DEADLINE;
-    loop {
-        if let Some(status) = worker.0.try_wait().unwrap() {
-            assert!(status.success(), "{status:?}");
-            break;
-        }
-        assert!(Instant::now() < end, "worker did not stop");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::harness::signal_child(&worker.0, Signal::SIGTERM);
+    let status = crate::harness::wait_child(&mut worker.0, "the worker", DEADLINE).await;
+    assert!(status.success(), "{status:?}");
 }
 
 #[tokio::test]
@@ -599,14 +581,7 @@ async fn the_example_callback_receiver_checks_signatures() {
     let gw = up(&dir, &["--callback-secret-file", secret.to_str().unwrap()]).await;
     let port = free_port();
     let out = dir.path().join("receiver.out");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _receiver = Kill(
+    let _receiver = crate::harness::KillOnDrop(
         std::process::Command::new("python3")
             .arg(concat!(
                 env!("CARGO_MANIFEST_DIR"),

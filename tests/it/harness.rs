@@ -149,17 +149,12 @@ impl Watchdog {
 
     /// Sends a signal.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
-            .unwrap_or_else(|e| panic!("kill: {e}"));
+        signal_child(&self.child, sig);
     }
 
     /// Waits for the process to exit.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let child = &mut self.child;
-        eventually("fwatchdog to exit", limit, || {
-            child.try_wait().ok().flatten()
-        })
-        .await
+        wait_child(&mut self.child, "fwatchdog", limit).await
     }
 }
 
@@ -248,17 +243,12 @@ impl Gateway {
 
     /// Sends a signal.
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
-            .unwrap_or_else(|e| panic!("signal: {e}"));
+        signal_child(&self.child, sig);
     }
 
     /// Waits for the process to exit.
     pub async fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        let child = &mut self.child;
-        eventually("fgateway to exit", limit, || {
-            child.try_wait().ok().flatten()
-        })
-        .await
+        wait_child(&mut self.child, "fgateway", limit).await
     }
 }
 
@@ -465,4 +455,28 @@ pub async fn start_in_repo(vars: &[(&str, &str)]) -> Watchdog {
         cmd
     })
     .await
+}
+
+/// Sends `sig` to a child process.
+pub fn signal_child(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig)
+        .unwrap_or_else(|e| panic!("signal: {e}"));
+}
+
+/// Waits up to `limit` for a child process to exit.
+pub async fn wait_child(child: &mut Child, what: &str, limit: Duration) -> ExitStatus {
+    eventually(&format!("{what} to exit"), limit, || {
+        child.try_wait().ok().flatten()
+    })
+    .await
+}
+
+/// A helper process (a worker, a callback receiver) killed and reaped when the test ends.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
