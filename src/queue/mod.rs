@@ -8,6 +8,7 @@
 //! expires (the worker died) makes the call leasable again: delivery is at-least-once.
 
 pub mod embedded;
+pub mod jetstream;
 pub mod message;
 pub mod worker;
 
@@ -18,7 +19,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use message::QueueRequest;
 
@@ -38,6 +39,15 @@ pub enum QueueError {
     /// The store cannot take writes (disk full, I/O error, database locked, closed).
     #[error("the queue store is unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The request is larger than the backend can store in one message.
+    #[error("the request is too large for the queue (body limit {limit} bytes)")]
+    TooLarge {
+        /// The largest body that fits, bytes.
+        limit: usize,
+        /// The backend's reason.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A stored message no longer parses.
     #[error("stored call {call_id} is unreadable")]
     Corrupt {
@@ -50,7 +60,7 @@ pub enum QueueError {
 }
 
 /// Where a call is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CallState {
     /// Waiting for a worker.

@@ -1,0 +1,1943 @@
+//! The NATS JetStream backend: many gateways and workers, on many machines, share one queue.
+//!
+//! Layout on the server (names derive from the stream name, `faas-request` by default):
+//!
+//! - stream `faas-request` (work queue, file storage), subjects `faas-request.<function>`: one
+//!   message per call, published with `Nats-Msg-Id` = call id, so the server drops a repeat
+//!   inside its duplicate window. One durable pull consumer, `faas-workers`, is shared by every
+//!   worker: explicit acks, `ack_wait` = the lease.
+//! - key-value bucket `faas-request-calls`: one status record per call (`c.<id>`, or
+//!   `x.<hex id>` for ids with characters keys cannot hold) and one entry per idempotency key
+//!   (`i.<sha256>`), kept for the retention period. Every change to a record is a
+//!   compare-and-set on its revision, and every ack or nak of a message follows a successful
+//!   one: JetStream acks are not tied to one delivery, so a worker that lost its lease must
+//!   not be able to ack the call away from its new owner.
+//! - stream `faas-request-dlq`: a copy of each dead-lettered request (subject per call), kept
+//!   until it is redriven or purged.
+//! - stream `faas-request-callback` (work queue) with consumer `faas-callbacks`: one message
+//!   per pending callback carrying the call's outcome; bodies too large for one message go to
+//!   the object store `faas-request-results`.
+//!
+//! Leases: a fetched message is the worker's until the consumer's `ack_wait`; `in_progress`
+//! acks extend it while the call runs. A caller asking for another lease length gets it with
+//! a delayed nak, which the server treats the same way (redelivery when it runs out). Retries
+//! are delayed naks (the delay the worker chose, `Retry-After` included); attempts are counted
+//! in the status record, and the worker dead-letters a call itself (term + a copy in the
+//! dead-letter stream) when its retries are exhausted, so the consumer has no `max_deliver`.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, AckKind, Message,
+    consumer::{self, PullConsumer},
+    kv,
+    message::PublishMessage as Publish,
+    object_store::ObjectStore,
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use super::{
+    BoxFuture, CallState, CallStatus, CallbackJob, Cancelled, Enqueued, Leased, Outcome, Queue,
+    QueueError, QueueRequest, QueueStats, unix_ms,
+};
+
+/// Settings of the JetStream queue.
+#[derive(Debug, Clone)]
+pub struct JetStreamConfig {
+    /// Server URL(s), comma-separated: `nats://host:4222`.
+    pub url: String,
+    /// Name of the request stream; the other names derive from it.
+    pub stream: String,
+    /// Stream replicas (1 for a single server, 3 or 5 in a cluster).
+    pub replicas: usize,
+    /// How long status records and idempotency keys are kept.
+    pub retention: Duration,
+    /// Most result bytes a status record shows.
+    pub result_cap: usize,
+    /// The consumer's `ack_wait` when this process creates it: the workers' lease.
+    pub lease: Duration,
+    /// How long start-up waits for the server.
+    pub connect_timeout: Duration,
+}
+
+/// Most dead letters listed at once (the oldest).
+const DEAD_LETTER_PAGE: usize = 1000;
+
+/// Longest delay handed to the server (its durations are signed 64-bit nanoseconds).
+const MAX_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Compare-and-set attempts before an update gives up.
+const CAS_ATTEMPTS: usize = 32;
+
+/// Room left in a message for headers and JSON framing.
+const FRAMING: usize = 4096;
+
+/// The server failed or cannot be reached.
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> QueueError {
+    QueueError::Unavailable(Box::new(e))
+}
+
+/// An error from the client's boxed error type.
+fn boxed(e: async_nats::Error) -> QueueError {
+    QueueError::Unavailable(e)
+}
+
+/// Why the queue could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The server could not be reached before the deadline.
+    #[error("cannot connect to NATS at {url} within {timeout:?}")]
+    Connect {
+        /// Where.
+        url: String,
+        /// How long start-up waited.
+        timeout: Duration,
+        /// The last error.
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    /// A stream or consumer could not be created or read.
+    #[error("cannot set up JetStream {what} {name:?}")]
+    JetStream {
+        /// Stream, consumer, bucket.
+        what: &'static str,
+        /// Its name.
+        name: String,
+        /// Why.
+        #[source]
+        source: async_nats::Error,
+    },
+    /// An existing stream's configuration conflicts with what this process needs.
+    #[error(
+        "JetStream stream {name:?} exists with {field} = {found}, but this gateway needs {wanted}; \
+         change the stream (nats stream edit) or use another --nats-stream"
+    )]
+    Conflict {
+        /// The stream.
+        name: String,
+        /// The setting.
+        field: &'static str,
+        /// What the server has.
+        found: String,
+        /// What this process needs.
+        wanted: String,
+    },
+    /// The stream name is not usable.
+    #[error(
+        "invalid --nats-stream {0:?}: use letters, digits, - and _ (it names streams, subjects and a bucket)"
+    )]
+    Name(String),
+}
+
+/// Names of everything on the server, from the stream name.
+#[derive(Debug, Clone)]
+struct Names {
+    /// Request stream and subject prefix.
+    requests: String,
+    /// The shared worker consumer.
+    workers: String,
+    /// Dead-letter stream and subject prefix.
+    dlq: String,
+    /// Callback stream and subject prefix.
+    callbacks: String,
+    /// The callback consumer.
+    dispatchers: String,
+    /// Key-value bucket of status records.
+    bucket: String,
+    /// Object store of large callback bodies.
+    results: String,
+}
+
+impl Names {
+    fn new(stream: &str) -> Result<Self, SetupError> {
+        let ok = !stream.is_empty()
+            && stream.len() <= 200
+            && stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !ok {
+            return Err(SetupError::Name(stream.to_string()));
+        }
+        let base = stream.strip_suffix("-request").unwrap_or(stream);
+        Ok(Names {
+            requests: stream.to_string(),
+            workers: format!("{base}-workers"),
+            dlq: format!("{stream}-dlq"),
+            callbacks: format!("{stream}-callback"),
+            dispatchers: format!("{base}-callbacks"),
+            bucket: format!("{stream}-calls"),
+            results: format!("{stream}-results"),
+        })
+    }
+}
+
+/// The key of a call's status record.
+fn record_key(call_id: &str) -> String {
+    if !call_id.is_empty()
+        && call_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        format!("c.{call_id}")
+    } else {
+        format!("x.{}", hex::encode(call_id))
+    }
+}
+
+/// The call id a record key (or the subject suffix built from one) stands for.
+fn call_id_from_key(key: &str) -> Option<String> {
+    if let Some(id) = key.strip_prefix("c.") {
+        return Some(id.to_string());
+    }
+    let bytes = hex::decode(key.strip_prefix("x.")?).ok()?;
+    String::from_utf8(bytes).ok()
+}
+
+/// The key of an idempotency key's entry.
+fn idem_key(key: &str) -> String {
+    format!("i.{}", hex::encode(Sha256::digest(key.as_bytes())))
+}
+
+/// A call's status record, as stored in the bucket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Record {
+    call_id: String,
+    function: String,
+    state: CallState,
+    attempts: u32,
+    #[serde(default)]
+    dead: bool,
+    enqueued_at: u64,
+    retry_since: u64,
+    #[serde(default)]
+    started_at: Option<u64>,
+    #[serde(default)]
+    finished_at: Option<u64>,
+    #[serde(default)]
+    next_attempt_at: Option<u64>,
+    /// The worker holding the lease, while running.
+    #[serde(default)]
+    owner: Option<String>,
+    /// The request message's stream sequence, once a worker has seen it.
+    #[serde(default)]
+    seq: Option<u64>,
+    #[serde(default)]
+    status_code: Option<u16>,
+    #[serde(default)]
+    last_error: Option<String>,
+    /// Result head (up to the cap), base64.
+    #[serde(default)]
+    result: Option<String>,
+    #[serde(default)]
+    result_truncated: bool,
+    #[serde(default)]
+    callback_url: Option<String>,
+    /// none, pending, delivered, failed.
+    callback: String,
+    #[serde(default)]
+    callback_attempts: u32,
+    /// When the pending callback is due (Unix ms).
+    #[serde(default)]
+    callback_due: Option<u64>,
+    /// The pending callback's message sequence in the callback stream.
+    #[serde(default)]
+    callback_seq: Option<u64>,
+    /// Times redriven from the dead-letter stream.
+    #[serde(default)]
+    redrives: u32,
+}
+
+impl Record {
+    fn queued(request: &QueueRequest) -> Self {
+        Record {
+            call_id: request.call_id.clone(),
+            function: request.function.clone(),
+            state: CallState::Queued,
+            attempts: 0,
+            dead: false,
+            enqueued_at: request.enqueued_at,
+            retry_since: request.enqueued_at,
+            started_at: None,
+            finished_at: None,
+            next_attempt_at: None,
+            owner: None,
+            seq: None,
+            status_code: None,
+            last_error: None,
+            result: None,
+            result_truncated: false,
+            callback_url: request.callback_url.clone(),
+            callback: "none".into(),
+            callback_attempts: 0,
+            callback_due: None,
+            callback_seq: None,
+            redrives: 0,
+        }
+    }
+
+    /// Whether `owner` holds the lease.
+    fn held_by(&self, owner: &str) -> bool {
+        self.state == CallState::Running && self.owner.as_deref() == Some(owner)
+    }
+
+    fn status(&self) -> CallStatus {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let bytes = self.result.as_ref().and_then(|r| b64.decode(r).ok());
+        let (text, base64) = match bytes {
+            None => (None, None),
+            Some(bytes) => match String::from_utf8(bytes) {
+                Ok(text) => (Some(text), None),
+                Err(e) => (None, Some(b64.encode(e.as_bytes()))),
+            },
+        };
+        CallStatus {
+            call_id: self.call_id.clone(),
+            function: self.function.clone(),
+            state: self.state,
+            attempts: self.attempts,
+            dead_letter: self.dead,
+            status_code: self.status_code,
+            last_error: self.last_error.clone(),
+            enqueued_at: rfc3339(self.enqueued_at),
+            started_at: self.started_at.map(rfc3339),
+            finished_at: self.finished_at.map(rfc3339),
+            next_attempt_at: (self.state == CallState::Retrying)
+                .then_some(self.next_attempt_at)
+                .flatten()
+                .map(rfc3339),
+            result: text,
+            result_base64: base64,
+            result_truncated: self.result_truncated,
+            callback: self.callback.clone(),
+            callback_attempts: self.callback_attempts,
+        }
+    }
+}
+
+fn rfc3339(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A pending callback, as carried in the callback stream.
+#[derive(Debug, Serialize, Deserialize)]
+struct CallbackMessage {
+    call_id: String,
+    function: String,
+    url: String,
+    /// The attempt that produced the outcome (a stale message from a lost lease has a lower
+    /// one than the record and is dropped).
+    attempts: u32,
+    status: u16,
+    headers: Vec<(String, String)>,
+    /// The body, base64, when it fits in the message.
+    #[serde(default)]
+    body: Option<String>,
+    /// The object holding the body otherwise.
+    #[serde(default)]
+    body_object: Option<String>,
+    duration: f64,
+    #[serde(default)]
+    error: Option<String>,
+}
+
+/// A record and the revision it was read at.
+struct Versioned {
+    record: Record,
+    revision: u64,
+}
+
+/// What a record change decided.
+enum Step<T> {
+    /// Store the edited record, then report `T`.
+    Write(T),
+    /// Leave the record as it is and report `T`.
+    Keep(T),
+}
+
+/// A leased request message.
+struct Held {
+    owner: String,
+    message: Message,
+}
+
+/// The JetStream queue.
+pub struct JetStreamQueue {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    names: Names,
+    requests: stream::Stream,
+    workers: PullConsumer,
+    dlq: stream::Stream,
+    callbacks: stream::Stream,
+    dispatchers: PullConsumer,
+    kv: kv::Store,
+    results: ObjectStore,
+    config: JetStreamConfig,
+    /// The consumer's `ack_wait`.
+    ack_wait: Duration,
+    /// Request messages leased by this process, by call id.
+    held: Mutex<HashMap<String, Held>>,
+    /// Callback messages claimed by this process, by call id.
+    claimed: Mutex<HashMap<String, Message>>,
+}
+
+impl std::fmt::Debug for JetStreamQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamQueue")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Whether an existing stream can serve: the settings that matter must match.
+fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), SetupError> {
+    let conflict = |field, found_value: String, wanted_value: String| SetupError::Conflict {
+        name: wanted.name.clone(),
+        field,
+        found: found_value,
+        wanted: wanted_value,
+    };
+    if found.retention != wanted.retention {
+        return Err(conflict(
+            "retention",
+            format!("{:?}", found.retention),
+            format!("{:?}", wanted.retention),
+        ));
+    }
+    if found.storage != wanted.storage {
+        return Err(conflict(
+            "storage",
+            format!("{:?}", found.storage),
+            format!("{:?}", wanted.storage),
+        ));
+    }
+    if found.num_replicas.max(1) != wanted.num_replicas.max(1) {
+        return Err(conflict(
+            "replicas",
+            found.num_replicas.to_string(),
+            wanted.num_replicas.to_string(),
+        ));
+    }
+    if let Some(missing) = wanted.subjects.iter().find(|s| !found.subjects.contains(s)) {
+        return Err(conflict(
+            "subjects",
+            format!("{:?}", found.subjects),
+            format!("{missing:?} among them"),
+        ));
+    }
+    if found.max_age != wanted.max_age {
+        return Err(conflict(
+            "max_age",
+            format!("{:?}", found.max_age),
+            format!("{:?} (the retention)", wanted.max_age),
+        ));
+    }
+    if found.max_messages_per_subject != wanted.max_messages_per_subject {
+        return Err(conflict(
+            "max_msgs_per_subject",
+            found.max_messages_per_subject.to_string(),
+            wanted.max_messages_per_subject.to_string(),
+        ));
+    }
+    Ok(())
+}
+
+/// Creates `config`'s stream, or checks the one that exists.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    config: stream::Config,
+) -> Result<stream::Stream, SetupError> {
+    let setup = |source: async_nats::Error| SetupError::JetStream {
+        what: "stream",
+        name: config.name.clone(),
+        source,
+    };
+    for _ in 0..3 {
+        match js.get_stream(&config.name).await {
+            Ok(mut existing) => {
+                let info = existing.info().await.map_err(|e| setup(e.into()))?;
+                check_stream(&info.config, &config)?;
+                return Ok(existing);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    jetstream::context::GetStreamErrorKind::JetStream(_)
+                ) =>
+            {
+                // Not found (or another JetStream error, which creating reports better).
+            }
+            Err(e) => return Err(setup(e.into())),
+        }
+        match js.create_stream(config.clone()).await {
+            Ok(created) => return Ok(created),
+            // Another process created it meanwhile: check theirs.
+            Err(e) if e.to_string().contains("already in use") => continue,
+            Err(e) => return Err(setup(e.into())),
+        }
+    }
+    Err(setup(
+        "the stream keeps changing while it is checked".into(),
+    ))
+}
+
+/// Finds or creates a durable pull consumer.
+async fn ensure_consumer(
+    stream: &stream::Stream,
+    config: consumer::pull::Config,
+) -> Result<PullConsumer, SetupError> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let setup = |source: async_nats::Error| SetupError::JetStream {
+        what: "consumer",
+        name: name.clone(),
+        source,
+    };
+    let ack_wait = config.ack_wait;
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(&name, config)
+        .await
+        .map_err(|e| setup(e.into()))?;
+    let found = &consumer.cached_info().config;
+    if found.ack_policy != consumer::AckPolicy::Explicit {
+        return Err(setup(
+            format!(
+                "it exists with ack policy {:?}; it needs explicit acks (delete it to have it made again)",
+                found.ack_policy
+            )
+            .into(),
+        ));
+    }
+    if found.ack_wait != ack_wait {
+        tracing::info!(
+            consumer = %name,
+            ack_wait = ?found.ack_wait,
+            lease = ?ack_wait,
+            "the consumer exists with another ack_wait; this process's leases are set per call"
+        );
+    }
+    Ok(consumer)
+}
+
+impl JetStreamQueue {
+    /// Connects (waiting up to `connect_timeout` for the server), then creates or checks the
+    /// streams, consumers and buckets.
+    pub async fn connect(config: JetStreamConfig) -> Result<Self, SetupError> {
+        let names = Names::new(&config.stream)?;
+        let client = connect(&config).await?;
+        let js = jetstream::new(client.clone());
+        let replicas = config.replicas.max(1);
+        let requests = ensure_stream(
+            &js,
+            stream::Config {
+                name: names.requests.clone(),
+                subjects: vec![format!("{}.>", names.requests)],
+                retention: RetentionPolicy::WorkQueue,
+                storage: StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let workers = ensure_consumer(
+            &requests,
+            consumer::pull::Config {
+                durable_name: Some(names.workers.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: config.lease,
+                max_deliver: -1,
+                max_ack_pending: -1,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let dlq = ensure_stream(
+            &js,
+            stream::Config {
+                name: names.dlq.clone(),
+                subjects: vec![format!("{}.>", names.dlq)],
+                retention: RetentionPolicy::Limits,
+                storage: StorageType::File,
+                num_replicas: replicas,
+                max_messages_per_subject: 1,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let callbacks = ensure_stream(
+            &js,
+            stream::Config {
+                name: names.callbacks.clone(),
+                subjects: vec![format!("{}.>", names.callbacks)],
+                retention: RetentionPolicy::WorkQueue,
+                storage: StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
+            },
+        )
+        .await?;
+        let dispatchers = ensure_consumer(
+            &callbacks,
+            consumer::pull::Config {
+                durable_name: Some(names.dispatchers.clone()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(60),
+                max_deliver: -1,
+                max_ack_pending: -1,
+                ..Default::default()
+            },
+        )
+        .await?;
+        // The bucket's stream is made by hand (the layout `nats kv` uses) rather than with
+        // `create_key_value`, which needs account details older servers do not send.
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: format!("KV_{}", names.bucket),
+                subjects: vec![format!("$KV.{}.>", names.bucket)],
+                retention: RetentionPolicy::Limits,
+                storage: StorageType::File,
+                num_replicas: replicas,
+                max_messages_per_subject: 1,
+                max_age: config.retention,
+                allow_rollup: true,
+                deny_delete: true,
+                allow_direct: true,
+                discard: DiscardPolicy::New,
+                duplicate_window: config.retention.min(Duration::from_secs(120)),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let kv = js
+            .get_key_value(&names.bucket)
+            .await
+            .map_err(|e| SetupError::JetStream {
+                what: "key-value bucket",
+                name: names.bucket.clone(),
+                source: e.into(),
+            })?;
+        ensure_stream(
+            &js,
+            stream::Config {
+                name: format!("OBJ_{}", names.results),
+                subjects: vec![
+                    format!("$O.{}.C.>", names.results),
+                    format!("$O.{}.M.>", names.results),
+                ],
+                retention: RetentionPolicy::Limits,
+                storage: StorageType::File,
+                num_replicas: replicas,
+                max_age: config.retention,
+                allow_rollup: true,
+                allow_direct: true,
+                discard: DiscardPolicy::New,
+                duplicate_window: config.retention.min(Duration::from_secs(120)),
+                ..Default::default()
+            },
+        )
+        .await?;
+        let results =
+            js.get_object_store(&names.results)
+                .await
+                .map_err(|e| SetupError::JetStream {
+                    what: "object store",
+                    name: names.results.clone(),
+                    source: e.into(),
+                })?;
+        let ack_wait = workers.cached_info().config.ack_wait;
+        tracing::info!(
+            url = %config.url,
+            stream = %names.requests,
+            max_payload = client.max_payload(),
+            "JetStream queue ready"
+        );
+        Ok(JetStreamQueue {
+            client,
+            js,
+            names,
+            requests,
+            workers,
+            dlq,
+            callbacks,
+            dispatchers,
+            kv,
+            results,
+            config,
+            ack_wait,
+            held: Mutex::default(),
+            claimed: Mutex::default(),
+        })
+    }
+
+    /// Most bytes a message may carry, from the server.
+    fn max_payload(&self) -> usize {
+        self.client.max_payload()
+    }
+
+    /// Fails fast while the connection is down: publishing would only be buffered, and the
+    /// caller must hear "unavailable" rather than wait for a timeout.
+    fn connected(&self) -> Result<(), QueueError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(unavailable(NotConnected(format!("{state:?}")))),
+        }
+    }
+
+    async fn read(&self, call_id: &str) -> Result<Option<Versioned>, QueueError> {
+        let entry = self
+            .kv
+            .entry(record_key(call_id))
+            .await
+            .map_err(unavailable)?;
+        match entry {
+            Some(e) if e.operation == kv::Operation::Put => {
+                let record =
+                    serde_json::from_slice(&e.value).map_err(|source| QueueError::Corrupt {
+                        call_id: call_id.to_string(),
+                        source,
+                    })?;
+                Ok(Some(Versioned {
+                    record,
+                    revision: e.revision,
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Writes `record` if the stored one is still at `revision` (0: if there is none); false
+    /// when another writer came first.
+    async fn write(&self, record: &Record, revision: u64) -> Result<bool, QueueError> {
+        let value =
+            Bytes::from(
+                serde_json::to_vec(record).map_err(|source| QueueError::Corrupt {
+                    call_id: record.call_id.clone(),
+                    source,
+                })?,
+            );
+        let key = record_key(&record.call_id);
+        if revision == 0 {
+            return match self.kv.create(key, value).await {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                Err(e) => Err(unavailable(e)),
+            };
+        }
+        match self.kv.update(key, value, revision).await {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Reads a call's record, lets `change` edit it and stores it, again from a fresh read
+    /// whenever another writer came in between. `None`: there is no record.
+    async fn modify<T>(
+        &self,
+        call_id: &str,
+        mut change: impl FnMut(&mut Record) -> Step<T>,
+    ) -> Result<Option<(T, Record)>, QueueError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(Versioned {
+                mut record,
+                revision,
+            }) = self.read(call_id).await?
+            else {
+                return Ok(None);
+            };
+            match change(&mut record) {
+                Step::Keep(t) => return Ok(Some((t, record))),
+                Step::Write(t) => {
+                    if self.write(&record, revision).await? {
+                        return Ok(Some((t, record)));
+                    }
+                }
+            }
+        }
+        Err(unavailable(Contended(call_id.to_string())))
+    }
+
+    /// Publishes a request message (deduplicated by `msg_id` inside the window).
+    async fn publish_request(
+        &self,
+        function: &str,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<jetstream::publish::PublishAck, QueueError> {
+        self.js
+            .send_publish(
+                format!("{}.{}", self.names.requests, subject_token(function)),
+                Publish::build().payload(payload).message_id(msg_id),
+            )
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)
+    }
+
+    /// A call id seen before: the call it names. A call still waiting within the duplicate
+    /// window is published again under its id (the server drops it if the first publish
+    /// landed), so an enqueue that failed half-way cannot leave a record without a message.
+    async fn duplicate(
+        &self,
+        call_id: &str,
+        request: &QueueRequest,
+    ) -> Result<Enqueued, QueueError> {
+        if let Some(v) = self.read(call_id).await? {
+            let window = ms(Duration::from_secs(100));
+            let young = unix_ms().saturating_sub(v.record.enqueued_at) < window;
+            if v.record.state == CallState::Queued && v.record.attempts == 0 && young {
+                let mut again = request.clone();
+                again.call_id = call_id.to_string();
+                again.enqueued_at = v.record.enqueued_at;
+                let payload = serde_json::to_vec(&again).map_err(|source| QueueError::Corrupt {
+                    call_id: call_id.to_string(),
+                    source,
+                })?;
+                self.publish_request(&again.function, call_id, payload.into())
+                    .await?;
+            }
+        }
+        Ok(Enqueued::Duplicate(call_id.to_string()))
+    }
+
+    /// Takes one fetched request message for `owner`, or hands it back.
+    async fn take(
+        &self,
+        message: Message,
+        owner: &str,
+        lease: Duration,
+        busy: &[String],
+    ) -> Result<Option<Leased>, QueueError> {
+        let seq = message.info().map(|i| i.stream_sequence).ok();
+        let mut request: QueueRequest = match serde_json::from_slice(&message.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(subject = %message.subject, seq, error = %e, "unreadable queued call; terminated");
+                message.ack_with(AckKind::Term).await.map_err(boxed)?;
+                return Ok(None);
+            }
+        };
+        if busy.contains(&request.function) {
+            message
+                .double_ack_with(AckKind::Nak(None))
+                .await
+                .map_err(boxed)?;
+            return Ok(None);
+        }
+        let now = unix_ms();
+        let take = |record: &mut Record| {
+            match record.state {
+                // A running call delivered again: its lease ran out on the server (the worker
+                // died or stopped extending it). Take it over.
+                CallState::Queued | CallState::Retrying | CallState::Running => {
+                    record.state = CallState::Running;
+                    record.owner = Some(owner.to_string());
+                    record.attempts += 1;
+                    record.started_at = Some(now);
+                    record.next_attempt_at = None;
+                    record.seq = seq;
+                    Step::Write(true)
+                }
+                // Finished, dead-lettered or cancelled: this message is left over.
+                _ => Step::Keep(false),
+            }
+        };
+        let taken = match self.modify(&request.call_id, take).await? {
+            Some(t) => Some(t),
+            None => {
+                // No record (expired with a long backlog, or its enqueue reported failure
+                // after the message landed): the message is the truth.
+                let mut record = Record::queued(&request);
+                let _ = take(&mut record);
+                self.write(&record, 0).await?.then_some((true, record))
+            }
+        };
+        let Some((true, record)) = taken else {
+            message.ack().await.map_err(boxed)?;
+            return Ok(None);
+        };
+        if lease != self.ack_wait {
+            message.double_ack_with(nak(lease)).await.map_err(boxed)?;
+        }
+        request.attempt = record.attempts;
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                request.call_id.clone(),
+                Held {
+                    owner: owner.to_string(),
+                    message,
+                },
+            );
+        Ok(Some(Leased {
+            request,
+            retry_since: record.retry_since,
+        }))
+    }
+
+    /// The message `owner` leased for `call_id`, if it still holds it here.
+    fn held_message(&self, call_id: &str, owner: &str) -> Option<Message> {
+        let held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        held.get(call_id)
+            .filter(|h| h.owner == owner)
+            .map(|h| h.message.clone())
+    }
+
+    fn drop_held(&self, call_id: &str, owner: &str) {
+        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        if held.get(call_id).is_some_and(|h| h.owner == owner) {
+            held.remove(call_id);
+        }
+    }
+
+    /// Publishes the callback message of a finished call; its sequence.
+    async fn publish_callback(
+        &self,
+        record: &Record,
+        url: &str,
+        outcome: &Outcome,
+    ) -> Result<u64, QueueError> {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut message = CallbackMessage {
+            call_id: record.call_id.clone(),
+            function: record.function.clone(),
+            url: url.to_string(),
+            attempts: record.attempts,
+            status: outcome.status,
+            headers: outcome.headers.clone(),
+            body: Some(b64.encode(&outcome.body)),
+            body_object: None,
+            duration: outcome.duration,
+            error: outcome.error.clone(),
+        };
+        let mut payload = serde_json::to_vec(&message).map_err(|source| QueueError::Corrupt {
+            call_id: record.call_id.clone(),
+            source,
+        })?;
+        if payload.len() + FRAMING > self.max_payload() {
+            let name = format!("{}#{}", record.call_id, record.attempts);
+            let mut body: &[u8] = &outcome.body;
+            self.results
+                .put(name.as_str(), &mut body)
+                .await
+                .map_err(unavailable)?;
+            message.body = None;
+            message.body_object = Some(name);
+            payload = serde_json::to_vec(&message).map_err(|source| QueueError::Corrupt {
+                call_id: record.call_id.clone(),
+                source,
+            })?;
+        }
+        let ack = self
+            .js
+            .send_publish(
+                format!("{}.{}", self.names.callbacks, record_key(&record.call_id)),
+                Publish::build().payload(payload.into()),
+            )
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)?;
+        Ok(ack.sequence)
+    }
+
+    /// Records the final outcome of a call `owner` holds, queues its callback, and acks (or,
+    /// for a dead letter, terms) its message.
+    async fn finalize(
+        &self,
+        call_id: &str,
+        owner: &str,
+        outcome: Outcome,
+        claim: Duration,
+        dead: bool,
+    ) -> Result<bool, QueueError> {
+        let Some(message) = self.held_message(call_id, owner) else {
+            return Ok(false);
+        };
+        let Some(current) = self.read(call_id).await? else {
+            self.drop_held(call_id, owner);
+            return Ok(false);
+        };
+        if !current.record.held_by(owner) {
+            self.drop_held(call_id, owner);
+            lease_lost(call_id);
+            return Ok(false);
+        }
+        if dead {
+            // The copy first: a dead letter must never exist without its request.
+            self.js
+                .send_publish(
+                    format!("{}.{}", self.names.dlq, record_key(call_id)),
+                    Publish::build().payload(message.payload.clone()),
+                )
+                .await
+                .map_err(unavailable)?
+                .await
+                .map_err(unavailable)?;
+        }
+        let callback_seq = match &current.record.callback_url {
+            Some(url) => Some(
+                self.publish_callback(&current.record, url, &outcome)
+                    .await?,
+            ),
+            None => None,
+        };
+        let (head, truncated) = cap(&outcome.body, self.result_cap());
+        let now = unix_ms();
+        let state = if !dead && outcome.succeeded() {
+            CallState::Succeeded
+        } else {
+            CallState::Failed
+        };
+        let attempts = current.record.attempts;
+        let recorded = self
+            .modify(call_id, |record| {
+                if !record.held_by(owner) || record.attempts != attempts {
+                    return Step::Keep(false);
+                }
+                record.state = state;
+                record.dead = dead;
+                record.owner = None;
+                record.finished_at = Some(now);
+                record.status_code = Some(outcome.status);
+                record.last_error = outcome.error.clone();
+                record.result = Some(base64::engine::general_purpose::STANDARD.encode(head));
+                record.result_truncated = truncated;
+                if record.callback_url.is_some() {
+                    record.callback = "pending".into();
+                    record.callback_due = Some(now.saturating_add(ms(claim)));
+                    record.callback_seq = callback_seq;
+                } else {
+                    record.callback = "none".into();
+                }
+                Step::Write(true)
+            })
+            .await?
+            .is_some_and(|(ok, _)| ok);
+        self.drop_held(call_id, owner);
+        if !recorded {
+            lease_lost(call_id);
+            if let Some(seq) = callback_seq {
+                let _ = self.callbacks.delete_message(seq).await;
+            }
+            if dead {
+                let _ = self
+                    .dlq
+                    .purge()
+                    .filter(format!("{}.{}", self.names.dlq, record_key(call_id)))
+                    .await;
+            }
+            return Ok(false);
+        }
+        let kind = if dead { AckKind::Term } else { AckKind::Ack };
+        if let Err(e) = message.ack_with(kind).await {
+            // The record says it is done: a redelivery is dropped by whoever gets it.
+            tracing::warn!(call_id, error = %e, "cannot ack a finished call's message");
+        }
+        Ok(true)
+    }
+
+    /// Result bytes a status record keeps: the configured cap, within what one record can carry.
+    fn result_cap(&self) -> usize {
+        let room = self.max_payload().saturating_sub(FRAMING * 4) / 4 * 3;
+        self.config.result_cap.min(room)
+    }
+
+    /// Call ids in the dead-letter stream.
+    async fn dead_letter_ids(&self) -> Result<Vec<String>, QueueError> {
+        let prefix = format!("{}.", self.names.dlq);
+        let mut subjects = self
+            .dlq
+            .info_with_subjects(format!("{prefix}>"))
+            .await
+            .map_err(unavailable)?;
+        let mut ids = Vec::new();
+        while let Some(item) = subjects.next().await {
+            let (subject, _count) = item.map_err(unavailable)?;
+            if let Some(id) = subject.strip_prefix(&prefix).and_then(call_id_from_key) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// The stored copy of a dead-lettered request.
+    async fn dead_request(&self, call_id: &str) -> Result<Option<QueueRequest>, QueueError> {
+        let subject = format!("{}.{}", self.names.dlq, record_key(call_id));
+        match self.dlq.get_last_raw_message_by_subject(&subject).await {
+            Ok(m) => serde_json::from_slice(&m.payload)
+                .map(Some)
+                .map_err(|source| QueueError::Corrupt {
+                    call_id: call_id.to_string(),
+                    source,
+                }),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    async fn purge_dead_copy(&self, call_id: &str) -> Result<(), QueueError> {
+        self.dlq
+            .purge()
+            .filter(format!("{}.{}", self.names.dlq, record_key(call_id)))
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    /// Queues one dead letter again; whether it was one.
+    async fn redrive_one(&self, call_id: &str) -> Result<bool, QueueError> {
+        let Some(request) = self.dead_request(call_id).await? else {
+            return Ok(false);
+        };
+        let now = unix_ms();
+        let redrive = |record: &mut Record| {
+            if !record.dead {
+                return Step::Keep(None);
+            }
+            record.state = CallState::Queued;
+            record.dead = false;
+            record.attempts = 0;
+            record.retry_since = now;
+            record.finished_at = None;
+            record.owner = None;
+            record.callback = "none".into();
+            record.callback_attempts = 0;
+            record.callback_due = None;
+            record.callback_seq = None;
+            record.redrives += 1;
+            Step::Write(Some(record.redrives))
+        };
+        let redrives = match self.modify(call_id, redrive).await? {
+            Some((n, _)) => n,
+            None => {
+                // The record expired; the copy is still a dead letter.
+                let mut record = Record::queued(&request);
+                record.dead = true;
+                let _ = redrive(&mut record);
+                self.write(&record, 0).await?.then_some(record.redrives)
+            }
+        };
+        let Some(n) = redrives else {
+            return Ok(false);
+        };
+        let payload = serde_json::to_vec(&request).map_err(|source| QueueError::Corrupt {
+            call_id: call_id.to_string(),
+            source,
+        })?;
+        if let Err(e) = self
+            .publish_request(
+                &request.function,
+                &format!("{call_id}#r{n}"),
+                payload.into(),
+            )
+            .await
+        {
+            // Put it back among the dead letters rather than leave it queued without a message.
+            let _ = self
+                .modify(call_id, |record| {
+                    record.state = CallState::Failed;
+                    record.dead = true;
+                    Step::Write(())
+                })
+                .await;
+            return Err(e);
+        }
+        self.purge_dead_copy(call_id).await?;
+        Ok(true)
+    }
+
+    /// Decides about one fetched callback message: a job to deliver now, or nothing.
+    async fn claim_callback(
+        &self,
+        message: Message,
+        claim: Duration,
+    ) -> Result<Option<CallbackJob>, QueueError> {
+        let Ok(cb) = serde_json::from_slice::<CallbackMessage>(&message.payload) else {
+            tracing::error!(subject = %message.subject, "unreadable callback message; dropped");
+            message.ack_with(AckKind::Term).await.map_err(boxed)?;
+            return Ok(None);
+        };
+        let now = unix_ms();
+        let record = self.read(&cb.call_id).await?.map(|v| v.record);
+        let wait = match &record {
+            None => None,
+            Some(r) if r.attempts > cb.attempts => None,
+            Some(r) if r.callback == "pending" && r.attempts == cb.attempts => {
+                let due = r.callback_due.unwrap_or(0);
+                if due > now {
+                    Some(Duration::from_millis(due - now))
+                } else {
+                    Some(Duration::ZERO)
+                }
+            }
+            // Its outcome is not recorded yet (the worker is between the two steps).
+            Some(r) if r.callback == "none" && r.state == CallState::Running => Some(claim),
+            Some(_) => None,
+        };
+        match wait {
+            None => {
+                message.ack().await.map_err(boxed)?;
+                self.drop_body(&cb).await;
+                Ok(None)
+            }
+            Some(d) if !d.is_zero() => {
+                message.ack_with(nak(d)).await.map_err(boxed)?;
+                Ok(None)
+            }
+            Some(_) => {
+                let body = match (&cb.body, &cb.body_object) {
+                    (Some(b), _) => base64::engine::general_purpose::STANDARD
+                        .decode(b)
+                        .unwrap_or_default(),
+                    (None, Some(name)) => self.read_body(name).await?,
+                    (None, None) => Vec::new(),
+                };
+                message.double_ack_with(nak(claim)).await.map_err(boxed)?;
+                let delivery_attempts = record.map_or(0, |r| r.callback_attempts);
+                self.claimed
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .insert(cb.call_id.clone(), message);
+                Ok(Some(CallbackJob {
+                    call_id: cb.call_id,
+                    function: cb.function,
+                    url: cb.url,
+                    outcome: Outcome {
+                        status: cb.status,
+                        headers: cb.headers,
+                        body,
+                        duration: cb.duration,
+                        error: cb.error,
+                    },
+                    attempts: cb.attempts,
+                    delivery_attempts,
+                }))
+            }
+        }
+    }
+
+    async fn read_body(&self, name: &str) -> Result<Vec<u8>, QueueError> {
+        let mut object = self.results.get(name).await.map_err(unavailable)?;
+        let mut body = Vec::new();
+        object.read_to_end(&mut body).await.map_err(unavailable)?;
+        Ok(body)
+    }
+
+    async fn drop_body(&self, cb: &CallbackMessage) {
+        if let Some(name) = &cb.body_object {
+            let _ = self.results.delete(name).await;
+        }
+    }
+}
+
+/// A nak that makes the message deliverable again after `delay` (at once when zero).
+fn nak(delay: Duration) -> AckKind {
+    if delay.is_zero() {
+        AckKind::Nak(None)
+    } else {
+        AckKind::Nak(Some(delay.min(MAX_DELAY)))
+    }
+}
+
+/// Logs a lost lease.
+fn lease_lost(call_id: &str) {
+    tracing::warn!(
+        call_id,
+        "lease lost before the outcome was recorded; another worker owns the call"
+    );
+}
+
+/// `bytes` cut at `cap`, and whether it was cut.
+fn cap(bytes: &[u8], cap: usize) -> (&[u8], bool) {
+    (&bytes[..bytes.len().min(cap)], bytes.len() > cap)
+}
+
+/// A function name as one subject token (names are DNS labels, possibly with a namespace).
+fn subject_token(function: &str) -> String {
+    function
+        .chars()
+        .map(|c| match c {
+            '.' | '*' | '>' | ' ' | '\t' | '\r' | '\n' => '_',
+            c => c,
+        })
+        .collect()
+}
+
+/// The connection is down.
+#[derive(Debug, thiserror::Error)]
+#[error("not connected to NATS (connection {0})")]
+struct NotConnected(String);
+
+/// Too many writers at once on one record.
+#[derive(Debug, thiserror::Error)]
+#[error("call {0}: too many concurrent updates")]
+struct Contended(String);
+
+/// The request does not fit in one message.
+#[derive(Debug, thiserror::Error)]
+#[error("request of {size} bytes exceeds the NATS max_payload of {limit} bytes")]
+struct TooLarge {
+    size: usize,
+    limit: usize,
+}
+
+/// Connects, retrying until `connect_timeout`; later losses reconnect forever.
+async fn connect(config: &JetStreamConfig) -> Result<async_nats::Client, SetupError> {
+    let deadline = tokio::time::Instant::now() + config.connect_timeout;
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let options = async_nats::ConnectOptions::new()
+            .name("fgateway")
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .event_callback(|event| async move {
+                match event {
+                    async_nats::Event::Connected => tracing::info!("NATS connection restored"),
+                    async_nats::Event::Disconnected => {
+                        tracing::warn!("NATS connection lost; reconnecting")
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            });
+        match options.connect(config.url.as_str()).await {
+            Ok(client) => return Ok(client),
+            Err(source) => {
+                if tokio::time::Instant::now() + delay > deadline {
+                    return Err(SetupError::Connect {
+                        url: config.url.clone(),
+                        timeout: config.connect_timeout,
+                        source,
+                    });
+                }
+                tracing::warn!(url = %config.url, error = %source, "NATS not reachable yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+impl Queue for JetStreamQueue {
+    fn enqueue(
+        &self,
+        request: QueueRequest,
+        idempotency_key: Option<String>,
+    ) -> BoxFuture<'_, Result<Enqueued, QueueError>> {
+        Box::pin(async move {
+            self.connected()?;
+            let call_id = request.call_id.clone();
+            let payload = serde_json::to_vec(&request).map_err(|source| QueueError::Corrupt {
+                call_id: call_id.clone(),
+                source,
+            })?;
+            let limit = self.max_payload().saturating_sub(FRAMING);
+            if payload.len() > limit {
+                return Err(QueueError::TooLarge {
+                    limit: limit / 4 * 3,
+                    source: Box::new(TooLarge {
+                        size: payload.len(),
+                        limit: self.max_payload(),
+                    }),
+                });
+            }
+            let record = Record::queued(&request);
+            if !self.write(&record, 0).await? {
+                return self.duplicate(&call_id, &request).await;
+            }
+            let forget = || async {
+                if let Err(e) = self.kv.delete(record_key(&call_id)).await {
+                    tracing::warn!(call_id, error = %e, "cannot remove the record of a failed enqueue");
+                }
+            };
+            if let Some(key) = &idempotency_key {
+                let value = Bytes::from(call_id.clone());
+                match self.kv.create(idem_key(key), value).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                        forget().await;
+                        let first = self
+                            .kv
+                            .get(idem_key(key))
+                            .await
+                            .map_err(unavailable)?
+                            .map(|v| String::from_utf8_lossy(&v).into_owned())
+                            .unwrap_or_else(|| call_id.clone());
+                        return self.duplicate(&first, &request).await;
+                    }
+                    Err(e) => {
+                        forget().await;
+                        return Err(unavailable(e));
+                    }
+                }
+            }
+            match self
+                .publish_request(&request.function, &call_id, payload.into())
+                .await
+            {
+                Ok(_) => Ok(Enqueued::New(call_id)),
+                Err(e) => {
+                    forget().await;
+                    if let Some(key) = &idempotency_key {
+                        let _ = self.kv.delete(idem_key(key)).await;
+                    }
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn lease<'a>(
+        &'a self,
+        owner: &'a str,
+        max: usize,
+        lease: Duration,
+        busy: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Leased>, QueueError>> {
+        Box::pin(async move {
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            let mut batch = self
+                .workers
+                .fetch()
+                .max_messages(max)
+                .messages()
+                .await
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(boxed)?;
+                if let Some(leased) = self.take(message, owner, lease, busy).await? {
+                    out.push(leased);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
+        Box::pin(async move {
+            let Some(message) = self.held_message(call_id, owner) else {
+                return Ok(false);
+            };
+            let holds = self
+                .read(call_id)
+                .await?
+                .is_some_and(|v| v.record.held_by(owner));
+            if !holds {
+                self.drop_held(call_id, owner);
+                return Ok(false);
+            }
+            let kind = if lease == self.ack_wait {
+                AckKind::Progress
+            } else {
+                nak(lease)
+            };
+            message.ack_with(kind).await.map_err(boxed)?;
+            Ok(true)
+        })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        outcome: Outcome,
+        claim: Duration,
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
+        Box::pin(self.finalize(call_id, owner, outcome, claim, false))
+    }
+
+    fn retry_later<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        delay: Duration,
+        outcome: Outcome,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let Some(message) = self.held_message(call_id, owner) else {
+                return Ok(());
+            };
+            let next = unix_ms().saturating_add(ms(delay));
+            let done = self
+                .modify(call_id, |record| {
+                    if !record.held_by(owner) {
+                        return Step::Keep(false);
+                    }
+                    record.state = CallState::Retrying;
+                    record.owner = None;
+                    record.next_attempt_at = Some(next);
+                    record.status_code = Some(outcome.status);
+                    record.last_error = outcome.error.clone();
+                    Step::Write(true)
+                })
+                .await?
+                .is_some_and(|(ok, _)| ok);
+            self.drop_held(call_id, owner);
+            if done {
+                message.double_ack_with(nak(delay)).await.map_err(boxed)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        outcome: Outcome,
+        claim: Duration,
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
+        Box::pin(self.finalize(call_id, owner, outcome, claim, true))
+    }
+
+    fn release<'a>(
+        &'a self,
+        call_ids: &'a [String],
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            for call_id in call_ids {
+                let Some(message) = self.held_message(call_id, owner) else {
+                    continue;
+                };
+                let done = self
+                    .modify(call_id, |record| {
+                        if !record.held_by(owner) {
+                            return Step::Keep(false);
+                        }
+                        record.attempts = record.attempts.saturating_sub(1);
+                        record.state = if record.attempts > 0 {
+                            CallState::Retrying
+                        } else {
+                            CallState::Queued
+                        };
+                        record.owner = None;
+                        Step::Write(true)
+                    })
+                    .await?
+                    .is_some_and(|(ok, _)| ok);
+                self.drop_held(call_id, owner);
+                if done {
+                    message
+                        .double_ack_with(AckKind::Nak(None))
+                        .await
+                        .map_err(boxed)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn cancel<'a>(&'a self, call_id: &'a str) -> BoxFuture<'a, Result<Cancelled, QueueError>> {
+        Box::pin(async move {
+            self.connected()?;
+            let now = unix_ms();
+            let result = self
+                .modify(call_id, |record| match record.state {
+                    CallState::Queued | CallState::Retrying => {
+                        record.state = CallState::Cancelled;
+                        record.finished_at = Some(now);
+                        Step::Write(Cancelled::Yes)
+                    }
+                    state => Step::Keep(Cancelled::TooLate(state)),
+                })
+                .await?;
+            Ok(match result {
+                None => Cancelled::NotFound,
+                Some((Cancelled::Yes, record)) => {
+                    // A call a worker has seen has a known message: remove it now rather than
+                    // when its next delivery is dropped.
+                    if let Some(seq) = record.seq {
+                        let _ = self.requests.delete_message(seq).await;
+                    }
+                    Cancelled::Yes
+                }
+                Some((other, _)) => other,
+            })
+        })
+    }
+
+    fn status<'a>(
+        &'a self,
+        call_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CallStatus>, QueueError>> {
+        Box::pin(async move { Ok(self.read(call_id).await?.map(|v| v.record.status())) })
+    }
+
+    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<CallStatus>, QueueError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for call_id in self.dead_letter_ids().await? {
+                match self.read(&call_id).await? {
+                    Some(v) if v.record.dead => out.push(v.record.status()),
+                    Some(_) => {}
+                    None => {
+                        // The record expired; the copy remains a dead letter.
+                        if let Some(request) = self.dead_request(&call_id).await? {
+                            let mut record = Record::queued(&request);
+                            record.state = CallState::Failed;
+                            record.dead = true;
+                            out.push(record.status());
+                        }
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.enqueued_at.cmp(&b.enqueued_at));
+            out.truncate(DEAD_LETTER_PAGE);
+            Ok(out)
+        })
+    }
+
+    fn redrive<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>> {
+        Box::pin(async move {
+            self.connected()?;
+            let ids = match call_id {
+                Some(id) => vec![id.to_string()],
+                None => self.dead_letter_ids().await?,
+            };
+            let mut n = 0;
+            for id in ids {
+                if self.redrive_one(&id).await? {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    fn purge<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>> {
+        Box::pin(async move {
+            self.connected()?;
+            let ids = match call_id {
+                Some(id) => vec![id.to_string()],
+                None => self.dead_letter_ids().await?,
+            };
+            let mut n = 0;
+            for id in ids {
+                let Some(Versioned { record, revision }) = self.read(&id).await? else {
+                    if self.dead_request(&id).await?.is_some() {
+                        self.purge_dead_copy(&id).await?;
+                        n += 1;
+                    }
+                    continue;
+                };
+                if !record.dead {
+                    continue;
+                }
+                match self
+                    .kv
+                    .purge_expect_revision(record_key(&id), Some(revision))
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == kv::PurgeErrorKind::WrongLastRevision => continue,
+                    Err(e) => return Err(unavailable(e)),
+                }
+                self.purge_dead_copy(&id).await?;
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
+    fn due_callbacks(
+        &self,
+        max: usize,
+        claim: Duration,
+    ) -> BoxFuture<'_, Result<Vec<CallbackJob>, QueueError>> {
+        Box::pin(async move {
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            let mut batch = self
+                .dispatchers
+                .fetch()
+                .max_messages(max)
+                .messages()
+                .await
+                .map_err(unavailable)?;
+            let mut out = Vec::new();
+            while let Some(message) = batch.next().await {
+                let message = message.map_err(boxed)?;
+                if let Some(job) = self.claim_callback(message, claim).await? {
+                    out.push(job);
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn callback_result<'a>(
+        &'a self,
+        call_id: &'a str,
+        delivered: bool,
+        retry_in: Option<Duration>,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let now = unix_ms();
+            let (state, due) = match (delivered, retry_in) {
+                (true, _) => ("delivered", None),
+                (false, Some(d)) => ("pending", Some(now.saturating_add(ms(d)))),
+                (false, None) => ("failed", None),
+            };
+            let changed = self
+                .modify(call_id, |record| {
+                    if record.callback != "pending" {
+                        return Step::Keep(None);
+                    }
+                    record.callback = state.into();
+                    record.callback_attempts += 1;
+                    record.callback_due = due;
+                    Step::Write(record.callback_seq)
+                })
+                .await?;
+            let claimed = self
+                .claimed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(call_id);
+            let Some((Some(seq), _)) = changed else {
+                return Ok(());
+            };
+            match (retry_in, delivered) {
+                (Some(d), false) => {
+                    if let Some(message) = claimed {
+                        message.double_ack_with(nak(d)).await.map_err(boxed)?;
+                    }
+                }
+                _ => {
+                    // Done with, delivered or not: remove the message (held here, elsewhere,
+                    // or never fetched) and any stored body.
+                    match self.callbacks.delete_message(seq).await {
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::debug!(call_id, error = %e, "callback message already gone")
+                        }
+                    }
+                    if let Some(message) = claimed {
+                        let _ = message.ack().await;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
+        Box::pin(async move {
+            let info = self
+                .requests
+                .consumer_info(&self.names.workers)
+                .await
+                .map_err(unavailable)?;
+            let stream = self.requests.get_info().await.map_err(unavailable)?;
+            let in_flight = self
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len() as u64;
+            let unfinished = info.num_pending + info.num_ack_pending as u64;
+            let oldest_age = if stream.state.messages == 0 {
+                0.0
+            } else {
+                let first = stream.state.first_timestamp.unix_timestamp_nanos() / 1_000_000;
+                let now = i128::from(unix_ms());
+                (now - first).max(0) as f64 / 1000.0
+            };
+            Ok(QueueStats {
+                depth: unfinished.saturating_sub(in_flight),
+                oldest_age,
+                in_flight,
+            })
+        })
+    }
+
+    fn expire(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
+        // The bucket's max_age drops records and idempotency keys after the retention
+        // period, and the object store's drops stored bodies: nothing to do here.
+        Box::pin(async { Ok(0) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `nats-server -js` of the test's own, on a free port with a temporary store.
+    pub struct NatsServer {
+        child: std::process::Child,
+        /// Its URL.
+        pub url: String,
+        _store: tempfile::TempDir,
+    }
+
+    impl NatsServer {
+        pub fn start() -> Self {
+            let store = tempfile::tempdir().unwrap();
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let child = std::process::Command::new("nats-server")
+                .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+                .arg(store.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("nats-server must be installed (Debian package nats-server) to test the JetStream queue");
+            NatsServer {
+                child,
+                url: format!("nats://127.0.0.1:{port}"),
+                _store: store,
+            }
+        }
+
+        pub async fn queue(&self, stream: &str) -> JetStreamQueue {
+            JetStreamQueue::connect(JetStreamConfig {
+                url: self.url.clone(),
+                stream: stream.into(),
+                replicas: 1,
+                retention: Duration::from_secs(3600),
+                result_cap: 64 * 1024,
+                lease: Duration::from_secs(30),
+                connect_timeout: Duration::from_secs(10),
+            })
+            .await
+            .unwrap()
+        }
+    }
+
+    impl Drop for NatsServer {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn passes_the_shared_suite() {
+        let server = NatsServer::start();
+        let queue = server.queue("faas-request").await;
+        crate::queue::suite::run(&queue).await;
+    }
+
+    #[tokio::test]
+    async fn a_conflicting_stream_is_refused_and_a_big_request_is_too_large() {
+        let server = NatsServer::start();
+        let queue = server.queue("faas-request").await;
+        let mut big = crate::queue::suite::request("big", "f", None);
+        big.body = vec![b'x'; 2 * 1024 * 1024];
+        match queue.enqueue(big, None).await {
+            Err(QueueError::TooLarge { limit, .. }) => assert!(limit < 1024 * 1024),
+            other => panic!("expected TooLarge, got {other:?}"),
+        }
+        // The same stream name with other replicas conflicts.
+        let err = JetStreamQueue::connect(JetStreamConfig {
+            url: server.url.clone(),
+            stream: "faas-request".into(),
+            replicas: 3,
+            retention: Duration::from_secs(3600),
+            result_cap: 1024,
+            lease: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        })
+        .await
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("replicas"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn dead_letters_keep_their_request_and_big_results_reach_the_callback() {
+        let server = NatsServer::start();
+        let q = server.queue("faas-request").await;
+        q.enqueue(
+            crate::queue::suite::request("big-result", "f", Some("http://cb/")),
+            None,
+        )
+        .await
+        .unwrap();
+        let leased = q
+            .lease("w", 10, Duration::from_secs(30), &[])
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1);
+        let body = vec![7u8; 3 * 1024 * 1024];
+        let outcome = Outcome {
+            status: 200,
+            headers: vec![],
+            body: body.clone(),
+            duration: 0.1,
+            error: None,
+        };
+        assert!(
+            q.finish("big-result", "w", outcome, Duration::ZERO)
+                .await
+                .unwrap()
+        );
+        let st = q.status("big-result").await.unwrap().unwrap();
+        assert!(st.result_truncated);
+        let due = q.due_callbacks(10, Duration::from_secs(60)).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].outcome.body.len(), body.len());
+        q.callback_result("big-result", true, None).await.unwrap();
+        let info = q.callbacks.get_info().await.unwrap();
+        assert_eq!(
+            info.state.messages, 0,
+            "delivered callbacks leave the stream"
+        );
+        let requests = q.requests.get_info().await.unwrap();
+        assert_eq!(
+            requests.state.messages, 0,
+            "finished calls leave the stream"
+        );
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        for id in ["abc-123_X", "a.b:c", "ünï", "x.y"] {
+            let key = record_key(id);
+            assert!(
+                key.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            );
+            assert_eq!(call_id_from_key(&key).as_deref(), Some(id));
+        }
+        assert!(idem_key("any key / at all").starts_with("i."));
+        assert_eq!(subject_token("fn.ns"), "fn_ns");
+    }
+
+    #[test]
+    fn stream_names_are_checked() {
+        assert!(Names::new("faas-request").is_ok());
+        assert!(Names::new("bad.name").is_err());
+        assert!(Names::new("").is_err());
+        let n = Names::new("faas-request").unwrap();
+        assert_eq!(n.workers, "faas-workers");
+        assert_eq!(n.bucket, "faas-request-calls");
+    }
+}
