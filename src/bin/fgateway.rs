@@ -83,6 +83,10 @@ impl UpError {
                 | gateway::GatewayError::Deploy { .. }
                 | gateway::GatewayError::Auth(_)
                 | gateway::GatewayError::QueueKind(_)
+                | gateway::GatewayError::JetStream(
+                    fwatchdog::queue::jetstream::SetupError::Name(_)
+                    | fwatchdog::queue::jetstream::SetupError::Conflict { .. },
+                )
                 | gateway::GatewayError::Secret { .. },
             ) => EXIT_CONFIG,
             _ => 1,
@@ -98,7 +102,7 @@ async fn up(args: UpArgs) -> Result<(), Box<UpError>> {
             source,
         })?;
     let signals = fwatchdog::shutdown::signals().map_err(UpError::Signals)?;
-    let (gateway, worker) = Gateway::up(&args).map_err(UpError::from)?;
+    let (gateway, worker) = Gateway::up(&args).await.map_err(UpError::from)?;
     let shutdown = async {
         let name = signals.await;
         tracing::info!(signal = name, "shutdown requested");
@@ -112,7 +116,9 @@ async fn up(args: UpArgs) -> Result<(), Box<UpError>> {
 /// `fgateway worker`: runs asynchronous calls through a gateway's /function/ route.
 async fn worker(args: WorkerCmdArgs) -> Result<(), Box<UpError>> {
     let signals = fwatchdog::shutdown::signals().map_err(UpError::Signals)?;
-    let queue = gateway::open_queue(&args.data_dir, &args.queue).map_err(UpError::from)?;
+    let queue = gateway::open_queue(&args.data_dir, &args.queue, args.worker.lease)
+        .await
+        .map_err(UpError::from)?;
     let config =
         gateway::worker_config(&args.worker, args.upstream_timeout, Duration::from_secs(30))
             .map_err(UpError::from)?;

@@ -159,6 +159,15 @@ pub async fn enqueue(
             }
             resp
         }
+        Err(crate::queue::QueueError::TooLarge { limit, source }) => {
+            tracing::warn!(error = %source, "asynchronous request too large for the queue");
+            text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "Request body is larger than the queue can store: {source}; bodies up to about {limit} bytes fit.\n"
+                ),
+            )
+        }
         Err(e) => {
             tracing::error!(error = %proxy::error_chain(&e), "cannot enqueue");
             text(

@@ -168,9 +168,25 @@ pub struct WorkerCmdArgs {
 /// Where asynchronous calls are stored.
 #[derive(Debug, Clone, Args)]
 pub struct QueueArgs {
-    /// Queue backend: `embedded` (SQLite in the data directory).
+    /// Queue backend: `embedded` (SQLite in the data directory), or a NATS JetStream server,
+    /// `nats://HOST:4222` (several, comma-separated, for a cluster), shared by any number of
+    /// gateways and workers.
     #[arg(long, env = "queue", default_value = "embedded")]
     pub queue: String,
+
+    /// JetStream: the request stream's name (the dead-letter and callback streams, the
+    /// consumers and the status bucket are named after it).
+    #[arg(long, env = "nats_stream", default_value = "faas-request")]
+    pub nats_stream: String,
+
+    /// JetStream: replicas of the streams and the bucket (1 for one server; 3 or 5 in a
+    /// cluster).
+    #[arg(long, env = "nats_replicas", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
+
+    /// JetStream: how long start-up waits for the server.
+    #[arg(long, env = "nats_connect_timeout", default_value = "30s", value_parser = duration)]
+    pub nats_connect_timeout: Duration,
 
     /// How long finished calls, their results and their idempotency keys are kept.
     #[arg(long, env = "retention", default_value = "24h", value_parser = duration)]

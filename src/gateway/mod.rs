@@ -34,6 +34,7 @@ use crate::config::parse;
 use crate::proxy;
 use crate::queue::Queue;
 use crate::queue::embedded::{EmbeddedConfig, EmbeddedQueue};
+use crate::queue::jetstream::{JetStreamConfig, JetStreamQueue};
 use crate::queue::worker::{Worker, WorkerConfig};
 use crate::watchdog::body::ResponseBody;
 use crate::watchdog::server;
@@ -87,10 +88,11 @@ pub enum GatewayError {
     #[error("cannot open the queue")]
     Queue(#[source] crate::queue::QueueError),
     /// The queue option names a backend this build lacks.
-    #[error(
-        "invalid --queue {0:?}: expected \"embedded\" (the NATS JetStream backend is not in this build)"
-    )]
+    #[error("invalid --queue {0:?}: expected \"embedded\" or a NATS URL, nats://HOST:4222")]
     QueueKind(String),
+    /// The JetStream queue could not be set up.
+    #[error(transparent)]
+    JetStream(#[from] crate::queue::jetstream::SetupError),
     /// The callback secret file cannot be read.
     #[error("cannot read callback_secret_file {path}")]
     Secret {
@@ -136,11 +138,27 @@ pub struct Gateway {
     pub wake: Arc<tokio::sync::Notify>,
 }
 
-/// Opens the queue named by `args` in `data_dir`.
-pub fn open_queue(
+/// Opens the queue named by `args`: the embedded one in `data_dir`, or a JetStream server
+/// (`nats://...`), whose shared consumer gets `lease` as its ack wait when this process creates
+/// it.
+pub async fn open_queue(
     data_dir: &std::path::Path,
     args: &QueueArgs,
+    lease: Duration,
 ) -> Result<Arc<dyn Queue>, GatewayError> {
+    if args.queue.starts_with("nats://") || args.queue.starts_with("tls://") {
+        let queue = JetStreamQueue::connect(JetStreamConfig {
+            url: args.queue.clone(),
+            stream: args.nats_stream.clone(),
+            replicas: usize::from(args.nats_replicas),
+            retention: args.retention,
+            result_cap: args.status_result_cap,
+            lease,
+            connect_timeout: args.nats_connect_timeout,
+        })
+        .await?;
+        return Ok(Arc::new(queue));
+    }
     if args.queue != "embedded" {
         return Err(GatewayError::QueueKind(args.queue.clone()));
     }
@@ -192,14 +210,14 @@ pub fn worker_config(
 impl Gateway {
     /// Builds the gateway for `fgateway up`: opens the store, creates the provider, restores the
     /// deployed functions and deploys the stack file's. Must run inside the runtime.
-    pub fn up(args: &UpArgs) -> Result<(Arc<Gateway>, Option<Arc<Worker>>), GatewayError> {
+    pub async fn up(args: &UpArgs) -> Result<(Arc<Gateway>, Option<Arc<Worker>>), GatewayError> {
         let auth = if args.basic_auth {
             Some(BasicAuth::load(&args.secret_mount_path)?)
         } else {
             None
         };
         let store = Arc::new(Store::open(&args.data_dir)?);
-        let queue = open_queue(&args.data_dir, &args.queue)?;
+        let queue = open_queue(&args.data_dir, &args.queue, args.worker.lease).await?;
         let worker_config =
             worker_config(&args.worker, args.upstream_timeout, args.shutdown_timeout)?;
         let provider: Arc<dyn Provider> = match args.provider {

@@ -445,7 +445,9 @@ fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), S
             format!("{:?} (the retention)", wanted.max_age),
         ));
     }
-    if found.max_messages_per_subject != wanted.max_messages_per_subject {
+    // The server writes "no limit" as -1 where a request may say 0.
+    let limit = |n: i64| (n > 0).then_some(n);
+    if limit(found.max_messages_per_subject) != limit(wanted.max_messages_per_subject) {
         return Err(conflict(
             "max_msgs_per_subject",
             found.max_messages_per_subject.to_string(),

@@ -480,3 +480,84 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// The `nats-server` binary: on `PATH`, or where Debian's package puts it.
+pub fn nats_server_bin() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file());
+    on_path
+        .or_else(|| Some(PathBuf::from("/usr/sbin/nats-server")).filter(|p| p.is_file()))
+        .expect("nats-server is needed (Debian package nats-server; .ci/run installs it)")
+}
+
+/// A real `nats-server -js` on a loopback port with its store in a directory of the test's.
+pub struct Nats {
+    /// The running server, if it is up.
+    child: Option<Child>,
+    /// Its port (kept across restarts).
+    pub port: u16,
+    /// Its JetStream store.
+    store: PathBuf,
+}
+
+impl Nats {
+    /// Starts a server storing in `store`, and waits until it accepts connections.
+    pub async fn start(store: &Path) -> Nats {
+        let mut nats = Nats {
+            child: None,
+            port: free_port(),
+            store: store.to_path_buf(),
+        };
+        nats.up().await;
+        nats
+    }
+
+    /// `nats://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again on the same port and store.
+    pub async fn up(&mut self) {
+        assert!(self.child.is_none(), "nats-server is already running");
+        let child = Command::new(nats_server_bin())
+            .args([
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-sd",
+            ])
+            .arg(&self.store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start nats-server: {e}"));
+        self.child = Some(child);
+        let end = Instant::now() + DEADLINE;
+        while TcpStream::connect(("127.0.0.1", self.port)).await.is_err() {
+            assert!(Instant::now() < end, "nats-server never listened");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops it with `sig` and waits for it to exit.
+    pub async fn down(&mut self, sig: nix::sys::signal::Signal) {
+        let mut child = self.child.take().expect("nats-server is not running");
+        signal_child(&child, sig);
+        wait_child(&mut child, "nats-server", DEADLINE).await;
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

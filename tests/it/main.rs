@@ -10,6 +10,7 @@ mod callback;
 mod examples;
 mod gateway;
 mod gateway_async;
+mod gateway_jetstream;
 mod harness;
 mod watchdog_classic;
 mod watchdog_config;
