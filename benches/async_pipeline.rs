@@ -4,8 +4,12 @@
 //! (b) durable async enqueues (202s) per second at 64 connections, with no worker running,
 //! (c) end to end: 10,000 async calls from the first enqueue to the last callback received.
 //!
+//! Then, when `nats-server` is installed, the same on the JetStream queue (a `nats-server -js`
+//! started here, store in a temporary directory): (b) enqueues with no worker, and (c) with one
+//! and with two `fgateway worker` processes running the calls through the gateway.
+//!
 //! Run with `bash benches/async.sh` (it builds the release binaries first). Prints figures and
-//! the ratio (c)/(a).
+//! the ratios to (a).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -187,13 +191,40 @@ async fn main() -> Result<(), Error> {
     drop(gw);
 
     // (c): a gateway with its worker; callbacks to a receiver in this process.
-    let (cb_addr, received) = receiver().await?;
     // As many calls in flight as (a) has connections.
     let gw = start_gateway(
         &root,
         &work.path().join("c"),
         &["--max-inflight", "64", "--max-inflight-per-function", "64"],
     )?;
+    let (e2e_rate, e2e, enqueued_after, counters) = end_to_end(&gw).await?;
+    drop(gw);
+
+    println!(
+        "(a) sync calls through fgateway:        {sync_rate:>9.0} req/s   ({SYNC_CALLS} calls, {CONNECTIONS} connections)"
+    );
+    println!(
+        "(b) durable async enqueues (202):       {enqueue_rate:>9.0} req/s   ({ENQUEUES} calls, {CONNECTIONS} connections, no worker)"
+    );
+    println!(
+        "(c) end to end, enqueue to callback:    {e2e_rate:>9.0} calls/s ({E2E_CALLS} calls in {:.2} s; all enqueued after {:.2} s)",
+        e2e.as_secs_f64(),
+        enqueued_after.as_secs_f64()
+    );
+    println!("(c)/(a): {:.0}%", 100.0 * e2e_rate / sync_rate);
+    println!("during (c): {counters}");
+
+    match nats_server() {
+        None => println!("JetStream: skipped (nats-server is not installed)"),
+        Some(bin) => jetstream(&root, work.path(), &bin, sync_rate).await?,
+    }
+    Ok(())
+}
+
+/// Runs `E2E_CALLS` async calls through `gw` with callbacks to a receiver here; returns
+/// calls/s, the whole time, the time all were enqueued, and the gateway's async counters.
+async fn end_to_end(gw: &Gateway) -> Result<(f64, Duration, Duration, String), Error> {
+    let (cb_addr, received) = receiver().await?;
     wait_ready(gw.addr, "/function/web/ready").await?;
     let url = format!("http://{cb_addr}/done");
     let started = Instant::now();
@@ -227,20 +258,106 @@ async fn main() -> Result<(), Error> {
         .lines()
         .filter(|l| l.starts_with("gateway_async_"))
         .collect();
-    drop(gw);
+    Ok((e2e_rate, e2e, enqueued_after, counters.join(", ")))
+}
 
-    println!(
-        "(a) sync calls through fgateway:        {sync_rate:>9.0} req/s   ({SYNC_CALLS} calls, {CONNECTIONS} connections)"
+/// `nats-server` on `PATH` or where Debian puts it.
+fn nats_server() -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("nats-server"))
+        .find(|p| p.is_file())
+}
+
+/// A child process killed when dropped.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The JetStream figures: enqueues, and end to end with one and two worker processes.
+async fn jetstream(root: &Path, work: &Path, bin: &Path, sync_rate: f64) -> Result<(), Error> {
+    let port = free_port()?;
+    let _nats = Killed(
+        Command::new(bin)
+            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+            .arg(work.join("nats"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
     );
+    let end = Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if Instant::now() > end {
+            return Err("nats-server never listened".into());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let url = format!("nats://127.0.0.1:{port}");
+
+    let gw = start_gateway(
+        root,
+        &work.join("js-b"),
+        &["--no-worker", "--queue", &url, "--nats-stream", "bench-b"],
+    )?;
+    wait_ready(gw.addr, "/function/web/ready").await?;
+    let enqueue_rate = load(gw.addr, ENQUEUES, 202, || {
+        Request::post("/async-function/web/")
+            .body(Full::new(Bytes::from_static(b"{\"hello\":\"world\"}")))
+            .unwrap_or_default()
+    })
+    .await?;
+    drop(gw);
     println!(
-        "(b) durable async enqueues (202):       {enqueue_rate:>9.0} req/s   ({ENQUEUES} calls, {CONNECTIONS} connections, no worker)"
+        "JetStream (b) durable async enqueues:   {enqueue_rate:>9.0} req/s   ({ENQUEUES} calls, {CONNECTIONS} connections, no worker; publish acked before each 202)"
     );
-    println!(
-        "(c) end to end, enqueue to callback:    {e2e_rate:>9.0} calls/s ({E2E_CALLS} calls in {:.2} s; all enqueued after {:.2} s)",
-        e2e.as_secs_f64(),
-        enqueued_after.as_secs_f64()
-    );
-    println!("(c)/(a): {:.0}%", 100.0 * e2e_rate / sync_rate);
-    println!("during (c): {}", counters.join(", "));
+
+    // 0: the worker inside the gateway, as in (c) above; 1 and 2: separate worker processes.
+    for workers in [0, 1, 2] {
+        let stream = format!("bench-c{workers}");
+        let limits = ["--max-inflight", "64", "--max-inflight-per-function", "64"];
+        let mut args = vec!["--queue", &url, "--nats-stream", &stream];
+        if workers == 0 {
+            args.extend(limits);
+        } else {
+            args.push("--no-worker");
+        }
+        let gw = start_gateway(root, &work.join(&stream), &args)?;
+        let gateway_url = format!("http://{}", gw.addr);
+        let mut running = Vec::new();
+        for _ in 0..workers {
+            running.push(Killed(
+                Command::new(root.join("target/release/fgateway"))
+                    .current_dir(work)
+                    .args(["worker", "--gateway", &gateway_url, "--queue", &url])
+                    .args(["--nats-stream", &stream])
+                    .args(limits)
+                    .env("RUST_LOG", "warn")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()?,
+            ));
+        }
+        let (rate, e2e, enqueued_after, _) = end_to_end(&gw).await?;
+        drop(running);
+        drop(gw);
+        let who = match workers {
+            0 => "worker in the gateway".to_string(),
+            1 => "1 worker process".to_string(),
+            n => format!("{n} worker processes"),
+        };
+        println!(
+            "JetStream (c) end to end, {who:<22} {rate:>9.0} calls/s ({E2E_CALLS} calls in {:.2} s; all enqueued after {:.2} s) = {:.0}% of (a)",
+            e2e.as_secs_f64(),
+            enqueued_after.as_secs_f64(),
+            100.0 * rate / sync_rate
+        );
+    }
     Ok(())
 }

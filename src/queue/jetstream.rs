@@ -750,13 +750,27 @@ impl JetStreamQueue {
     async fn modify<T>(
         &self,
         call_id: &str,
+        change: impl FnMut(&mut Record) -> Step<T>,
+    ) -> Result<Option<(T, Record)>, QueueError> {
+        self.modify_from(call_id, None, change).await
+    }
+
+    /// [`Self::modify`], starting from a record just read.
+    async fn modify_from<T>(
+        &self,
+        call_id: &str,
+        mut current: Option<Versioned>,
         mut change: impl FnMut(&mut Record) -> Step<T>,
     ) -> Result<Option<(T, Record)>, QueueError> {
         for _ in 0..CAS_ATTEMPTS {
+            let read = match current.take() {
+                Some(v) => Some(v),
+                None => self.read(call_id).await?,
+            };
             let Some(Versioned {
                 mut record,
                 revision,
-            }) = self.read(call_id).await?
+            }) = read
             else {
                 return Ok(None);
             };
@@ -1008,7 +1022,7 @@ impl JetStreamQueue {
         };
         let attempts = current.record.attempts;
         let recorded = self
-            .modify(call_id, |record| {
+            .modify_from(call_id, Some(current), |record| {
                 if !record.held_by(owner) || record.attempts != attempts {
                     return Step::Keep(false);
                 }
@@ -1422,14 +1436,32 @@ impl Queue for JetStreamQueue {
                 .messages()
                 .await
                 .map_err(unavailable)?;
-            let mut out = Vec::new();
+            let mut messages = Vec::new();
             while let Some(message) = batch.next().await {
-                let message = message.map_err(boxed)?;
-                if let Some(leased) = self.take(message, owner, lease, busy).await? {
-                    out.push(leased);
+                messages.push(message.map_err(boxed)?);
+            }
+            // Each take is a few round trips to the server: do them side by side.
+            let taken = futures_util::future::join_all(
+                messages
+                    .into_iter()
+                    .map(|m| self.take(m, owner, lease, busy)),
+            )
+            .await;
+            let mut out = Vec::new();
+            let mut failed = None;
+            for t in taken {
+                match t {
+                    Ok(Some(leased)) => out.push(leased),
+                    Ok(None) => {}
+                    Err(e) => failed = Some(e),
                 }
             }
-            Ok(out)
+            // Calls already taken are returned (their leases run); an error with none taken
+            // is reported.
+            match failed {
+                Some(e) if out.is_empty() => Err(e),
+                _ => Ok(out),
+            }
         })
     }
 
@@ -1681,14 +1713,27 @@ impl Queue for JetStreamQueue {
                 .messages()
                 .await
                 .map_err(unavailable)?;
-            let mut out = Vec::new();
+            let mut messages = Vec::new();
             while let Some(message) = batch.next().await {
-                let message = message.map_err(boxed)?;
-                if let Some(job) = self.claim_callback(message, claim).await? {
-                    out.push(job);
+                messages.push(message.map_err(boxed)?);
+            }
+            let claimed = futures_util::future::join_all(
+                messages.into_iter().map(|m| self.claim_callback(m, claim)),
+            )
+            .await;
+            let mut out = Vec::new();
+            let mut failed = None;
+            for c in claimed {
+                match c {
+                    Ok(Some(job)) => out.push(job),
+                    Ok(None) => {}
+                    Err(e) => failed = Some(e),
                 }
             }
-            Ok(out)
+            match failed {
+                Some(e) if out.is_empty() => Err(e),
+                _ => Ok(out),
+            }
         })
     }
 
