@@ -293,7 +293,10 @@ async fn jetstream(root: &Path, work: &Path, bin: &Path, sync_rate: f64) -> Resu
             .spawn()?,
     );
     let end = Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
         if Instant::now() > end {
             return Err("nats-server never listened".into());
         }

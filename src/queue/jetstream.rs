@@ -1060,8 +1060,14 @@ impl JetStreamQueue {
             }
             return Ok(false);
         }
-        let kind = if dead { AckKind::Term } else { AckKind::Ack };
-        if let Err(e) = message.ack_with(kind).await {
+        // A dead letter's term is confirmed (it is rare, and its copy must not be redelivered);
+        // a success's ack is not waited for.
+        let acked = if dead {
+            message.double_ack_with(AckKind::Term).await
+        } else {
+            message.ack().await
+        };
+        if let Err(e) = acked {
             // The record says it is done: a redelivery is dropped by whoever gets it.
             tracing::warn!(call_id, error = %e, "cannot ack a finished call's message");
         }
@@ -1962,6 +1968,42 @@ mod tests {
             requests.state.messages, 0,
             "finished calls leave the stream"
         );
+
+        // A dead letter is termed out of the work queue, kept in the dead-letter stream, and
+        // goes back to the work queue when redriven.
+        q.enqueue(crate::queue::suite::request("dl", "f", None), None)
+            .await
+            .unwrap();
+        let leased = q
+            .lease("w", 10, Duration::from_secs(30), &[])
+            .await
+            .unwrap();
+        assert_eq!(leased.len(), 1);
+        let failed = Outcome {
+            status: 500,
+            ..Outcome::default()
+        };
+        assert!(
+            q.dead_letter("dl", "w", failed, Duration::ZERO)
+                .await
+                .unwrap()
+        );
+        let count = |s: &stream::Stream| {
+            let s = s.clone();
+            async move { s.get_info().await.unwrap().state.messages }
+        };
+        assert_eq!(count(&q.requests).await, 0);
+        assert_eq!(count(&q.dlq).await, 1);
+        assert_eq!(q.dead_letters().await.unwrap()[0].call_id, "dl");
+        assert_eq!(q.redrive(None).await.unwrap(), 1);
+        assert_eq!(count(&q.requests).await, 1);
+        assert_eq!(count(&q.dlq).await, 0);
+        let again = q
+            .lease("w", 10, Duration::from_secs(30), &[])
+            .await
+            .unwrap();
+        assert_eq!(again[0].request.call_id, "dl");
+        assert_eq!(again[0].request.attempt, 1);
     }
 
     #[test]

@@ -41,6 +41,8 @@ fn stack(dir: &Path) -> PathBuf {
 functions:
   record:
     fprocess: sh -c 'echo "$Http_X_Call_Id" >> {d}/record.runs; cat'
+  flaky:
+    fprocess: sh -c 'echo "$Http_X_Call_Id" >> {d}/flaky.runs; if [ -e {d}/fixed ]; then echo fixed; else echo broken; exit 1; fi'
   slow:
     fprocess: sh -c 'echo "$Http_X_Call_Id" >> {d}/slow.runs; sleep 3; echo slept'
     environment:
@@ -73,7 +75,7 @@ async fn gateway(data: &Path, file: &Path, nats: &Nats, extra: &[&str]) -> Gatew
 }
 
 /// `fgateway worker` on the JetStream queue, calling functions through `gw`.
-fn worker(gw: &Gateway, nats: &Nats, cwd: &Path) -> KillOnDrop {
+fn worker(gw: &Gateway, nats: &Nats, cwd: &Path, extra: &[&str]) -> KillOnDrop {
     KillOnDrop(
         Command::new(fgateway_bin())
             .current_dir(cwd)
@@ -83,6 +85,7 @@ fn worker(gw: &Gateway, nats: &Nats, cwd: &Path) -> KillOnDrop {
             .arg("--queue")
             .arg(nats.url())
             .args(FAST)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -132,8 +135,8 @@ async fn two_gateways_and_two_workers_share_one_stream() {
     let file = stack(dir.path());
     let a = gateway(&dir.path().join("a"), &file, &nats, &["--no-worker"]).await;
     let b = gateway(&dir.path().join("b"), &file, &nats, &["--no-worker"]).await;
-    let _w1 = worker(&a, &nats, dir.path());
-    let _w2 = worker(&b, &nats, dir.path());
+    let _w1 = worker(&a, &nats, dir.path(), &[]);
+    let _w2 = worker(&b, &nats, dir.path(), &[]);
     let rx = Receiver::start(0).await;
     let url = rx.url();
 
@@ -188,7 +191,7 @@ async fn a_worker_killed_mid_call_is_replaced_after_the_lease() {
     let url = rx.url();
 
     // The first worker takes the call; it is killed while the function runs.
-    let mut first = worker(&gw, &nats, dir.path());
+    let mut first = worker(&gw, &nats, dir.path(), &[]);
     let r = enqueue(&gw, "slow", String::new(), &url).await;
     assert_eq!(r.status(), 202);
     let id = r.header("x-call-id").unwrap();
@@ -200,7 +203,7 @@ async fn a_worker_killed_mid_call_is_replaced_after_the_lease() {
     first.0.wait().unwrap();
 
     // Another worker gets it once the lease (2 s) runs out, and it completes.
-    let _second = worker(&gw, &nats, dir.path());
+    let _second = worker(&gw, &nats, dir.path(), &[]);
     let cb = &rx.wait_for(1).await[0];
     assert_eq!(cb.header("x-call-id"), id);
     assert_eq!(cb.header("x-function-status"), "200");
@@ -325,4 +328,79 @@ async fn every_202_survives_a_nats_restart_and_the_gateway_recovers() {
         accepted.len(),
         load.unavailable.load(Ordering::Relaxed)
     );
+}
+
+/// A gauge or counter from `/metrics`.
+async fn metric(gw: &Gateway, name: &str) -> f64 {
+    let text = get(gw.addr, "/metrics").await.text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in metrics:\n{text}"))
+}
+
+#[tokio::test]
+async fn queue_metrics_retries_dead_letters_and_redrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("nats")).await;
+    let file = stack(dir.path());
+    let gw = gateway(
+        &dir.path().join("gw"),
+        &file,
+        &nats,
+        &["--no-worker", "--max-retry-attempts", "2"],
+    )
+    .await;
+    let rx = Receiver::start(0).await;
+    let url = rx.url();
+
+    // With no worker yet, the calls wait: the depth comes from the stream's consumer.
+    let r = enqueue(&gw, "flaky", "please".into(), &url).await;
+    let id = r.header("x-call-id").unwrap();
+    for i in 0..2 {
+        enqueue(&gw, "record", format!("r{i}"), &url).await;
+    }
+    assert_eq!(metric(&gw, "gateway_queue_depth").await, 3.0);
+    assert_eq!(metric(&gw, "gateway_queue_in_flight").await, 0.0);
+
+    // A worker runs them; the flaky one fails twice and becomes a dead letter.
+    let _w = worker(&gw, &nats, dir.path(), &["--max-retry-attempts", "2"]);
+    let s = status_until(&gw, &id, "dead letter", |s| s["deadLetter"] == true).await;
+    assert_eq!(s["state"], "failed", "{s}");
+    assert_eq!(s["attempts"], 2, "{s}");
+    assert_eq!(s["statusCode"], 500, "{s}");
+    assert_eq!(runs(dir.path(), "flaky").get(&id), Some(&2));
+    let dead = get(gw.addr, "/system/async/dead-letters").await;
+    assert_eq!(dead.status(), 200);
+    let list: serde_json::Value = serde_json::from_str(&dead.text()).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["callId"], id.as_str());
+    let cbs = rx.wait_for(3).await;
+    let failed = cbs.iter().find(|c| c.header("x-call-id") == id).unwrap();
+    assert_eq!(failed.header("x-function-status"), "500");
+    let end = Instant::now() + DEADLINE;
+    while metric(&gw, "gateway_queue_depth").await != 0.0 {
+        assert!(Instant::now() < end, "the queue never emptied");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Fixed, redriven through the system API: it runs again from attempt 1 and succeeds.
+    std::fs::write(dir.path().join("fixed"), "").unwrap();
+    let r = send(
+        gw.addr,
+        Request::post("/system/async/dead-letters/redrive")
+            .body(Full::new(Bytes::from(format!("{{\"callId\":\"{id}\"}}"))))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    assert!(r.text().contains("\"redriven\":1"), "{}", r.text());
+    let cbs = rx.wait_for(4).await;
+    assert_eq!(cbs[3].header("x-call-id"), id);
+    assert_eq!(cbs[3].header("x-function-status"), "200");
+    assert_eq!(String::from_utf8_lossy(&cbs[3].body), "fixed\n");
+    let s = status_until(&gw, &id, "succeeded", |s| s["state"] == "succeeded").await;
+    assert_eq!(s["attempts"], 1, "{s}");
+    assert_eq!(s["deadLetter"], false, "{s}");
+    let dead = get(gw.addr, "/system/async/dead-letters").await.text();
+    assert_eq!(dead.trim(), "[]");
 }
