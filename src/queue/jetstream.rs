@@ -77,6 +77,14 @@ const MAX_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Compare-and-set attempts before an update gives up.
 const CAS_ATTEMPTS: usize = 32;
 
+/// How long a call for a function at its limit is handed back for, so the next fetch reaches
+/// other functions' calls first.
+const HAND_BACK: Duration = Duration::from_millis(100);
+
+/// Longest a fetch of waiting messages may take (it normally ends within milliseconds: the
+/// server answers a no-wait pull at once).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Room left in a message for headers and JSON framing.
 const FRAMING: usize = 4096;
 
@@ -250,6 +258,9 @@ struct Record {
     /// The pending callback's message sequence in the callback stream.
     #[serde(default)]
     callback_seq: Option<u64>,
+    /// The object holding the pending callback's body, when it did not fit in the message.
+    #[serde(default)]
+    callback_object: Option<String>,
     /// Times redriven from the dead-letter stream.
     #[serde(default)]
     redrives: u32,
@@ -279,6 +290,7 @@ impl Record {
             callback_attempts: 0,
             callback_due: None,
             callback_seq: None,
+            callback_object: None,
             redrives: 0,
         }
     }
@@ -804,28 +816,33 @@ impl JetStreamQueue {
             .map_err(unavailable)
     }
 
-    /// A call id seen before: the call it names. A call still waiting within the duplicate
-    /// window is published again under its id (the server drops it if the first publish
-    /// landed), so an enqueue that failed half-way cannot leave a record without a message.
+    /// A call id seen before: the call it names. A call that no worker has taken yet is
+    /// published again under its id: the server drops the copy inside its duplicate window,
+    /// and later a worker drops whichever of the two messages it sees second (the record names
+    /// the live one), so an enqueue that failed half-way cannot leave a record without a
+    /// message.
     async fn duplicate(
         &self,
         call_id: &str,
         request: &QueueRequest,
     ) -> Result<Enqueued, QueueError> {
-        if let Some(v) = self.read(call_id).await? {
-            let window = ms(Duration::from_secs(100));
-            let young = unix_ms().saturating_sub(v.record.enqueued_at) < window;
-            if v.record.state == CallState::Queued && v.record.attempts == 0 && young {
-                let mut again = request.clone();
-                again.call_id = call_id.to_string();
-                again.enqueued_at = v.record.enqueued_at;
-                let payload = serde_json::to_vec(&again).map_err(|source| QueueError::Corrupt {
-                    call_id: call_id.to_string(),
-                    source,
-                })?;
-                self.publish_request(&again.function, call_id, payload.into())
-                    .await?;
-            }
+        let Some(v) = self.read(call_id).await? else {
+            // The first enqueue failed and removed its record meanwhile: not a call to point at.
+            return Err(unavailable(Vanished(call_id.to_string())));
+        };
+        if v.record.state == CallState::Queued && v.record.attempts == 0 && v.record.seq.is_none() {
+            let mut again = request.clone();
+            again.call_id = call_id.to_string();
+            again.enqueued_at = v.record.enqueued_at;
+            again
+                .header
+                .insert("X-Call-Id".into(), vec![call_id.to_string()]);
+            let payload = serde_json::to_vec(&again).map_err(|source| QueueError::Corrupt {
+                call_id: call_id.to_string(),
+                source,
+            })?;
+            self.publish_request(&again.function, call_id, payload.into())
+                .await?;
         }
         Ok(Enqueued::Duplicate(call_id.to_string()))
     }
@@ -838,7 +855,7 @@ impl JetStreamQueue {
         lease: Duration,
         busy: &[String],
     ) -> Result<Option<Leased>, QueueError> {
-        let seq = message.info().map(|i| i.stream_sequence).ok();
+        let seq = message.info().map_err(boxed)?.stream_sequence;
         let mut request: QueueRequest = match serde_json::from_slice(&message.payload) {
             Ok(r) => r,
             Err(e) => {
@@ -848,46 +865,65 @@ impl JetStreamQueue {
             }
         };
         if busy.contains(&request.function) {
-            message
-                .double_ack_with(AckKind::Nak(None))
-                .await
-                .map_err(boxed)?;
+            // Back after a short delay, so the next fetch reaches other functions' calls first.
+            message.ack_with(nak(HAND_BACK)).await.map_err(boxed)?;
             return Ok(None);
         }
         let now = unix_ms();
-        let take = |record: &mut Record| {
-            match record.state {
-                // A running call delivered again: its lease ran out on the server (the worker
-                // died or stopped extending it). Take it over.
-                CallState::Queued | CallState::Retrying | CallState::Running => {
-                    record.state = CallState::Running;
-                    record.owner = Some(owner.to_string());
-                    record.attempts += 1;
-                    record.started_at = Some(now);
-                    record.next_attempt_at = None;
-                    record.seq = seq;
-                    Step::Write(true)
-                }
-                // Finished, dead-lettered or cancelled: this message is left over.
-                _ => Step::Keep(false),
-            }
-        };
-        let taken = match self.modify(&request.call_id, take).await? {
-            Some(t) => Some(t),
-            None => {
+        let mut taken = None;
+        for _ in 0..CAS_ATTEMPTS {
+            let (mut record, revision) = match self.read(&request.call_id).await? {
+                Some(v) => (v.record, v.revision),
                 // No record (expired with a long backlog, or its enqueue reported failure
                 // after the message landed): the message is the truth.
-                let mut record = Record::queued(&request);
-                let _ = take(&mut record);
-                self.write(&record, 0).await?.then_some((true, record))
+                None => (Record::queued(&request), 0),
+            };
+            let decision = match record.state {
+                // Another message is this call's live one (a republished or redriven copy).
+                _ if record.seq.is_some_and(|s| s != seq) => Decision::Drop,
+                CallState::Retrying => match record.next_attempt_at {
+                    // Delivered early (its delayed nak was lost): wait for the retry time.
+                    Some(t) if t > now.saturating_add(5) => {
+                        Decision::Later(Duration::from_millis(t - now))
+                    }
+                    _ => Decision::Take,
+                },
+                // A running call delivered again: its lease ran out on the server (the worker
+                // died or stopped extending it). Take it over.
+                CallState::Queued | CallState::Running => Decision::Take,
+                // Finished, dead-lettered or cancelled: this message is left over.
+                _ => Decision::Drop,
+            };
+            match decision {
+                Decision::Drop => {
+                    message.ack().await.map_err(boxed)?;
+                    return Ok(None);
+                }
+                Decision::Later(d) => {
+                    message.ack_with(nak(d)).await.map_err(boxed)?;
+                    return Ok(None);
+                }
+                Decision::Take => {}
             }
+            record.state = CallState::Running;
+            record.owner = Some(owner.to_string());
+            record.attempts += 1;
+            record.started_at = Some(now);
+            record.next_attempt_at = None;
+            record.seq = Some(seq);
+            if self.write(&record, revision).await? {
+                taken = Some(record);
+                break;
+            }
+        }
+        let Some(record) = taken else {
+            return Err(unavailable(Contended(request.call_id)));
         };
-        let Some((true, record)) = taken else {
-            message.ack().await.map_err(boxed)?;
-            return Ok(None);
-        };
-        if lease != self.ack_wait {
-            message.double_ack_with(nak(lease)).await.map_err(boxed)?;
+        if lease != self.ack_wait
+            && let Err(e) = message.double_ack_with(nak(lease)).await
+        {
+            // The call is ours; its lease is the consumer's ack_wait instead.
+            tracing::warn!(call_id = %request.call_id, error = %e, "cannot set the lease length");
         }
         request.attempt = record.attempts;
         self.held
@@ -914,20 +950,25 @@ impl JetStreamQueue {
             .map(|h| h.message.clone())
     }
 
-    fn drop_held(&self, call_id: &str, owner: &str) {
+    /// Removes and returns the message `owner` leased for `call_id`: the call is being settled
+    /// (if settling fails, the message comes back after its lease and is taken again).
+    fn take_held(&self, call_id: &str, owner: &str) -> Option<Message> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if held.get(call_id).is_some_and(|h| h.owner == owner) {
-            held.remove(call_id);
+            held.remove(call_id).map(|h| h.message)
+        } else {
+            None
         }
     }
 
-    /// Publishes the callback message of a finished call; its sequence.
+    /// Publishes the callback message of a finished call; its sequence and the object holding
+    /// its body, if the body did not fit.
     async fn publish_callback(
         &self,
         record: &Record,
         url: &str,
         outcome: &Outcome,
-    ) -> Result<u64, QueueError> {
+    ) -> Result<(u64, Option<String>), QueueError> {
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut message = CallbackMessage {
             call_id: record.call_id.clone(),
@@ -946,7 +987,7 @@ impl JetStreamQueue {
             source,
         })?;
         if payload.len() + FRAMING > self.max_payload() {
-            let name = format!("{}#{}", record.call_id, record.attempts);
+            let name = format!("{}#{}", record.call_id, uuid::Uuid::new_v4());
             let mut body: &[u8] = &outcome.body;
             self.results
                 .put(name.as_str(), &mut body)
@@ -969,7 +1010,20 @@ impl JetStreamQueue {
             .map_err(unavailable)?
             .await
             .map_err(unavailable)?;
-        Ok(ack.sequence)
+        Ok((ack.sequence, message.body_object))
+    }
+
+    /// Removes a callback message and its stored body (best effort: a leftover is dropped by
+    /// whichever dispatcher sees it).
+    async fn remove_callback(&self, seq: u64, object: Option<&str>) {
+        if let Err(e) = self.callbacks.delete_message(seq).await {
+            tracing::debug!(seq, error = %e, "callback message already gone");
+        }
+        if let Some(name) = object
+            && let Err(e) = self.results.delete(name).await
+        {
+            tracing::debug!(object = name, error = %e, "stored callback body already gone");
+        }
     }
 
     /// Records the final outcome of a call `owner` holds, queues its callback, and acks (or,
@@ -982,15 +1036,17 @@ impl JetStreamQueue {
         claim: Duration,
         dead: bool,
     ) -> Result<bool, QueueError> {
-        let Some(message) = self.held_message(call_id, owner) else {
+        let Some(message) = self.take_held(call_id, owner) else {
             return Ok(false);
         };
+        // Keep the lease while the outcome is stored (a large body, a dead-letter copy).
+        if let Err(e) = message.ack_with(AckKind::Progress).await {
+            tracing::debug!(call_id, error = %e, "cannot extend the lease before finishing");
+        }
         let Some(current) = self.read(call_id).await? else {
-            self.drop_held(call_id, owner);
             return Ok(false);
         };
         if !current.record.held_by(owner) {
-            self.drop_held(call_id, owner);
             lease_lost(call_id);
             return Ok(false);
         }
@@ -998,7 +1054,7 @@ impl JetStreamQueue {
             // The copy first: a dead letter must never exist without its request.
             self.js
                 .send_publish(
-                    format!("{}.{}", self.names.dlq, record_key(call_id)),
+                    self.dead_subject(call_id),
                     Publish::build().payload(message.payload.clone()),
                 )
                 .await
@@ -1006,7 +1062,7 @@ impl JetStreamQueue {
                 .await
                 .map_err(unavailable)?;
         }
-        let callback_seq = match &current.record.callback_url {
+        let callback = match &current.record.callback_url {
             Some(url) => Some(
                 self.publish_callback(&current.record, url, &outcome)
                     .await?,
@@ -1034,41 +1090,45 @@ impl JetStreamQueue {
                 record.last_error = outcome.error.clone();
                 record.result = Some(base64::engine::general_purpose::STANDARD.encode(head));
                 record.result_truncated = truncated;
-                if record.callback_url.is_some() {
-                    record.callback = "pending".into();
-                    record.callback_due = Some(now.saturating_add(ms(claim)));
-                    record.callback_seq = callback_seq;
-                } else {
-                    record.callback = "none".into();
+                match &callback {
+                    Some((seq, object)) => {
+                        record.callback = "pending".into();
+                        record.callback_due = Some(now.saturating_add(ms(claim)));
+                        record.callback_seq = Some(*seq);
+                        record.callback_object = object.clone();
+                    }
+                    None => record.callback = "none".into(),
                 }
                 Step::Write(true)
             })
             .await?
             .is_some_and(|(ok, _)| ok);
-        self.drop_held(call_id, owner);
         if !recorded {
             lease_lost(call_id);
-            if let Some(seq) = callback_seq {
-                let _ = self.callbacks.delete_message(seq).await;
+            if let Some((seq, object)) = &callback {
+                self.remove_callback(*seq, object.as_deref()).await;
             }
-            if dead {
-                let _ = self
-                    .dlq
-                    .purge()
-                    .filter(format!("{}.{}", self.names.dlq, record_key(call_id)))
-                    .await;
+            // Remove the copy unless the call's new owner has dead-lettered it meanwhile.
+            if dead
+                && !self
+                    .read(call_id)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v.record.dead)
+            {
+                let _ = self.purge_dead_copy(call_id).await;
             }
             return Ok(false);
         }
-        // A dead letter's term is confirmed (it is rare, and its copy must not be redelivered);
-        // a success's ack is not waited for.
+        // A dead letter's term is confirmed (it is rare, and the message must not come back);
+        // a success's ack is not waited for (a redelivery is dropped: the record is final).
         let acked = if dead {
             message.double_ack_with(AckKind::Term).await
         } else {
             message.ack().await
         };
         if let Err(e) = acked {
-            // The record says it is done: a redelivery is dropped by whoever gets it.
             tracing::warn!(call_id, error = %e, "cannot ack a finished call's message");
         }
         Ok(true)
@@ -1078,6 +1138,11 @@ impl JetStreamQueue {
     fn result_cap(&self) -> usize {
         let room = self.max_payload().saturating_sub(FRAMING * 4) / 4 * 3;
         self.config.result_cap.min(room)
+    }
+
+    /// The dead-letter subject of a call.
+    fn dead_subject(&self, call_id: &str) -> String {
+        format!("{}.{}", self.names.dlq, record_key(call_id))
     }
 
     /// Call ids in the dead-letter stream.
@@ -1100,8 +1165,11 @@ impl JetStreamQueue {
 
     /// The stored copy of a dead-lettered request.
     async fn dead_request(&self, call_id: &str) -> Result<Option<QueueRequest>, QueueError> {
-        let subject = format!("{}.{}", self.names.dlq, record_key(call_id));
-        match self.dlq.get_last_raw_message_by_subject(&subject).await {
+        match self
+            .dlq
+            .get_last_raw_message_by_subject(&self.dead_subject(call_id))
+            .await
+        {
             Ok(m) => serde_json::from_slice(&m.payload)
                 .map(Some)
                 .map_err(|source| QueueError::Corrupt {
@@ -1116,7 +1184,7 @@ impl JetStreamQueue {
     async fn purge_dead_copy(&self, call_id: &str) -> Result<(), QueueError> {
         self.dlq
             .purge()
-            .filter(format!("{}.{}", self.names.dlq, record_key(call_id)))
+            .filter(self.dead_subject(call_id))
             .await
             .map_err(unavailable)?;
         Ok(())
@@ -1128,24 +1196,29 @@ impl JetStreamQueue {
             return Ok(false);
         };
         let now = unix_ms();
-        let redrive = |record: &mut Record| {
+        let mut old_callback = None;
+        let mut redrive = |record: &mut Record| {
             if !record.dead {
                 return Step::Keep(None);
             }
+            old_callback = record
+                .callback_seq
+                .take()
+                .map(|seq| (seq, record.callback_object.take()));
             record.state = CallState::Queued;
             record.dead = false;
             record.attempts = 0;
             record.retry_since = now;
             record.finished_at = None;
             record.owner = None;
+            record.seq = None;
             record.callback = "none".into();
             record.callback_attempts = 0;
             record.callback_due = None;
-            record.callback_seq = None;
             record.redrives += 1;
             Step::Write(Some(record.redrives))
         };
-        let redrives = match self.modify(call_id, redrive).await? {
+        let redrives = match self.modify(call_id, &mut redrive).await? {
             Some((n, _)) => n,
             None => {
                 // The record expired; the copy is still a dead letter.
@@ -1156,8 +1229,14 @@ impl JetStreamQueue {
             }
         };
         let Some(n) = redrives else {
+            // Not a dead letter any more (redriven already): the copy is left over.
+            self.purge_dead_copy(call_id).await?;
             return Ok(false);
         };
+        if let Some((seq, object)) = old_callback {
+            // The last outcome's callback, if still pending, is superseded.
+            self.remove_callback(seq, object.as_deref()).await;
+        }
         let payload = serde_json::to_vec(&request).map_err(|source| QueueError::Corrupt {
             call_id: call_id.to_string(),
             source,
@@ -1170,9 +1249,16 @@ impl JetStreamQueue {
             )
             .await
         {
-            // Put it back among the dead letters rather than leave it queued without a message.
+            // Put it back among the dead letters rather than leave it queued without a message
+            // (unless the publish landed after all and a worker has it).
             let _ = self
                 .modify(call_id, |record| {
+                    if record.state != CallState::Queued
+                        || record.attempts != 0
+                        || record.redrives != n
+                    {
+                        return Step::Keep(());
+                    }
                     record.state = CallState::Failed;
                     record.dead = true;
                     Step::Write(())
@@ -1190,6 +1276,7 @@ impl JetStreamQueue {
         message: Message,
         claim: Duration,
     ) -> Result<Option<CallbackJob>, QueueError> {
+        let seq = message.info().map_err(boxed)?.stream_sequence;
         let Ok(cb) = serde_json::from_slice::<CallbackMessage>(&message.payload) else {
             tracing::error!(subject = %message.subject, "unreadable callback message; dropped");
             message.ack_with(AckKind::Term).await.map_err(boxed)?;
@@ -1197,75 +1284,175 @@ impl JetStreamQueue {
         };
         let now = unix_ms();
         let record = self.read(&cb.call_id).await?.map(|v| v.record);
-        let wait = match &record {
-            None => None,
-            Some(r) if r.attempts > cb.attempts => None,
-            Some(r) if r.callback == "pending" && r.attempts == cb.attempts => {
-                let due = r.callback_due.unwrap_or(0);
-                if due > now {
-                    Some(Duration::from_millis(due - now))
-                } else {
-                    Some(Duration::ZERO)
+        let decision = match &record {
+            Some(r) if r.callback == "pending" && r.callback_seq == Some(seq) => {
+                match r.callback_due {
+                    Some(due) if due > now => Decision::Later(Duration::from_millis(due - now)),
+                    _ => Decision::Take,
                 }
             }
             // Its outcome is not recorded yet (the worker is between the two steps).
-            Some(r) if r.callback == "none" && r.state == CallState::Running => Some(claim),
-            Some(_) => None,
+            Some(r)
+                if r.callback == "none"
+                    && r.state == CallState::Running
+                    && r.attempts == cb.attempts =>
+            {
+                Decision::Later(claim)
+            }
+            // Delivered, given up, superseded, or the call is gone.
+            _ => Decision::Drop,
         };
-        match wait {
-            None => {
+        match decision {
+            Decision::Drop => {
                 message.ack().await.map_err(boxed)?;
-                self.drop_body(&cb).await;
-                Ok(None)
+                if let Some(name) = &cb.body_object
+                    && record.is_none_or(|r| r.callback_object.as_ref() != Some(name))
+                {
+                    let _ = self.results.delete(name).await;
+                }
+                return Ok(None);
             }
-            Some(d) if !d.is_zero() => {
+            Decision::Later(d) => {
                 message.ack_with(nak(d)).await.map_err(boxed)?;
-                Ok(None)
+                return Ok(None);
             }
-            Some(_) => {
-                let body = match (&cb.body, &cb.body_object) {
-                    (Some(b), _) => base64::engine::general_purpose::STANDARD
-                        .decode(b)
-                        .unwrap_or_default(),
-                    (None, Some(name)) => self.read_body(name).await?,
-                    (None, None) => Vec::new(),
-                };
-                message.double_ack_with(nak(claim)).await.map_err(boxed)?;
-                let delivery_attempts = record.map_or(0, |r| r.callback_attempts);
-                self.claimed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .insert(cb.call_id.clone(), message);
-                Ok(Some(CallbackJob {
-                    call_id: cb.call_id,
-                    function: cb.function,
-                    url: cb.url,
-                    outcome: Outcome {
-                        status: cb.status,
-                        headers: cb.headers,
-                        body,
-                        duration: cb.duration,
-                        error: cb.error,
-                    },
-                    attempts: cb.attempts,
-                    delivery_attempts,
-                }))
-            }
+            Decision::Take => {}
         }
+        let body = match (&cb.body, &cb.body_object) {
+            (Some(b), _) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .unwrap_or_default(),
+            (None, Some(name)) => match self.read_body(name).await {
+                Ok(body) => body,
+                Err(BodyError::Gone) => {
+                    tracing::error!(call_id = %cb.call_id, object = %name, "the callback's stored body is gone; giving up on it");
+                    message.ack().await.map_err(boxed)?;
+                    self.callback_result(&cb.call_id, false, None).await?;
+                    return Ok(None);
+                }
+                Err(BodyError::Queue(e)) => return Err(e),
+            },
+            (None, None) => Vec::new(),
+        };
+        message.double_ack_with(nak(claim)).await.map_err(boxed)?;
+        let delivery_attempts = record.map_or(0, |r| r.callback_attempts);
+        self.claimed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(cb.call_id.clone(), message);
+        Ok(Some(CallbackJob {
+            call_id: cb.call_id,
+            function: cb.function,
+            url: cb.url,
+            outcome: Outcome {
+                status: cb.status,
+                headers: cb.headers,
+                body,
+                duration: cb.duration,
+                error: cb.error,
+            },
+            attempts: cb.attempts,
+            delivery_attempts,
+        }))
     }
 
-    async fn read_body(&self, name: &str) -> Result<Vec<u8>, QueueError> {
-        let mut object = self.results.get(name).await.map_err(unavailable)?;
+    async fn read_body(&self, name: &str) -> Result<Vec<u8>, BodyError> {
+        let mut object = match self.results.get(name).await {
+            Ok(o) => o,
+            Err(e) if e.kind() == async_nats::jetstream::object_store::GetErrorKind::NotFound => {
+                return Err(BodyError::Gone);
+            }
+            Err(e) => return Err(BodyError::Queue(unavailable(e))),
+        };
         let mut body = Vec::new();
-        object.read_to_end(&mut body).await.map_err(unavailable)?;
+        object
+            .read_to_end(&mut body)
+            .await
+            .map_err(|e| BodyError::Queue(unavailable(e)))?;
         Ok(body)
     }
 
-    async fn drop_body(&self, cb: &CallbackMessage) {
-        if let Some(name) = &cb.body_object {
-            let _ = self.results.delete(name).await;
+    /// Takes (lease) or claims (callback) each fetched message side by side, each a few round
+    /// trips to the server. The ones taken are returned even when others failed (their
+    /// failures are logged; the messages come back after their ack wait); an error with
+    /// nothing taken is returned.
+    async fn each<T, F>(
+        &self,
+        messages: Vec<Message>,
+        what: &str,
+        f: impl Fn(Message) -> F,
+    ) -> Result<Vec<T>, QueueError>
+    where
+        F: std::future::Future<Output = Result<Option<T>, QueueError>>,
+    {
+        let results = futures_util::future::join_all(messages.into_iter().map(f)).await;
+        let mut out = Vec::new();
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(Some(t)) => out.push(t),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %crate::proxy::error_chain(&e), "{what}");
+                    failed = Some(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
         }
     }
+}
+
+/// Up to `max` messages from `consumer`, without waiting for more. Bounded in time: a no-wait
+/// pull whose end marker is lost (a connection drop, a server race) must not hang the worker.
+/// Messages received before an error are returned.
+async fn fetch(consumer: &PullConsumer, max: usize) -> Result<Vec<Message>, QueueError> {
+    let mut out = Vec::new();
+    let mut failed = None;
+    let collect = async {
+        let mut batch = consumer
+            .fetch()
+            .max_messages(max)
+            .messages()
+            .await
+            .map_err(unavailable)?;
+        while let Some(message) = batch.next().await {
+            match message {
+                Ok(m) => out.push(m),
+                Err(e) => {
+                    failed = Some(boxed(e));
+                    break;
+                }
+            }
+        }
+        Ok::<(), QueueError>(())
+    };
+    let result = tokio::time::timeout(FETCH_TIMEOUT, collect).await;
+    match (result, failed) {
+        (Ok(Err(e)), _) | (Ok(Ok(())), Some(e)) if out.is_empty() => Err(e),
+        (Err(_), _) if out.is_empty() => Err(unavailable(FetchTimedOut)),
+        _ => Ok(out),
+    }
+}
+
+/// Why a stored callback body could not be read.
+enum BodyError {
+    /// It is not there (expired or removed).
+    Gone,
+    /// The server failed.
+    Queue(QueueError),
+}
+
+/// What to do with a fetched message.
+enum Decision {
+    /// It is ours now.
+    Take,
+    /// It is left over: ack it away.
+    Drop,
+    /// Not yet: hand it back for this long.
+    Later(Duration),
 }
 
 /// A nak that makes the message deliverable again after `delay` (at once when zero).
@@ -1305,6 +1492,16 @@ fn subject_token(function: &str) -> String {
 #[derive(Debug, thiserror::Error)]
 #[error("not connected to NATS (connection {0})")]
 struct NotConnected(String);
+
+/// A fetch did not end in time.
+#[derive(Debug, thiserror::Error)]
+#[error("fetching from the consumer timed out")]
+struct FetchTimedOut;
+
+/// A call id's record disappeared while it was being looked at.
+#[derive(Debug, thiserror::Error)]
+#[error("call {0} was being stored and is gone; try again")]
+struct Vanished(String);
 
 /// Too many writers at once on one record.
 #[derive(Debug, thiserror::Error)]
@@ -1362,7 +1559,6 @@ impl Queue for JetStreamQueue {
         idempotency_key: Option<String>,
     ) -> BoxFuture<'_, Result<Enqueued, QueueError>> {
         Box::pin(async move {
-            self.connected()?;
             let call_id = request.call_id.clone();
             let payload = serde_json::to_vec(&request).map_err(|source| QueueError::Corrupt {
                 call_id: call_id.clone(),
@@ -1378,6 +1574,7 @@ impl Queue for JetStreamQueue {
                     }),
                 });
             }
+            self.connected()?;
             let record = Record::queued(&request);
             if !self.write(&record, 0).await? {
                 return self.duplicate(&call_id, &request).await;
@@ -1392,15 +1589,22 @@ impl Queue for JetStreamQueue {
                 match self.kv.create(idem_key(key), value).await {
                     Ok(_) => {}
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                        forget().await;
-                        let first = self
-                            .kv
-                            .get(idem_key(key))
-                            .await
-                            .map_err(unavailable)?
-                            .map(|v| String::from_utf8_lossy(&v).into_owned())
-                            .unwrap_or_else(|| call_id.clone());
-                        return self.duplicate(&first, &request).await;
+                        let first = match self.kv.get(idem_key(key)).await {
+                            Ok(Some(v)) => String::from_utf8_lossy(&v).into_owned(),
+                            Ok(None) => {
+                                forget().await;
+                                return Err(unavailable(Vanished(call_id)));
+                            }
+                            Err(e) => {
+                                forget().await;
+                                return Err(unavailable(e));
+                            }
+                        };
+                        // Our own create landed although its answer was lost: carry on.
+                        if first != call_id {
+                            forget().await;
+                            return self.duplicate(&first, &request).await;
+                        }
                     }
                     Err(e) => {
                         forget().await;
@@ -1435,39 +1639,14 @@ impl Queue for JetStreamQueue {
             if max == 0 {
                 return Ok(Vec::new());
             }
-            let mut batch = self
-                .workers
-                .fetch()
-                .max_messages(max)
-                .messages()
-                .await
-                .map_err(unavailable)?;
-            let mut messages = Vec::new();
-            while let Some(message) = batch.next().await {
-                messages.push(message.map_err(boxed)?);
-            }
-            // Each take is a few round trips to the server: do them side by side.
-            let taken = futures_util::future::join_all(
-                messages
-                    .into_iter()
-                    .map(|m| self.take(m, owner, lease, busy)),
-            )
-            .await;
-            let mut out = Vec::new();
-            let mut failed = None;
-            for t in taken {
-                match t {
-                    Ok(Some(leased)) => out.push(leased),
-                    Ok(None) => {}
-                    Err(e) => failed = Some(e),
-                }
-            }
-            // Calls already taken are returned (their leases run); an error with none taken
-            // is reported.
-            match failed {
-                Some(e) if out.is_empty() => Err(e),
-                _ => Ok(out),
-            }
+            let messages = fetch(&self.workers, max).await?;
+            let mut leased = self
+                .each(messages, "cannot lease a call", |m| {
+                    self.take(m, owner, lease, busy)
+                })
+                .await?;
+            leased.sort_by_key(|l| l.request.enqueued_at);
+            Ok(leased)
         })
     }
 
@@ -1481,21 +1660,21 @@ impl Queue for JetStreamQueue {
             let Some(message) = self.held_message(call_id, owner) else {
                 return Ok(false);
             };
-            let holds = self
-                .read(call_id)
-                .await?
-                .is_some_and(|v| v.record.held_by(owner));
-            if !holds {
-                self.drop_held(call_id, owner);
-                return Ok(false);
-            }
+            // Extend first: a slow or failing read must not cost the lease.
             let kind = if lease == self.ack_wait {
                 AckKind::Progress
             } else {
                 nak(lease)
             };
             message.ack_with(kind).await.map_err(boxed)?;
-            Ok(true)
+            let holds = self
+                .read(call_id)
+                .await?
+                .is_some_and(|v| v.record.held_by(owner));
+            if !holds {
+                self.take_held(call_id, owner);
+            }
+            Ok(holds)
         })
     }
 
@@ -1517,7 +1696,7 @@ impl Queue for JetStreamQueue {
         outcome: Outcome,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let Some(message) = self.held_message(call_id, owner) else {
+            let Some(message) = self.take_held(call_id, owner) else {
                 return Ok(());
             };
             let next = unix_ms().saturating_add(ms(delay));
@@ -1535,8 +1714,9 @@ impl Queue for JetStreamQueue {
                 })
                 .await?
                 .is_some_and(|(ok, _)| ok);
-            self.drop_held(call_id, owner);
             if done {
+                // Should this nak be lost, the message comes back after its lease and is
+                // handed back until `next_attempt_at`.
                 message.double_ack_with(nak(delay)).await.map_err(boxed)?;
             }
             Ok(())
@@ -1559,11 +1739,12 @@ impl Queue for JetStreamQueue {
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
+            let mut failed = None;
             for call_id in call_ids {
-                let Some(message) = self.held_message(call_id, owner) else {
+                let Some(message) = self.take_held(call_id, owner) else {
                     continue;
                 };
-                let done = self
+                let released = self
                     .modify(call_id, |record| {
                         if !record.held_by(owner) {
                             return Step::Keep(false);
@@ -1577,17 +1758,20 @@ impl Queue for JetStreamQueue {
                         record.owner = None;
                         Step::Write(true)
                     })
-                    .await?
-                    .is_some_and(|(ok, _)| ok);
-                self.drop_held(call_id, owner);
-                if done {
-                    message
-                        .double_ack_with(AckKind::Nak(None))
-                        .await
-                        .map_err(boxed)?;
+                    .await;
+                let result = match released {
+                    Ok(Some((true, _))) => {
+                        message.double_ack_with(nak(HAND_BACK)).await.map_err(boxed)
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(call_id, error = %crate::proxy::error_chain(&e), "cannot hand a call back; it returns after its lease");
+                    failed = Some(e);
                 }
             }
-            Ok(())
+            failed.map_or(Ok(()), Err)
         })
     }
 
@@ -1633,7 +1817,10 @@ impl Queue for JetStreamQueue {
             for call_id in self.dead_letter_ids().await? {
                 match self.read(&call_id).await? {
                     Some(v) if v.record.dead => out.push(v.record.status()),
-                    Some(_) => {}
+                    Some(_) => {
+                        // Left over from a redrive whose clean-up failed.
+                        let _ = self.purge_dead_copy(&call_id).await;
+                    }
                     None => {
                         // The record expired; the copy remains a dead letter.
                         if let Some(request) = self.dead_request(&call_id).await? {
@@ -1712,34 +1899,11 @@ impl Queue for JetStreamQueue {
             if max == 0 {
                 return Ok(Vec::new());
             }
-            let mut batch = self
-                .dispatchers
-                .fetch()
-                .max_messages(max)
-                .messages()
-                .await
-                .map_err(unavailable)?;
-            let mut messages = Vec::new();
-            while let Some(message) = batch.next().await {
-                messages.push(message.map_err(boxed)?);
-            }
-            let claimed = futures_util::future::join_all(
-                messages.into_iter().map(|m| self.claim_callback(m, claim)),
-            )
-            .await;
-            let mut out = Vec::new();
-            let mut failed = None;
-            for c in claimed {
-                match c {
-                    Ok(Some(job)) => out.push(job),
-                    Ok(None) => {}
-                    Err(e) => failed = Some(e),
-                }
-            }
-            match failed {
-                Some(e) if out.is_empty() => Err(e),
-                _ => Ok(out),
-            }
+            let messages = fetch(&self.dispatchers, max).await?;
+            self.each(messages, "cannot claim a callback", |m| {
+                self.claim_callback(m, claim)
+            })
+            .await
         })
     }
 
@@ -1750,6 +1914,11 @@ impl Queue for JetStreamQueue {
         retry_in: Option<Duration>,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
+            let claimed = self
+                .claimed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(call_id);
             let now = unix_ms();
             let (state, due) = match (delivered, retry_in) {
                 (true, _) => ("delivered", None),
@@ -1764,36 +1933,28 @@ impl Queue for JetStreamQueue {
                     record.callback = state.into();
                     record.callback_attempts += 1;
                     record.callback_due = due;
-                    Step::Write(record.callback_seq)
+                    Step::Write(
+                        record
+                            .callback_seq
+                            .map(|seq| (seq, record.callback_object.clone())),
+                    )
                 })
                 .await?;
-            let claimed = self
-                .claimed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(call_id);
-            let Some((Some(seq), _)) = changed else {
+            let Some((Some((seq, object)), _)) = changed else {
                 return Ok(());
             };
-            match (retry_in, delivered) {
-                (Some(d), false) => {
+            match (delivered, retry_in) {
+                (false, Some(d)) => {
+                    // A claimed message comes back when the retry is due; one never fetched
+                    // (the first, inline attempt failed) is handed back until then by
+                    // whichever dispatcher fetches it.
                     if let Some(message) = claimed {
                         message.double_ack_with(nak(d)).await.map_err(boxed)?;
                     }
                 }
-                _ => {
-                    // Done with, delivered or not: remove the message (held here, elsewhere,
-                    // or never fetched) and any stored body.
-                    match self.callbacks.delete_message(seq).await {
-                        Ok(_) => {}
-                        Err(e) => {
-                            tracing::debug!(call_id, error = %e, "callback message already gone")
-                        }
-                    }
-                    if let Some(message) = claimed {
-                        let _ = message.ack().await;
-                    }
-                }
+                // Done with, delivered or not: remove the message (held here, elsewhere, or
+                // never fetched) and its stored body.
+                _ => self.remove_callback(seq, object.as_deref()).await,
             }
             Ok(())
         })
@@ -2004,6 +2165,35 @@ mod tests {
             .unwrap();
         assert_eq!(again[0].request.call_id, "dl");
         assert_eq!(again[0].request.attempt, 1);
+    }
+
+    #[tokio::test]
+    async fn a_busy_function_backlog_does_not_starve_the_others() {
+        let server = NatsServer::start();
+        let q = server.queue("faas-request").await;
+        for i in 0..20 {
+            let r = crate::queue::suite::request(&format!("busy-{i}"), "busy", None);
+            q.enqueue(r, None).await.unwrap();
+        }
+        q.enqueue(crate::queue::suite::request("other", "other", None), None)
+            .await
+            .unwrap();
+        let busy = ["busy".to_string()];
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = q
+                .lease("w", 5, Duration::from_secs(30), &busy)
+                .await
+                .unwrap();
+            if let Some(l) = got.first() {
+                assert_eq!(l.request.call_id, "other");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < end,
+                "the other function's call never came"
+            );
+        }
     }
 
     #[test]
