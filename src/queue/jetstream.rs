@@ -383,6 +383,9 @@ enum Step<T> {
 struct Held {
     owner: String,
     message: Message,
+    /// The record as this process last wrote it (saves a read when the call is settled; a
+    /// stale one only fails its compare-and-set).
+    current: Versioned,
 }
 
 /// The JetStream queue.
@@ -404,6 +407,8 @@ pub struct JetStreamQueue {
     held: Mutex<HashMap<String, Held>>,
     /// Callback messages claimed by this process, by call id.
     claimed: Mutex<HashMap<String, Message>>,
+    /// Records of calls this process finished whose first callback it is delivering.
+    settled: Mutex<HashMap<String, Versioned>>,
 }
 
 impl std::fmt::Debug for JetStreamQueue {
@@ -693,6 +698,7 @@ impl JetStreamQueue {
             ack_wait,
             held: Mutex::default(),
             claimed: Mutex::default(),
+            settled: Mutex::default(),
         })
     }
 
@@ -732,9 +738,9 @@ impl JetStreamQueue {
         }
     }
 
-    /// Writes `record` if the stored one is still at `revision` (0: if there is none); false
-    /// when another writer came first.
-    async fn write(&self, record: &Record, revision: u64) -> Result<bool, QueueError> {
+    /// Writes `record` if the stored one is still at `revision` (0: if there is none); its new
+    /// revision, or `None` when another writer came first.
+    async fn write(&self, record: &Record, revision: u64) -> Result<Option<u64>, QueueError> {
         let value =
             Bytes::from(
                 serde_json::to_vec(record).map_err(|source| QueueError::Corrupt {
@@ -745,14 +751,14 @@ impl JetStreamQueue {
         let key = record_key(&record.call_id);
         if revision == 0 {
             return match self.kv.create(key, value).await {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(false),
+                Ok(r) => Ok(Some(r)),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
                 Err(e) => Err(unavailable(e)),
             };
         }
         match self.kv.update(key, value, revision).await {
-            Ok(_) => Ok(true),
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(false),
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
             Err(e) => Err(unavailable(e)),
         }
     }
@@ -763,7 +769,7 @@ impl JetStreamQueue {
         &self,
         call_id: &str,
         change: impl FnMut(&mut Record) -> Step<T>,
-    ) -> Result<Option<(T, Record)>, QueueError> {
+    ) -> Result<Option<(T, Versioned)>, QueueError> {
         self.modify_from(call_id, None, change).await
     }
 
@@ -773,7 +779,7 @@ impl JetStreamQueue {
         call_id: &str,
         mut current: Option<Versioned>,
         mut change: impl FnMut(&mut Record) -> Step<T>,
-    ) -> Result<Option<(T, Record)>, QueueError> {
+    ) -> Result<Option<(T, Versioned)>, QueueError> {
         for _ in 0..CAS_ATTEMPTS {
             let read = match current.take() {
                 Some(v) => Some(v),
@@ -787,10 +793,10 @@ impl JetStreamQueue {
                 return Ok(None);
             };
             match change(&mut record) {
-                Step::Keep(t) => return Ok(Some((t, record))),
+                Step::Keep(t) => return Ok(Some((t, Versioned { record, revision }))),
                 Step::Write(t) => {
-                    if self.write(&record, revision).await? {
-                        return Ok(Some((t, record)));
+                    if let Some(revision) = self.write(&record, revision).await? {
+                        return Ok(Some((t, Versioned { record, revision })));
                     }
                 }
             }
@@ -911,12 +917,12 @@ impl JetStreamQueue {
             record.started_at = Some(now);
             record.next_attempt_at = None;
             record.seq = Some(seq);
-            if self.write(&record, revision).await? {
-                taken = Some(record);
+            if let Some(revision) = self.write(&record, revision).await? {
+                taken = Some(Versioned { record, revision });
                 break;
             }
         }
-        let Some(record) = taken else {
+        let Some(current) = taken else {
             return Err(unavailable(Contended(request.call_id)));
         };
         if lease != self.ack_wait
@@ -925,7 +931,8 @@ impl JetStreamQueue {
             // The call is ours; its lease is the consumer's ack_wait instead.
             tracing::warn!(call_id = %request.call_id, error = %e, "cannot set the lease length");
         }
-        request.attempt = record.attempts;
+        request.attempt = current.record.attempts;
+        let retry_since = current.record.retry_since;
         self.held
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -934,11 +941,12 @@ impl JetStreamQueue {
                 Held {
                     owner: owner.to_string(),
                     message,
+                    current,
                 },
             );
         Ok(Some(Leased {
             request,
-            retry_since: record.retry_since,
+            retry_since,
         }))
     }
 
@@ -952,10 +960,10 @@ impl JetStreamQueue {
 
     /// Removes and returns the message `owner` leased for `call_id`: the call is being settled
     /// (if settling fails, the message comes back after its lease and is taken again).
-    fn take_held(&self, call_id: &str, owner: &str) -> Option<Message> {
+    fn take_held(&self, call_id: &str, owner: &str) -> Option<(Message, Versioned)> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if held.get(call_id).is_some_and(|h| h.owner == owner) {
-            held.remove(call_id).map(|h| h.message)
+            held.remove(call_id).map(|h| (h.message, h.current))
         } else {
             None
         }
@@ -1036,19 +1044,12 @@ impl JetStreamQueue {
         claim: Duration,
         dead: bool,
     ) -> Result<bool, QueueError> {
-        let Some(message) = self.take_held(call_id, owner) else {
+        let Some((message, current)) = self.take_held(call_id, owner) else {
             return Ok(false);
         };
         // Keep the lease while the outcome is stored (a large body, a dead-letter copy).
         if let Err(e) = message.ack_with(AckKind::Progress).await {
             tracing::debug!(call_id, error = %e, "cannot extend the lease before finishing");
-        }
-        let Some(current) = self.read(call_id).await? else {
-            return Ok(false);
-        };
-        if !current.record.held_by(owner) {
-            lease_lost(call_id);
-            return Ok(false);
         }
         if dead {
             // The copy first: a dead letter must never exist without its request.
@@ -1077,7 +1078,7 @@ impl JetStreamQueue {
             CallState::Failed
         };
         let attempts = current.record.attempts;
-        let recorded = self
+        let settled = self
             .modify_from(call_id, Some(current), |record| {
                 if !record.held_by(owner) || record.attempts != attempts {
                     return Step::Keep(false);
@@ -1102,8 +1103,8 @@ impl JetStreamQueue {
                 Step::Write(true)
             })
             .await?
-            .is_some_and(|(ok, _)| ok);
-        if !recorded {
+            .and_then(|(ok, v)| ok.then_some(v));
+        let Some(settled) = settled else {
             lease_lost(call_id);
             if let Some((seq, object)) = &callback {
                 self.remove_callback(*seq, object.as_deref()).await;
@@ -1120,6 +1121,13 @@ impl JetStreamQueue {
                 let _ = self.purge_dead_copy(call_id).await;
             }
             return Ok(false);
+        };
+        if callback.is_some() {
+            // The first delivery is this process's: its result saves a read.
+            self.settled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(call_id.to_string(), settled);
         }
         // A dead letter's term is confirmed (it is rare, and the message must not come back);
         // a success's ack is not waited for (a redelivery is dropped: the record is final).
@@ -1225,7 +1233,7 @@ impl JetStreamQueue {
                 let mut record = Record::queued(&request);
                 record.dead = true;
                 let _ = redrive(&mut record);
-                self.write(&record, 0).await?.then_some(record.redrives)
+                self.write(&record, 0).await?.map(|_| record.redrives)
             }
         };
         let Some(n) = redrives else {
@@ -1576,7 +1584,7 @@ impl Queue for JetStreamQueue {
             }
             self.connected()?;
             let record = Record::queued(&request);
-            if !self.write(&record, 0).await? {
+            if self.write(&record, 0).await?.is_none() {
                 return self.duplicate(&call_id, &request).await;
             }
             let forget = || async {
@@ -1696,12 +1704,12 @@ impl Queue for JetStreamQueue {
         outcome: Outcome,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let Some(message) = self.take_held(call_id, owner) else {
+            let Some((message, current)) = self.take_held(call_id, owner) else {
                 return Ok(());
             };
             let next = unix_ms().saturating_add(ms(delay));
             let done = self
-                .modify(call_id, |record| {
+                .modify_from(call_id, Some(current), |record| {
                     if !record.held_by(owner) {
                         return Step::Keep(false);
                     }
@@ -1741,11 +1749,11 @@ impl Queue for JetStreamQueue {
         Box::pin(async move {
             let mut failed = None;
             for call_id in call_ids {
-                let Some(message) = self.take_held(call_id, owner) else {
+                let Some((message, current)) = self.take_held(call_id, owner) else {
                     continue;
                 };
                 let released = self
-                    .modify(call_id, |record| {
+                    .modify_from(call_id, Some(current), |record| {
                         if !record.held_by(owner) {
                             return Step::Keep(false);
                         }
@@ -1794,7 +1802,7 @@ impl Queue for JetStreamQueue {
                 Some((Cancelled::Yes, record)) => {
                     // A call a worker has seen has a known message: remove it now rather than
                     // when its next delivery is dropped.
-                    if let Some(seq) = record.seq {
+                    if let Some(seq) = record.record.seq {
                         let _ = self.requests.delete_message(seq).await;
                     }
                     Cancelled::Yes
@@ -1919,6 +1927,11 @@ impl Queue for JetStreamQueue {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(call_id);
+            let settled = self
+                .settled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(call_id);
             let now = unix_ms();
             let (state, due) = match (delivered, retry_in) {
                 (true, _) => ("delivered", None),
@@ -1926,7 +1939,7 @@ impl Queue for JetStreamQueue {
                 (false, None) => ("failed", None),
             };
             let changed = self
-                .modify(call_id, |record| {
+                .modify_from(call_id, settled, |record| {
                     if record.callback != "pending" {
                         return Step::Keep(None);
                     }
