@@ -1047,8 +1047,12 @@ impl JetStreamQueue {
         let Some((message, current)) = self.take_held(call_id, owner) else {
             return Ok(false);
         };
-        // Keep the lease while the outcome is stored (a large body, a dead-letter copy).
-        if let Err(e) = message.ack_with(AckKind::Progress).await {
+        // Keep the lease while a slow outcome is stored (a large body, a dead-letter copy); a
+        // small one takes two round trips, well inside the two thirds of the lease that are
+        // left at least.
+        if (dead || outcome.body.len() > self.max_payload() / 2)
+            && let Err(e) = message.ack_with(AckKind::Progress).await
+        {
             tracing::debug!(call_id, error = %e, "cannot extend the lease before finishing");
         }
         if dead {
