@@ -23,7 +23,15 @@
 //! a delayed nak, which the server treats the same way (redelivery when it runs out). Retries
 //! are delayed naks (the delay the worker chose, `Retry-After` included); attempts are counted
 //! in the status record, and the worker dead-letters a call itself (term + a copy in the
-//! dead-letter stream) when its retries are exhausted, so the consumer has no `max_deliver`.
+//! dead-letter stream) when its retries are exhausted, so the consumer has no `max_deliver`
+//! (hand-backs and lease take-overs count as deliveries too) and no server-side backoff (on
+//! NATS 2.9 it would replace `ack_wait`, the lease, with its first step).
+//!
+//! A record also names its call's live message (its stream sequence, once a worker has seen
+//! it): a second message for the same call (republished by a retried enqueue after the
+//! duplicate window, or a redrive published twice) is dropped, never run beside the first.
+//! Calls fetched for a function at its concurrency limit are handed back for
+//! 100 ms, so that a backlog of one function cannot fill every fetch.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};

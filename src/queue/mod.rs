@@ -1,6 +1,7 @@
 //! The asynchronous call queue: the [`Queue`] trait every backend implements, the message and
-//! status types, the embedded SQLite backend ([`embedded`]) and the worker that runs calls and
-//! delivers callbacks ([`worker`]).
+//! status types, the embedded SQLite backend ([`embedded`]), the NATS JetStream backend shared
+//! by many gateways and workers ([`jetstream`]), and the worker that runs calls and delivers
+//! callbacks ([`worker`]).
 //!
 //! A call's life: `enqueue` (durable before it returns) → `lease` (a worker owns it until the
 //! lease expires; `extend` keeps it) → `finish` (succeeded or failed: the result and the pending
