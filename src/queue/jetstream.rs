@@ -2041,7 +2041,14 @@ mod tests {
                 .local_addr()
                 .unwrap()
                 .port();
-            let child = std::process::Command::new("nats-server")
+            // On PATH, or where Debian puts it (not on a non-root PATH).
+            let debian = std::path::Path::new("/usr/sbin/nats-server");
+            let bin = if debian.is_file() {
+                debian
+            } else {
+                std::path::Path::new("nats-server")
+            };
+            let child = std::process::Command::new(bin)
                 .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
                 .arg(store.path())
                 .stdout(std::process::Stdio::null())
