@@ -93,6 +93,9 @@ const HAND_BACK: Duration = Duration::from_millis(100);
 /// server answers a no-wait pull at once).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long the clean-up of a failed enqueue may wait for the server.
+const FORGET_WITHIN: Duration = Duration::from_secs(60);
+
 /// Room left in a message for headers and JSON framing.
 const FRAMING: usize = 4096;
 
@@ -828,6 +831,28 @@ impl JetStreamQueue {
             .map_err(unavailable)?
             .await
             .map_err(unavailable)
+    }
+
+    /// Removes the record a failed enqueue stored, in the background (the caller hears
+    /// "unavailable" at once; a server that is down gets the removal after reconnecting), and
+    /// only while it is still at `revision`, so that a call that landed after all and was
+    /// taken by a worker, or a later enqueue of the same call id, is never undone.
+    fn forget(&self, key: String, revision: u64) {
+        let kv = self.kv.clone();
+        tokio::spawn(async move {
+            let removed = tokio::time::timeout(
+                FORGET_WITHIN,
+                kv.delete_expect_revision(&key, Some(revision)),
+            )
+            .await;
+            match removed {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(key, error = %e, "cannot remove what a failed enqueue stored")
+                }
+                Err(_) => tracing::warn!(key, "timed out removing what a failed enqueue stored"),
+            }
+        });
     }
 
     /// A call id seen before: the call it names. A call that no worker has taken yet is
@@ -1596,38 +1621,58 @@ impl Queue for JetStreamQueue {
             }
             self.connected()?;
             let record = Record::queued(&request);
-            if self.write(&record, 0).await?.is_none() {
+            let Some(revision) = self.write(&record, 0).await? else {
                 return self.duplicate(&call_id, &request).await;
-            }
-            let forget = || async {
-                if let Err(e) = self.kv.delete(record_key(&call_id)).await {
-                    tracing::warn!(call_id, error = %e, "cannot remove the record of a failed enqueue");
-                }
             };
+            let forget = || self.forget(record_key(&call_id), revision);
+            let mut key_revision = None;
             if let Some(key) = &idempotency_key {
+                let ik = idem_key(key);
                 let value = Bytes::from(call_id.clone());
-                match self.kv.create(idem_key(key), value).await {
-                    Ok(_) => {}
+                match self.kv.create(&ik, value.clone()).await {
+                    Ok(r) => key_revision = Some(r),
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                        let first = match self.kv.get(idem_key(key)).await {
-                            Ok(Some(v)) => String::from_utf8_lossy(&v).into_owned(),
-                            Ok(None) => {
-                                forget().await;
+                        let entry = match self.kv.entry(&ik).await {
+                            Ok(Some(e)) if e.operation == kv::Operation::Put => e,
+                            Ok(_) => {
+                                forget();
                                 return Err(unavailable(Vanished(call_id)));
                             }
                             Err(e) => {
-                                forget().await;
+                                forget();
                                 return Err(unavailable(e));
                             }
                         };
-                        // Our own create landed although its answer was lost: carry on.
-                        if first != call_id {
-                            forget().await;
-                            return self.duplicate(&first, &request).await;
+                        let first = String::from_utf8_lossy(&entry.value).into_owned();
+                        if first == call_id {
+                            // Our own create landed although its answer was lost.
+                            key_revision = Some(entry.revision);
+                        } else {
+                            match self.read(&first).await {
+                                Ok(Some(_)) => {
+                                    forget();
+                                    return self.duplicate(&first, &request).await;
+                                }
+                                // The first call's enqueue failed and was undone: the key is
+                                // this call's now.
+                                Ok(None) => {
+                                    match self.kv.update(&ik, value, entry.revision).await {
+                                        Ok(r) => key_revision = Some(r),
+                                        Err(e) => {
+                                            forget();
+                                            return Err(unavailable(e));
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    forget();
+                                    return Err(e);
+                                }
+                            }
                         }
                     }
                     Err(e) => {
-                        forget().await;
+                        forget();
                         return Err(unavailable(e));
                     }
                 }
@@ -1638,9 +1683,9 @@ impl Queue for JetStreamQueue {
             {
                 Ok(_) => Ok(Enqueued::New(call_id)),
                 Err(e) => {
-                    forget().await;
-                    if let Some(key) = &idempotency_key {
-                        let _ = self.kv.delete(idem_key(key)).await;
+                    forget();
+                    if let (Some(key), Some(r)) = (&idempotency_key, key_revision) {
+                        self.forget(idem_key(key), r);
                     }
                     Err(e)
                 }
