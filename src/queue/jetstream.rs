@@ -2160,6 +2160,16 @@ mod tests {
         .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("replicas"), "{text}");
+
+        // A call enqueued twice is one message: the server drops the repeat by its Nats-Msg-Id.
+        for _ in 0..2 {
+            queue
+                .enqueue(crate::queue::suite::request("twice", "f", None), None)
+                .await
+                .unwrap();
+        }
+        let info = queue.requests.get_info().await.unwrap();
+        assert_eq!(info.state.messages, 1);
     }
 
     #[tokio::test]

@@ -404,3 +404,36 @@ async fn queue_metrics_retries_dead_letters_and_redrive() {
     let dead = get(gw.addr, "/system/async/dead-letters").await.text();
     assert_eq!(dead.trim(), "[]");
 }
+
+#[tokio::test]
+async fn oversized_requests_get_413_and_a_conflicting_stream_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("nats")).await;
+    let file = stack(dir.path());
+    let gw = gateway(&dir.path().join("gw"), &file, &nats, &["--no-worker"]).await;
+
+    // Within max_async_body (8 MiB) but over what one NATS message holds (1 MiB).
+    let r = send(
+        gw.addr,
+        Request::post("/async-function/record")
+            .body(Full::new(Bytes::from(vec![b'x'; 900 * 1024])))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 413, "{}", r.text());
+    assert!(r.text().contains("max_payload"), "{}", r.text());
+
+    // The same stream asked for with other replicas: a clear error, exit status 64.
+    let out = Command::new(fgateway_bin())
+        .args(["up", "--port", "0", "--data-dir"])
+        .arg(dir.path().join("other"))
+        .args(["--queue", &nats.url(), "--nats-replicas", "3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("\"faas-request\" exists with replicas = 1"),
+        "{stderr}"
+    );
+}
