@@ -31,9 +31,11 @@
 //! it): a second message for the same call (republished by a retried enqueue after the
 //! duplicate window, or a redrive published twice) is dropped, never run beside the first.
 //! Calls fetched for a function at its concurrency limit are handed back for
-//! 100 ms, so that a backlog of one function cannot fill every fetch.
+//! 250 ms, and a lease whose whole fetch was handed back fetches again, in growing batches, so
+//! that a backlog of one function cannot fill every fetch and starve the others.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -87,7 +89,10 @@ const CAS_ATTEMPTS: usize = 32;
 
 /// How long a call for a function at its limit is handed back for, so the next fetch reaches
 /// other functions' calls first.
-const HAND_BACK: Duration = Duration::from_millis(100);
+const HAND_BACK: Duration = Duration::from_millis(250);
+
+/// Largest batch a lease fetches while looking past handed-back calls.
+const SCAN_BATCH: usize = 256;
 
 /// Longest a fetch of waiting messages may take (it normally ends within milliseconds: the
 /// server answers a no-wait pull at once).
@@ -382,6 +387,17 @@ struct Versioned {
     revision: u64,
 }
 
+/// What the bucket holds for a call id.
+enum Lookup {
+    /// Its record.
+    Found(Box<Versioned>),
+    /// A removal marker: the enqueue that stored it failed and undid it (its client heard
+    /// "unavailable"), or the dead letter was purged.
+    Removed,
+    /// Nothing: never stored, or expired with the retention.
+    Missing,
+}
+
 /// What a record change decided.
 enum Step<T> {
     /// Store the edited record, then report `T`.
@@ -394,6 +410,8 @@ enum Step<T> {
 struct Held {
     owner: String,
     message: Message,
+    /// The lease length the owner asked for.
+    lease: Duration,
     /// The record as this process last wrote it (saves a read when the call is settled; a
     /// stale one only fails its compare-and-set).
     current: Versioned,
@@ -471,6 +489,13 @@ fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), S
             "max_age",
             format!("{:?}", found.max_age),
             format!("{:?} (the retention)", wanted.max_age),
+        ));
+    }
+    if found.allow_direct != wanted.allow_direct {
+        return Err(conflict(
+            "allow_direct",
+            found.allow_direct.to_string(),
+            wanted.allow_direct.to_string(),
         ));
     }
     // The server writes "no limit" as -1 where a request may say 0.
@@ -644,7 +669,10 @@ impl JetStreamQueue {
                 max_age: config.retention,
                 allow_rollup: true,
                 deny_delete: true,
-                allow_direct: true,
+                // Reads go to the stream leader: a lagging replica answering a direct get
+                // could show a record from before its last change, and a worker deciding
+                // from it could drop a call's only message.
+                allow_direct: false,
                 discard: DiscardPolicy::New,
                 duplicate_window: config.retention.min(Duration::from_secs(120)),
                 ..Default::default()
@@ -672,7 +700,7 @@ impl JetStreamQueue {
                 num_replicas: replicas,
                 max_age: config.retention,
                 allow_rollup: true,
-                allow_direct: true,
+                allow_direct: false,
                 discard: DiscardPolicy::New,
                 duplicate_window: config.retention.min(Duration::from_secs(120)),
                 ..Default::default()
@@ -728,6 +756,14 @@ impl JetStreamQueue {
     }
 
     async fn read(&self, call_id: &str) -> Result<Option<Versioned>, QueueError> {
+        match self.lookup(call_id).await? {
+            Lookup::Found(v) => Ok(Some(*v)),
+            Lookup::Removed | Lookup::Missing => Ok(None),
+        }
+    }
+
+    /// A call's record, or whether it was removed.
+    async fn lookup(&self, call_id: &str) -> Result<Lookup, QueueError> {
         let entry = self
             .kv
             .entry(record_key(call_id))
@@ -740,12 +776,13 @@ impl JetStreamQueue {
                         call_id: call_id.to_string(),
                         source,
                     })?;
-                Ok(Some(Versioned {
+                Ok(Lookup::Found(Box::new(Versioned {
                     record,
                     revision: e.revision,
-                }))
+                })))
             }
-            _ => Ok(None),
+            Some(_) => Ok(Lookup::Removed),
+            None => Ok(Lookup::Missing),
         }
     }
 
@@ -833,24 +870,37 @@ impl JetStreamQueue {
             .map_err(unavailable)
     }
 
-    /// Removes the record a failed enqueue stored, in the background (the caller hears
-    /// "unavailable" at once; a server that is down gets the removal after reconnecting), and
-    /// only while it is still at `revision`, so that a call that landed after all and was
-    /// taken by a worker, or a later enqueue of the same call id, is never undone.
-    fn forget(&self, key: String, revision: u64) {
+    /// Removes the record a failed enqueue stored, and then the idempotency key it claimed,
+    /// in the background (the caller hears "unavailable" at once; a server that is down gets
+    /// the removal after reconnecting). Each is removed only while it is still at the revision
+    /// the enqueue wrote, and the key only once the record is gone: a call that landed after
+    /// all and was taken by a worker, or that a later request was told about (see
+    /// [`Self::duplicate`]), is never undone.
+    fn forget(&self, call_id: &str, revision: u64, key: Option<(String, u64)>) {
         let kv = self.kv.clone();
+        let record = record_key(call_id);
         tokio::spawn(async move {
-            let removed = tokio::time::timeout(
-                FORGET_WITHIN,
-                kv.delete_expect_revision(&key, Some(revision)),
-            )
-            .await;
-            match removed {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(key, error = %e, "cannot remove what a failed enqueue stored")
+            let undo = async {
+                kv.delete_expect_revision(&record, Some(revision)).await?;
+                if let Some((key, revision)) = &key {
+                    kv.delete_expect_revision(key, Some(*revision)).await?;
                 }
-                Err(_) => tracing::warn!(key, "timed out removing what a failed enqueue stored"),
+                Ok::<(), kv::DeleteError>(())
+            };
+            match tokio::time::timeout(FORGET_WITHIN, undo).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
+                    tracing::debug!(key = record, "a failed enqueue's record is in use; kept");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(key = record, error = %e, "cannot remove what a failed enqueue stored")
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        key = record,
+                        "timed out removing what a failed enqueue stored"
+                    )
+                }
             }
         });
     }
@@ -865,14 +915,27 @@ impl JetStreamQueue {
         call_id: &str,
         request: &QueueRequest,
     ) -> Result<Enqueued, QueueError> {
-        let Some(v) = self.read(call_id).await? else {
-            // The first enqueue failed and removed its record meanwhile: not a call to point at.
-            return Err(unavailable(Vanished(call_id.to_string())));
-        };
-        if v.record.state == CallState::Queued && v.record.attempts == 0 && v.record.seq.is_none() {
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(v) = self.read(call_id).await? else {
+                // The first enqueue failed and removed its record meanwhile: not a call to
+                // point at.
+                return Err(unavailable(Vanished(call_id.to_string())));
+            };
+            let unseen = v.record.state == CallState::Queued
+                && v.record.attempts == 0
+                && v.record.seq.is_none();
+            if !unseen {
+                return Ok(Enqueued::Duplicate(call_id.to_string()));
+            }
+            // Store the record again, unchanged: a failed first enqueue removes it only at
+            // the revision it wrote, so the call this answer names cannot be undone after it.
+            if self.write(&v.record, v.revision).await?.is_none() {
+                continue;
+            }
             let mut again = request.clone();
             again.call_id = call_id.to_string();
             again.enqueued_at = v.record.enqueued_at;
+            again.callback_url.clone_from(&v.record.callback_url);
             again
                 .header
                 .insert("X-Call-Id".into(), vec![call_id.to_string()]);
@@ -882,8 +945,9 @@ impl JetStreamQueue {
             })?;
             self.publish_request(&again.function, call_id, payload.into())
                 .await?;
+            return Ok(Enqueued::Duplicate(call_id.to_string()));
         }
-        Ok(Enqueued::Duplicate(call_id.to_string()))
+        Err(unavailable(Contended(call_id.to_string())))
     }
 
     /// Takes one fetched request message for `owner`, or hands it back.
@@ -893,6 +957,7 @@ impl JetStreamQueue {
         owner: &str,
         lease: Duration,
         busy: &[String],
+        slots: &AtomicUsize,
     ) -> Result<Option<Leased>, QueueError> {
         let seq = message.info().map_err(boxed)?.stream_sequence;
         let mut request: QueueRequest = match serde_json::from_slice(&message.payload) {
@@ -910,12 +975,21 @@ impl JetStreamQueue {
         }
         let now = unix_ms();
         let mut taken = None;
+        let mut slot = Slot(None);
         for _ in 0..CAS_ATTEMPTS {
-            let (mut record, revision) = match self.read(&request.call_id).await? {
-                Some(v) => (v.record, v.revision),
-                // No record (expired with a long backlog, or its enqueue reported failure
-                // after the message landed): the message is the truth.
-                None => (Record::queued(&request), 0),
+            let (mut record, revision) = match self.lookup(&request.call_id).await? {
+                Lookup::Found(v) => {
+                    let Versioned { record, revision } = *v;
+                    (record, revision)
+                }
+                // Its enqueue failed and was undone (the client was not given a 202), or it
+                // was purged: the message is left over.
+                Lookup::Removed => {
+                    message.ack().await.map_err(boxed)?;
+                    return Ok(None);
+                }
+                // No record (expired with a long backlog): the message is the truth.
+                Lookup::Missing => (Record::queued(&request), 0),
             };
             let decision = match record.state {
                 // Another message is this call's live one (a republished or redriven copy).
@@ -944,6 +1018,17 @@ impl JetStreamQueue {
                 }
                 Decision::Take => {}
             }
+            if slot.0.is_none() {
+                if slots
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_err()
+                {
+                    // Fetched beyond what the worker can run: back at once, for its next lease.
+                    message.ack_with(nak(Duration::ZERO)).await.map_err(boxed)?;
+                    return Ok(None);
+                }
+                slot.0 = Some(slots);
+            }
             record.state = CallState::Running;
             record.owner = Some(owner.to_string());
             record.attempts += 1;
@@ -958,6 +1043,7 @@ impl JetStreamQueue {
         let Some(current) = taken else {
             return Err(unavailable(Contended(request.call_id)));
         };
+        slot.keep();
         if lease != self.ack_wait
             && let Err(e) = message.double_ack_with(nak(lease)).await
         {
@@ -965,6 +1051,11 @@ impl JetStreamQueue {
             tracing::warn!(call_id = %request.call_id, error = %e, "cannot set the lease length");
         }
         request.attempt = current.record.attempts;
+        // The record's callback is the one its outcome goes to (a republished copy carries
+        // the repeat's headers).
+        request
+            .callback_url
+            .clone_from(&current.record.callback_url);
         let retry_since = current.record.retry_since;
         self.held
             .lock()
@@ -974,6 +1065,7 @@ impl JetStreamQueue {
                 Held {
                     owner: owner.to_string(),
                     message,
+                    lease,
                     current,
                 },
             );
@@ -991,12 +1083,22 @@ impl JetStreamQueue {
             .map(|h| h.message.clone())
     }
 
+    /// The ack that restarts a lease of `lease`: `in_progress` when it is the consumer's
+    /// `ack_wait`, else a nak delayed by it (the server treats both as "still working").
+    fn renewal(&self, lease: Duration) -> AckKind {
+        if lease == self.ack_wait {
+            AckKind::Progress
+        } else {
+            nak(lease)
+        }
+    }
+
     /// Removes and returns the message `owner` leased for `call_id`: the call is being settled
     /// (if settling fails, the message comes back after its lease and is taken again).
-    fn take_held(&self, call_id: &str, owner: &str) -> Option<(Message, Versioned)> {
+    fn take_held(&self, call_id: &str, owner: &str) -> Option<Held> {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
         if held.get(call_id).is_some_and(|h| h.owner == owner) {
-            held.remove(call_id).map(|h| (h.message, h.current))
+            held.remove(call_id)
         } else {
             None
         }
@@ -1077,20 +1179,27 @@ impl JetStreamQueue {
         claim: Duration,
         dead: bool,
     ) -> Result<bool, QueueError> {
-        let Some((message, current)) = self.take_held(call_id, owner) else {
+        let Some(Held {
+            message,
+            current,
+            lease,
+            ..
+        }) = self.take_held(call_id, owner)
+        else {
             return Ok(false);
         };
         // Keep the lease while a slow outcome is stored (a large body, a dead-letter copy); a
         // small one takes two round trips, well inside the two thirds of the lease that are
         // left at least.
         if (dead || outcome.body.len() > self.max_payload() / 2)
-            && let Err(e) = message.ack_with(AckKind::Progress).await
+            && let Err(e) = message.ack_with(self.renewal(lease)).await
         {
             tracing::debug!(call_id, error = %e, "cannot extend the lease before finishing");
         }
-        if dead {
+        let copy = if dead {
             // The copy first: a dead letter must never exist without its request.
-            self.js
+            let ack = self
+                .js
                 .send_publish(
                     self.dead_subject(call_id),
                     Publish::build().payload(message.payload.clone()),
@@ -1099,7 +1208,10 @@ impl JetStreamQueue {
                 .map_err(unavailable)?
                 .await
                 .map_err(unavailable)?;
-        }
+            Some(ack.sequence)
+        } else {
+            None
+        };
         let callback = match &current.record.callback_url {
             Some(url) => Some(
                 self.publish_callback(&current.record, url, &outcome)
@@ -1146,16 +1258,10 @@ impl JetStreamQueue {
             if let Some((seq, object)) = &callback {
                 self.remove_callback(*seq, object.as_deref()).await;
             }
-            // Remove the copy unless the call's new owner has dead-lettered it meanwhile.
-            if dead
-                && !self
-                    .read(call_id)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some_and(|v| v.record.dead)
-            {
-                let _ = self.purge_dead_copy(call_id).await;
+            // Remove the copy (only this one: the call's new owner may have dead-lettered it
+            // meanwhile, with a later copy).
+            if let Some(seq) = copy {
+                let _ = self.purge_dead_copy(call_id, seq).await;
             }
             return Ok(false);
         };
@@ -1208,15 +1314,15 @@ impl JetStreamQueue {
         Ok(ids)
     }
 
-    /// The stored copy of a dead-lettered request.
-    async fn dead_request(&self, call_id: &str) -> Result<Option<QueueRequest>, QueueError> {
+    /// The stored copy of a dead-lettered request, and its sequence in the dead-letter stream.
+    async fn dead_request(&self, call_id: &str) -> Result<Option<(QueueRequest, u64)>, QueueError> {
         match self
             .dlq
             .get_last_raw_message_by_subject(&self.dead_subject(call_id))
             .await
         {
             Ok(m) => serde_json::from_slice(&m.payload)
-                .map(Some)
+                .map(|request| Some((request, m.sequence)))
                 .map_err(|source| QueueError::Corrupt {
                     call_id: call_id.to_string(),
                     source,
@@ -1226,18 +1332,31 @@ impl JetStreamQueue {
         }
     }
 
-    async fn purge_dead_copy(&self, call_id: &str) -> Result<(), QueueError> {
+    /// Removes a call's dead-letter copy if it is the one at `seq` or older (a newer one is
+    /// a later dead letter of the same call).
+    async fn purge_dead_copy(&self, call_id: &str, seq: u64) -> Result<(), QueueError> {
         self.dlq
             .purge()
             .filter(self.dead_subject(call_id))
+            .sequence(seq.saturating_add(1))
             .await
             .map_err(unavailable)?;
         Ok(())
     }
 
+    /// Removes a copy the record says is left over: the call is no longer a dead letter and
+    /// not running either (a running call's owner may be dead-lettering it right now, copy
+    /// first and record second).
+    async fn purge_left_over_copy(&self, record: &Record, seq: u64) -> Result<(), QueueError> {
+        if record.dead || record.state == CallState::Running {
+            return Ok(());
+        }
+        self.purge_dead_copy(&record.call_id, seq).await
+    }
+
     /// Queues one dead letter again; whether it was one.
     async fn redrive_one(&self, call_id: &str) -> Result<bool, QueueError> {
-        let Some(request) = self.dead_request(call_id).await? else {
+        let Some((request, copy)) = self.dead_request(call_id).await? else {
             return Ok(false);
         };
         let now = unix_ms();
@@ -1263,20 +1382,24 @@ impl JetStreamQueue {
             record.redrives += 1;
             Step::Write(Some(record.redrives))
         };
-        let redrives = match self.modify(call_id, &mut redrive).await? {
-            Some((n, _)) => n,
+        let n = match self.modify(call_id, &mut redrive).await? {
+            Some((Some(n), _)) => n,
+            Some((None, current)) => {
+                // Not a dead letter any more (redriven already): the copy is left over.
+                self.purge_left_over_copy(&current.record, copy).await?;
+                return Ok(false);
+            }
             None => {
                 // The record expired; the copy is still a dead letter.
                 let mut record = Record::queued(&request);
                 record.dead = true;
                 let _ = redrive(&mut record);
-                self.write(&record, 0).await?.map(|_| record.redrives)
+                if self.write(&record, 0).await?.is_none() {
+                    // Stored meanwhile by another redrive.
+                    return Ok(false);
+                }
+                record.redrives
             }
-        };
-        let Some(n) = redrives else {
-            // Not a dead letter any more (redriven already): the copy is left over.
-            self.purge_dead_copy(call_id).await?;
-            return Ok(false);
         };
         if let Some((seq, object)) = old_callback {
             // The last outcome's callback, if still pending, is superseded.
@@ -1311,7 +1434,7 @@ impl JetStreamQueue {
                 .await;
             return Err(e);
         }
-        self.purge_dead_copy(call_id).await?;
+        self.purge_dead_copy(call_id, copy).await?;
         Ok(true)
     }
 
@@ -1490,6 +1613,24 @@ enum BodyError {
     Queue(QueueError),
 }
 
+/// A worker slot a lease has reserved for a call, given back unless kept.
+struct Slot<'a>(Option<&'a AtomicUsize>);
+
+impl Slot<'_> {
+    /// The call is taken: the slot stays used.
+    fn keep(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(slots) = self.0 {
+            slots.fetch_add(1, Ordering::AcqRel);
+        }
+    }
+}
+
 /// What to do with a fetched message.
 enum Decision {
     /// It is ours now.
@@ -1624,7 +1765,7 @@ impl Queue for JetStreamQueue {
             let Some(revision) = self.write(&record, 0).await? else {
                 return self.duplicate(&call_id, &request).await;
             };
-            let forget = || self.forget(record_key(&call_id), revision);
+            let forget = || self.forget(&call_id, revision, None);
             let mut key_revision = None;
             if let Some(key) = &idempotency_key {
                 let ik = idem_key(key);
@@ -1677,16 +1818,26 @@ impl Queue for JetStreamQueue {
                     }
                 }
             }
-            match self
-                .publish_request(&request.function, &call_id, payload.into())
+            let payload = Bytes::from(payload);
+            let published = match self
+                .publish_request(&request.function, &call_id, payload.clone())
                 .await
             {
+                // The server saw this call id inside its window although its record is new:
+                // an earlier enqueue of it failed and was undone, and its message, had it
+                // landed, is dropped by the workers. Publish one they keep.
+                Ok(ack) if ack.duplicate => {
+                    let fresh = format!("{call_id}#{}", uuid::Uuid::new_v4());
+                    self.publish_request(&request.function, &fresh, payload)
+                        .await
+                }
+                other => other,
+            };
+            match published {
                 Ok(_) => Ok(Enqueued::New(call_id)),
                 Err(e) => {
-                    forget();
-                    if let (Some(key), Some(r)) = (&idempotency_key, key_revision) {
-                        self.forget(idem_key(key), r);
-                    }
+                    let key = idempotency_key.as_deref().map(idem_key).zip(key_revision);
+                    self.forget(&call_id, revision, key);
                     Err(e)
                 }
             }
@@ -1704,14 +1855,27 @@ impl Queue for JetStreamQueue {
             if max == 0 {
                 return Ok(Vec::new());
             }
-            let messages = fetch(&self.workers, max).await?;
-            let mut leased = self
-                .each(messages, "cannot lease a call", |m| {
-                    self.take(m, owner, lease, busy)
-                })
-                .await?;
-            leased.sort_by_key(|l| l.request.enqueued_at);
-            Ok(leased)
+            let slots = AtomicUsize::new(max);
+            let started = tokio::time::Instant::now();
+            let mut batch = max;
+            loop {
+                let messages = fetch(&self.workers, batch).await?;
+                let fetched = messages.len();
+                let mut leased = self
+                    .each(messages, "cannot lease a call", |m| {
+                        self.take(m, owner, lease, busy, &slots)
+                    })
+                    .await?;
+                // A full batch with nothing taken was handed back (a busy function's backlog)
+                // or left over; either is out of the way now, so look further at once, in
+                // larger batches, rather than meet the same calls again at the next lease.
+                if leased.is_empty() && fetched == batch && started.elapsed() < HAND_BACK / 2 {
+                    batch = (batch * 2).min(SCAN_BATCH.max(max));
+                    continue;
+                }
+                leased.sort_by_key(|l| l.request.enqueued_at);
+                return Ok(leased);
+            }
         })
     }
 
@@ -1726,12 +1890,7 @@ impl Queue for JetStreamQueue {
                 return Ok(false);
             };
             // Extend first: a slow or failing read must not cost the lease.
-            let kind = if lease == self.ack_wait {
-                AckKind::Progress
-            } else {
-                nak(lease)
-            };
-            message.ack_with(kind).await.map_err(boxed)?;
+            message.ack_with(self.renewal(lease)).await.map_err(boxed)?;
             let holds = self
                 .read(call_id)
                 .await?
@@ -1761,7 +1920,10 @@ impl Queue for JetStreamQueue {
         outcome: Outcome,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
-            let Some((message, current)) = self.take_held(call_id, owner) else {
+            let Some(Held {
+                message, current, ..
+            }) = self.take_held(call_id, owner)
+            else {
                 return Ok(());
             };
             let next = unix_ms().saturating_add(ms(delay));
@@ -1806,7 +1968,10 @@ impl Queue for JetStreamQueue {
         Box::pin(async move {
             let mut failed = None;
             for call_id in call_ids {
-                let Some((message, current)) = self.take_held(call_id, owner) else {
+                let Some(Held {
+                    message, current, ..
+                }) = self.take_held(call_id, owner)
+                else {
                     continue;
                 };
                 let released = self
@@ -1883,12 +2048,17 @@ impl Queue for JetStreamQueue {
                 match self.read(&call_id).await? {
                     Some(v) if v.record.dead => out.push(v.record.status()),
                     Some(_) => {
-                        // Left over from a redrive whose clean-up failed.
-                        let _ = self.purge_dead_copy(&call_id).await;
+                        // Left over from a redrive whose clean-up failed (the copy is read
+                        // first: a later copy, of a death after it, is kept).
+                        if let Some((_, seq)) = self.dead_request(&call_id).await?
+                            && let Some(v) = self.read(&call_id).await?
+                        {
+                            let _ = self.purge_left_over_copy(&v.record, seq).await;
+                        }
                     }
                     None => {
                         // The record expired; the copy remains a dead letter.
-                        if let Some(request) = self.dead_request(&call_id).await? {
+                        if let Some((request, _)) = self.dead_request(&call_id).await? {
                             let mut record = Record::queued(&request);
                             record.state = CallState::Failed;
                             record.dead = true;
@@ -1929,9 +2099,10 @@ impl Queue for JetStreamQueue {
             };
             let mut n = 0;
             for id in ids {
+                let copy = self.dead_request(&id).await?.map(|(_, seq)| seq);
                 let Some(Versioned { record, revision }) = self.read(&id).await? else {
-                    if self.dead_request(&id).await?.is_some() {
-                        self.purge_dead_copy(&id).await?;
+                    if let Some(seq) = copy {
+                        self.purge_dead_copy(&id, seq).await?;
                         n += 1;
                     }
                     continue;
@@ -1948,7 +2119,9 @@ impl Queue for JetStreamQueue {
                     Err(e) if e.kind() == kv::PurgeErrorKind::WrongLastRevision => continue,
                     Err(e) => return Err(unavailable(e)),
                 }
-                self.purge_dead_copy(&id).await?;
+                if let Some(seq) = copy {
+                    self.purge_dead_copy(&id, seq).await?;
+                }
                 n += 1;
             }
             Ok(n)
@@ -1995,9 +2168,17 @@ impl Queue for JetStreamQueue {
                 (false, Some(d)) => ("pending", Some(now.saturating_add(ms(d)))),
                 (false, None) => ("failed", None),
             };
+            // The callback this process delivered: a record whose pending callback is another
+            // one (the call was redriven and finished again meanwhile) is not touched.
+            let delivered_seq = claimed
+                .as_ref()
+                .and_then(|m| m.info().ok().map(|i| i.stream_sequence))
+                .or_else(|| settled.as_ref().and_then(|v| v.record.callback_seq));
             let changed = self
                 .modify_from(call_id, settled, |record| {
-                    if record.callback != "pending" {
+                    if record.callback != "pending"
+                        || delivered_seq.is_some_and(|s| record.callback_seq != Some(s))
+                    {
                         return Step::Keep(None);
                     }
                     record.callback = state.into();
@@ -2258,29 +2439,172 @@ mod tests {
     async fn a_busy_function_backlog_does_not_starve_the_others() {
         let server = NatsServer::start();
         let q = server.queue("faas-request").await;
-        for i in 0..20 {
+        let backlog = futures_util::future::join_all((0..300).map(|i| {
             let r = crate::queue::suite::request(&format!("busy-{i}"), "busy", None);
-            q.enqueue(r, None).await.unwrap();
-        }
+            q.enqueue(r, None)
+        }))
+        .await;
+        assert!(backlog.iter().all(Result::is_ok));
         q.enqueue(crate::queue::suite::request("other", "other", None), None)
             .await
             .unwrap();
+        // A worker with one free slot and "busy" at its limit, leasing as the worker loop
+        // does: again after the hand-back, when the busy calls are deliverable once more.
+        // Each lease must look past the whole backlog by itself.
         let busy = ["busy".to_string()];
-        let end = std::time::Instant::now() + Duration::from_secs(5);
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        let mut leases = 0;
         loop {
+            leases += 1;
             let got = q
-                .lease("w", 5, Duration::from_secs(30), &busy)
+                .lease("w", 1, Duration::from_secs(30), &busy)
                 .await
                 .unwrap();
             if let Some(l) = got.first() {
                 assert_eq!(l.request.call_id, "other");
+                assert_eq!(got.len(), 1);
                 break;
             }
             assert!(
                 std::time::Instant::now() < end,
-                "the other function's call never came"
+                "the other function's call never came ({leases} leases)"
             );
+            tokio::time::sleep(HAND_BACK).await;
         }
+        eprintln!("found behind the backlog after {leases} lease(s)");
+        // The busy function's calls are all still queued, none lost.
+        let mut back = 0;
+        let end = std::time::Instant::now() + Duration::from_secs(10);
+        while back < 300 {
+            back += q
+                .lease("w", 64, Duration::from_secs(30), &[])
+                .await
+                .unwrap()
+                .len();
+            assert!(std::time::Instant::now() < end, "{back} of 300 came back");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_undone_enqueue_never_runs_and_a_named_call_is_never_undone() {
+        let server = NatsServer::start();
+        let q = server.queue("faas-request").await;
+        let lease = Duration::from_secs(30);
+
+        // A call whose enqueue failed after its message landed: the undo removed its record,
+        // so the message is left over and dropped, not run for a client that heard 503.
+        q.enqueue(crate::queue::suite::request("undone", "f", None), None)
+            .await
+            .unwrap();
+        q.kv.delete(record_key("undone")).await.unwrap();
+        assert!(q.lease("w", 10, lease, &[]).await.unwrap().is_empty());
+        // (The drop is an ack the server applies shortly after.)
+        let end = std::time::Instant::now() + Duration::from_secs(5);
+        while q.requests.get_info().await.unwrap().state.messages > 0 {
+            assert!(
+                std::time::Instant::now() < end,
+                "the left-over message stays"
+            );
+            tokio::task::yield_now().await;
+        }
+        // The client's retry with the same call id runs, although the server has seen that
+        // message id inside its duplicate window.
+        let again = q
+            .enqueue(crate::queue::suite::request("undone", "f", None), None)
+            .await
+            .unwrap();
+        assert!(matches!(again, Enqueued::New(_)), "{again:?}");
+        let got = q.lease("w", 10, lease, &[]).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].request.call_id, "undone");
+
+        // A second request with the same Idempotency-Key is told about the first call, and
+        // from then on the first call's pending undo (at the revision its enqueue wrote)
+        // cannot remove the call or the key.
+        let first = q
+            .enqueue(
+                crate::queue::suite::request("first", "f", Some("http://a/")),
+                Some("key-1".into()),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(first, Enqueued::New(_)));
+        let written = q.read("first").await.unwrap().unwrap().revision;
+        let key =
+            q.kv.entry(idem_key("key-1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .revision;
+        let second = q
+            .enqueue(
+                crate::queue::suite::request("second", "f", Some("http://b/")),
+                Some("key-1".into()),
+            )
+            .await
+            .unwrap();
+        assert!(
+            matches!(&second, Enqueued::Duplicate(id) if id == "first"),
+            "{second:?}"
+        );
+        let undo =
+            q.kv.delete_expect_revision(record_key("first"), Some(written))
+                .await;
+        assert!(undo.is_err(), "the undo of the first enqueue must fail now");
+        assert_eq!(
+            q.kv.entry(idem_key("key-1"))
+                .await
+                .unwrap()
+                .unwrap()
+                .revision,
+            key
+        );
+        // One run, and its callback is the first request's.
+        let got = q.lease("w", 10, lease, &[]).await.unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].request.call_id, "first");
+        assert_eq!(got[0].request.callback_url.as_deref(), Some("http://a/"));
+    }
+
+    #[tokio::test]
+    async fn a_dead_letter_copy_of_a_running_call_is_kept() {
+        let server = NatsServer::start();
+        let q = server.queue("faas-request").await;
+        q.enqueue(crate::queue::suite::request("dying", "f", None), None)
+            .await
+            .unwrap();
+        let got = q.lease("w", 1, Duration::from_secs(30), &[]).await.unwrap();
+        assert_eq!(got.len(), 1);
+        // Its owner is dead-lettering it: the copy is stored, the record not yet changed.
+        q.js.publish(
+            q.dead_subject("dying"),
+            serde_json::to_vec(&got[0].request).unwrap().into(),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+        // Listing (or redriving) meanwhile does not take the copy for a left-over.
+        assert!(q.dead_letters().await.unwrap().is_empty());
+        assert_eq!(q.redrive(Some("dying")).await.unwrap(), 0);
+        assert_eq!(q.dlq.get_info().await.unwrap().state.messages, 1);
+        // Once the record says it is dead, it is a dead letter.
+        let outcome = Outcome {
+            status: 500,
+            headers: Vec::new(),
+            body: b"boom".to_vec(),
+            duration: 0.1,
+            error: Some("boom".into()),
+        };
+        assert!(
+            q.dead_letter("dying", "w", outcome, Duration::from_secs(30))
+                .await
+                .unwrap()
+        );
+        let dead = q.dead_letters().await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(q.redrive(Some("dying")).await.unwrap(), 1);
+        assert_eq!(q.dlq.get_info().await.unwrap().state.messages, 0);
     }
 
     #[test]
