@@ -34,7 +34,7 @@
 //! duplicate window, or a redrive published twice) is dropped, never run beside the first.
 //! Calls fetched for a function at its concurrency limit are handed back for
 //! 100 ms, and a lease whose whole fetch was handed back fetches again, in growing batches (up
-//! to [`SCAN_LIMIT`] messages), so that a backlog of one function cannot fill every fetch and
+//! to 1024 messages), so that a backlog of one function cannot fill every fetch and
 //! starve the others. The hand-back is short because other workers, with room for that
 //! function, do not see those calls meanwhile.
 
