@@ -6,8 +6,8 @@
 //!   message per call, published with `Nats-Msg-Id` = call id and a tag of its status record
 //!   (`<id>#<tag>`), so the server drops a repeat inside its duplicate window, and a call id
 //!   used again after its first enqueue failed and was undone is not taken for a repeat of
-//!   the undone message (which the workers drop). One durable pull consumer, `faas-workers`, is shared by every
-//!   worker: explicit acks, `ack_wait` = the lease.
+//!   the undone message (which the workers drop). One durable pull consumer, `faas-workers`,
+//!   is shared by every worker: explicit acks, `ack_wait` = the lease.
 //! - key-value bucket `faas-request-calls`: one status record per call (`c.<id>`, or
 //!   `x.<hex id>` for ids with characters keys cannot hold) and one entry per idempotency key
 //!   (`i.<sha256>`), kept for the retention period. Every change to a record is a
@@ -408,24 +408,14 @@ struct Versioned {
     revision: u64,
 }
 
-/// What the bucket holds for a call id.
-enum Lookup {
-    /// Its record.
-    Found(Box<Versioned>),
-    /// A removal marker: the enqueue that stored it failed and undid it (its client heard
-    /// "unavailable"), or the dead letter was purged.
+/// What the bucket holds under a key: a value (raw with its revision, or a record), or none.
+enum Stored<T> {
+    /// The latest value.
+    Found(T),
+    /// A delete or purge marker. For a record: the enqueue that stored it failed and undid it
+    /// (its client heard "unavailable"), or the dead letter was purged.
     Removed,
     /// Nothing: never stored, or expired with the retention.
-    Missing,
-}
-
-/// The latest entry of a bucket key.
-enum KeyState {
-    /// A value and its revision.
-    Value(Bytes, u64),
-    /// A delete or purge marker.
-    Removed,
-    /// Nothing.
     Missing,
 }
 
@@ -803,8 +793,8 @@ impl JetStreamQueue {
 
     async fn read(&self, call_id: &str) -> Result<Option<Versioned>, QueueError> {
         match self.lookup(call_id).await? {
-            Lookup::Found(v) => Ok(Some(*v)),
-            Lookup::Removed | Lookup::Missing => Ok(None),
+            Stored::Found(v) => Ok(Some(*v)),
+            Stored::Removed | Stored::Missing => Ok(None),
         }
     }
 
@@ -812,22 +802,22 @@ impl JetStreamQueue {
     /// whatever the bucket's `allow_direct`: in a cluster a lagging replica answering a direct
     /// get could show a record from before its last change, and a worker deciding from it
     /// could drop a call's only message.
-    async fn lookup(&self, call_id: &str) -> Result<Lookup, QueueError> {
+    async fn lookup(&self, call_id: &str) -> Result<Stored<Box<Versioned>>, QueueError> {
         let (payload, revision) = match self.entry(&record_key(call_id)).await? {
-            KeyState::Value(payload, revision) => (payload, revision),
-            KeyState::Removed => return Ok(Lookup::Removed),
-            KeyState::Missing => return Ok(Lookup::Missing),
+            Stored::Found(found) => found,
+            Stored::Removed => return Ok(Stored::Removed),
+            Stored::Missing => return Ok(Stored::Missing),
         };
         let record = serde_json::from_slice(&payload).map_err(|source| QueueError::Corrupt {
             call_id: call_id.to_string(),
             source,
         })?;
-        Ok(Lookup::Found(Box::new(Versioned { record, revision })))
+        Ok(Stored::Found(Box::new(Versioned { record, revision })))
     }
 
     /// The latest entry of a bucket key, read from the stream leader (never a direct get,
     /// which a lagging replica may answer).
-    async fn entry(&self, key: &str) -> Result<KeyState, QueueError> {
+    async fn entry(&self, key: &str) -> Result<Stored<(Bytes, u64)>, QueueError> {
         let subject = format!("{}{}", self.kv.prefix, key);
         let message = match self
             .kv
@@ -837,7 +827,7 @@ impl JetStreamQueue {
         {
             Ok(m) => m,
             Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => {
-                return Ok(KeyState::Missing);
+                return Ok(Stored::Missing);
             }
             Err(e) => return Err(unavailable(e)),
         };
@@ -850,11 +840,11 @@ impl JetStreamQueue {
             .get(async_nats::header::NATS_MARKER_REASON)
             .map(|v| v.as_str().to_string());
         Ok(match (operation.as_deref(), marker.as_deref()) {
-            (Some("DEL" | "PURGE"), _) => KeyState::Removed,
+            (Some("DEL" | "PURGE"), _) => Stored::Removed,
             // An expiry marker (servers that write them): the same as no entry.
-            (None, Some("MaxAge")) => KeyState::Missing,
-            (None, Some(_)) => KeyState::Removed,
-            _ => KeyState::Value(message.payload, message.sequence),
+            (None, Some("MaxAge")) => Stored::Missing,
+            (None, Some(_)) => Stored::Removed,
+            _ => Stored::Found((message.payload, message.sequence)),
         })
     }
 
@@ -1047,18 +1037,18 @@ impl JetStreamQueue {
         let mut slot = Slot(None);
         for _ in 0..CAS_ATTEMPTS {
             let (mut record, revision) = match self.lookup(&request.call_id).await? {
-                Lookup::Found(v) => {
+                Stored::Found(v) => {
                     let Versioned { record, revision } = *v;
                     (record, revision)
                 }
                 // Its enqueue failed and was undone (the client was not given a 202), or it
                 // was purged: the message is left over.
-                Lookup::Removed => {
+                Stored::Removed => {
                     message.ack().await.map_err(boxed)?;
                     return Ok(None);
                 }
                 // No record (expired with a long backlog): the message is the truth.
-                Lookup::Missing => (Record::queued(&request), 0),
+                Stored::Missing => (Record::queued(&request), 0),
             };
             let decision = match record.state {
                 // Another message is this call's live one (a republished or redriven copy).
@@ -1864,7 +1854,7 @@ impl Queue for JetStreamQueue {
                     Ok(r) => key_revision = Some(r),
                     Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
                         let (first, held_at) = match self.entry(&ik).await {
-                            Ok(KeyState::Value(value, at)) => {
+                            Ok(Stored::Found((value, at))) => {
                                 (String::from_utf8_lossy(&value).into_owned(), at)
                             }
                             Ok(_) => {
