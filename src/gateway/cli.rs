@@ -25,6 +25,17 @@ pub enum Command {
     Up(UpArgs),
     /// Run only a worker for asynchronous calls, calling functions through a gateway.
     Worker(WorkerCmdArgs),
+    /// Run as fwatchdog (what the local provider starts when no fwatchdog executable is found).
+    #[command(hide = true)]
+    Watchdog(WatchdogCmdArgs),
+}
+
+/// Arguments of `fgateway watchdog`: fwatchdog's own (`-version`, `-run-healthcheck`).
+#[derive(Debug, Clone, Args)]
+pub struct WatchdogCmdArgs {
+    /// Passed to fwatchdog unchanged.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
 }
 
 /// Where functions run.
@@ -72,7 +83,8 @@ pub struct UpArgs {
     #[arg(long, env = "upstream_template", value_name = "URL")]
     pub upstream_template: Option<String>,
 
-    /// Local provider: the fwatchdog executable [default: the one next to fgateway, else PATH].
+    /// Local provider: the fwatchdog executable [default: the one next to fgateway, else PATH,
+    /// else fgateway itself, which can run as fwatchdog].
     #[arg(long, env = "fwatchdog", value_name = "PATH")]
     pub fwatchdog: Option<PathBuf>,
 

@@ -72,8 +72,8 @@ pub enum GatewayError {
     /// Basic auth is on but the credentials cannot be read.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
-    /// The local provider could not be set up.
-    #[error("cannot prepare the local provider's run directory {dir}")]
+    /// The data directory or the local provider's run directory could not be set up.
+    #[error("cannot prepare the directory {dir}")]
     RunDir {
         /// The directory.
         dir: PathBuf,
@@ -216,18 +216,27 @@ impl Gateway {
         } else {
             None
         };
-        let store = Arc::new(Store::open(&args.data_dir)?);
-        let queue = open_queue(&args.data_dir, &args.queue, args.worker.lease).await?;
+        // Resolved once: replicas run in other working directories, so no path handed to them
+        // may be relative.
+        let data_dir =
+            std::path::absolute(&args.data_dir).map_err(|source| GatewayError::RunDir {
+                dir: args.data_dir.clone(),
+                source,
+            })?;
+        let store = Arc::new(Store::open(&data_dir)?);
+        let queue = open_queue(&data_dir, &args.queue, args.worker.lease).await?;
         let worker_config =
             worker_config(&args.worker, args.upstream_timeout, args.shutdown_timeout)?;
         let provider: Arc<dyn Provider> = match args.provider {
             ProviderKind::Local => {
                 let fwatchdog = args
                     .fwatchdog
-                    .clone()
-                    .unwrap_or_else(LocalProvider::find_fwatchdog);
-                tracing::info!(fwatchdog = %fwatchdog.display(), "local provider");
-                let run_dir = args.data_dir.join("run");
+                    .as_ref()
+                    .map_or_else(LocalProvider::find_fwatchdog, |p| {
+                        vec![p.display().to_string()]
+                    });
+                tracing::info!(fwatchdog = %fwatchdog.join(" "), "local provider");
+                let run_dir = data_dir.join("run");
                 Arc::new(
                     LocalProvider::new(&fwatchdog, run_dir.clone()).map_err(|source| {
                         GatewayError::RunDir {

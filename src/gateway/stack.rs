@@ -116,7 +116,10 @@ pub fn load(path: &Path) -> Result<Vec<FunctionDeployment>, StackError> {
         path: path.to_path_buf(),
         source,
     })?;
-    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    // Handler directories are relative to the stack file; make them absolute now, so a replica
+    // that runs in its own working directory never sees a path meant for ours.
+    let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let base = absolute.parent().map(Path::to_path_buf).unwrap_or_default();
     parse(&text, &base).map_err(|message| StackError::Parse {
         path: path.to_path_buf(),
         message,

@@ -6,6 +6,7 @@
 
 pub mod body;
 pub mod cgi;
+pub mod command;
 pub mod health;
 pub mod invocation;
 pub mod metrics;

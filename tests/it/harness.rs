@@ -169,7 +169,7 @@ fn localize(a: &str) -> SocketAddr {
 
 /// Spawns `cmd` with its output collected, and waits for its `listening addr=` line (the first
 /// line containing `needle`).
-async fn launch(mut cmd: Command, what: &str, needle: &str) -> (Child, Log, SocketAddr) {
+pub async fn launch(mut cmd: Command, what: &str, needle: &str) -> (Child, Log, SocketAddr) {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());

@@ -109,10 +109,18 @@ impl Replica {
 }
 
 impl LocalProvider {
-    /// A provider that runs `fwatchdog` (path) for each replica, with temp directories under
-    /// `run_dir`.
-    pub fn new(fwatchdog: &Path, run_dir: PathBuf) -> std::io::Result<Self> {
-        let program = Program::new(&[fwatchdog.display().to_string()], None)?;
+    /// A provider that runs `fwatchdog` (a command: the executable, then its arguments) for
+    /// each replica, with temp directories under `run_dir`.
+    pub fn new(fwatchdog: &[String], run_dir: PathBuf) -> std::io::Result<Self> {
+        // Replicas run in their handler directories: every path they get must be absolute.
+        let mut command = fwatchdog.to_vec();
+        if let Some(exe) = command.first_mut()
+            && Path::new(exe).components().count() > 1
+        {
+            *exe = std::path::absolute(Path::new(exe))?.display().to_string();
+        }
+        let run_dir = std::path::absolute(&run_dir)?;
+        let program = Program::new(&command, None)?;
         if let Err(e) = std::fs::remove_dir_all(&run_dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -132,21 +140,28 @@ impl LocalProvider {
         })
     }
 
-    /// The `fwatchdog` next to the running executable, else the one on `PATH`.
-    pub fn find_fwatchdog() -> PathBuf {
-        let sibling = std::env::current_exe()
-            .ok()
+    /// The command that runs a replica: the `fwatchdog` next to the running executable, else
+    /// the one on `PATH`, else the running executable itself as `fgateway watchdog`.
+    pub fn find_fwatchdog() -> Vec<String> {
+        let exe = std::env::current_exe().ok();
+        let sibling = exe
+            .as_ref()
             .map(|exe| exe.with_file_name("fwatchdog"))
             .filter(|p| p.is_file());
-        sibling.unwrap_or_else(|| {
-            std::env::var_os("PATH")
-                .and_then(|paths| {
-                    std::env::split_paths(&paths)
-                        .map(|dir| dir.join("fwatchdog"))
-                        .find(|p| p.is_file())
-                })
-                .unwrap_or_else(|| PathBuf::from("fwatchdog"))
-        })
+        let on_path = || {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join("fwatchdog"))
+                    .find(|p| p.is_file())
+            })
+        };
+        match sibling.or_else(on_path) {
+            Some(path) => vec![path.display().to_string()],
+            None => match exe {
+                Some(exe) => vec![exe.display().to_string(), "watchdog".to_string()],
+                None => vec!["fwatchdog".to_string()],
+            },
+        }
     }
 
     /// Starts one more replica of `function`.
@@ -164,16 +179,15 @@ impl LocalProvider {
             name: name.to_string(),
             source,
         })?;
-        let cwd =
-            match function.spec.annotation(HANDLER_ANNOTATION) {
-                None => None,
-                Some(dir) => Some(spawn::directory(Path::new(dir)).map_err(|source| {
-                    ProviderError::Start {
-                        name: name.to_string(),
-                        source,
-                    }
-                })?),
-            };
+        let cwd = match handler_dir(&function.spec) {
+            None => None,
+            Some(dir) => Some(
+                spawn::directory(&dir).map_err(|source| ProviderError::Start {
+                    name: name.to_string(),
+                    source,
+                })?,
+            ),
+        };
         let replica = Arc::new(Replica {
             serial,
             addr: Mutex::new(None),
@@ -199,6 +213,13 @@ impl LocalProvider {
         function.replicas.push(replica);
         Ok(())
     }
+}
+
+/// The function's handler directory, absolute: a relative one (from the system API) is taken
+/// from the gateway's working directory, since the replica runs in the directory itself.
+fn handler_dir(spec: &FunctionDeployment) -> Option<PathBuf> {
+    let dir = Path::new(spec.annotation(HANDLER_ANNOTATION)?);
+    Some(std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf()))
 }
 
 /// The environment of a replica: the function's variables over ours (fwatchdog's port,
@@ -246,12 +267,13 @@ impl Provider for LocalProvider {
                 spec.service
             )));
         }
-        if let Some(dir) = spec.annotation(HANDLER_ANNOTATION)
-            && !Path::new(dir).is_dir()
+        if let Some(dir) = handler_dir(spec)
+            && !dir.is_dir()
         {
             return Err(ProviderError::Invalid(format!(
-                "function {}: handler directory {dir} does not exist",
-                spec.service
+                "function {}: handler directory {} does not exist",
+                spec.service,
+                dir.display()
             )));
         }
         let replicas = usize::try_from(replicas).unwrap_or(usize::MAX);
