@@ -5,11 +5,12 @@
 //!   variable, the value and the accepted form.
 //! - [`process`]: handler processes in their own process group, group kills, parent-death
 //!   signals, pipe output that spills to disk, log line forwarding, and the PID 1 orphan reaper.
+//! - [`http`]: HTTP plumbing both binaries use: response body types, the accept loop and its
+//!   connection guards (lingering close, framing checks, limits), and reverse proxying (pooled
+//!   client, hop-by-hop headers, upstream URLs, upgrade tunnels).
 //! - [`watchdog`]: the HTTP server: routing, health and lock file, concurrency limit, metrics,
 //!   the fork-per-request modes (classic, serializing, streaming), the http-mode upstream proxy
 //!   and static files.
-//! - [`proxy`]: reverse proxying shared by the watchdog's http mode and the gateway: pooled
-//!   client, hop-by-hop headers, upstream URLs, upgrade tunnels.
 //! - [`gateway`]: fgateway: `/function/*` proxying, the function registry and its providers
 //!   (local fwatchdog processes, static upstreams), the system API, basic auth, metrics.
 //! - [`queue`]: asynchronous calls: the `Queue` trait, the embedded SQLite backend, and the
@@ -21,8 +22,8 @@
 
 pub mod config;
 pub mod gateway;
+pub mod http;
 pub mod process;
-pub mod proxy;
 pub mod queue;
 pub mod shutdown;
 pub mod watchdog;

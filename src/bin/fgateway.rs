@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let message = fwatchdog::proxy::error_chain(&*e);
+            let message = fwatchdog::http::proxy::error_chain(&*e);
             tracing::error!("{message}");
             eprintln!("fgateway: {message}");
             ExitCode::from(e.exit_code())
@@ -136,7 +136,7 @@ async fn worker(args: WorkerCmdArgs) -> Result<(), Box<UpError>> {
             .map_err(UpError::from)?;
     let invoker = Arc::new(gateway::asynchronous::RemoteInvoker {
         gateway: args.gateway.clone(),
-        client: fwatchdog::proxy::client(),
+        client: fwatchdog::http::proxy::client(),
         max_result: args.worker.max_async_result,
     });
     let worker = Worker::new(

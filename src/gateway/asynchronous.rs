@@ -14,10 +14,10 @@ use tokio::time::Instant;
 
 use super::Gateway;
 use super::invoke::{self, CallRequest, FunctionPath, X_CALL_ID, text};
-use crate::proxy;
+use crate::http::body::ResponseBody;
+use crate::http::proxy;
 use crate::queue::worker::Invoker;
 use crate::queue::{BoxFuture, Cancelled, Enqueued, Outcome, QueueRequest};
-use crate::watchdog::body::ResponseBody;
 
 /// `X-Callback-Url`.
 const X_CALLBACK_URL: &str = "x-callback-url";

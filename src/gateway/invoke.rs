@@ -18,8 +18,8 @@ use tokio::time::Instant;
 use super::Gateway;
 use super::metrics::GatewayMetrics;
 use super::registry::Resolved;
-use crate::proxy;
-use crate::watchdog::body::{self, BoxError, ResponseBody};
+use crate::http::body::{self, BoxError, ResponseBody};
+use crate::http::proxy;
 
 /// `X-Call-Id`.
 pub const X_CALL_ID: &str = "x-call-id";

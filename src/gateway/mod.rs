@@ -31,13 +31,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::parse;
-use crate::proxy;
+use crate::http::body::ResponseBody;
+use crate::http::proxy;
+use crate::http::server;
 use crate::queue::Queue;
 use crate::queue::embedded::{EmbeddedConfig, EmbeddedQueue};
 use crate::queue::jetstream::{JetStreamConfig, JetStreamQueue};
 use crate::queue::worker::{Worker, WorkerConfig};
-use crate::watchdog::body::ResponseBody;
-use crate::watchdog::server;
 use auth::BasicAuth;
 use cli::{ProviderKind, QueueArgs, UpArgs, WorkerArgs};
 use invoke::text;

@@ -12,7 +12,7 @@ use super::invoke::text;
 use super::provider::ProviderError;
 use super::registry::RegistryError;
 use super::types::{DeleteFunctionRequest, FunctionDeployment, ScaleServiceRequest};
-use crate::watchdog::body::{self, ResponseBody};
+use crate::http::body::{self, ResponseBody};
 
 /// The largest system API request body.
 const MAX_BODY: usize = 1024 * 1024;
@@ -195,9 +195,9 @@ fn failure(e: &RegistryError) -> Response<ResponseBody> {
         }
         RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
         RegistryError::Provider(ProviderError::Start { .. }) | RegistryError::Store(_) => {
-            tracing::error!(error = %crate::proxy::error_chain(e), "system API call failed");
+            tracing::error!(error = %crate::http::proxy::error_chain(e), "system API call failed");
             StatusCode::INTERNAL_SERVER_ERROR
         }
     };
-    text(status, format!("{}\n", crate::proxy::error_chain(e)))
+    text(status, format!("{}\n", crate::http::proxy::error_chain(e)))
 }

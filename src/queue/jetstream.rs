@@ -1626,7 +1626,7 @@ impl JetStreamQueue {
                 Ok(Some(t)) => out.push(t),
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(error = %crate::proxy::error_chain(&e), "{what}");
+                    tracing::warn!(error = %crate::http::proxy::error_chain(&e), "{what}");
                     failed = Some(e);
                 }
             }
@@ -2070,7 +2070,7 @@ impl Queue for JetStreamQueue {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = result {
-                    tracing::warn!(call_id, error = %crate::proxy::error_chain(&e), "cannot hand a call back; it returns after its lease");
+                    tracing::warn!(call_id, error = %crate::http::proxy::error_chain(&e), "cannot hand a call back; it returns after its lease");
                     failed = Some(e);
                 }
             }

@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{BoxFuture, CallbackJob, Leased, Outcome, Queue};
-use crate::proxy;
+use crate::http::proxy;
 
 /// Runs one queued call and reports what happened.
 pub trait Invoker: Send + Sync {

@@ -9,11 +9,11 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::body::{self, ResponseBody};
 use super::mode::{Limit, run_deadline};
 use super::stdin::{self, BodyError};
 use super::{cgi, outcome};
 use crate::config::{Mode, WatchdogConfig};
+use crate::http::body::{self, ResponseBody};
 use crate::process::lines::LineLog;
 use crate::process::{HandlerProcess, Launcher};
 

@@ -144,7 +144,7 @@ impl Drop for RequestMeasure {
 
 /// Serves `/metrics` on `listener` until `shutdown` is cancelled.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    super::server::serve_simple(listener, shutdown, move |req: Request<Incoming>| {
+    crate::http::server::serve_simple(listener, shutdown, move |req: Request<Incoming>| {
         let metrics = Arc::clone(&metrics);
         async move { Ok::<_, Infallible>(metrics_response(&req, &metrics)) }
     })

@@ -4,7 +4,6 @@
 //! future. Routing: `/_/health` and `/_/ready` answer from the watchdog itself; every other path
 //! and method invokes the function.
 
-pub mod body;
 pub mod cgi;
 pub mod command;
 pub mod health;
@@ -12,7 +11,6 @@ pub mod invocation;
 pub mod metrics;
 pub mod mode;
 pub mod outcome;
-pub mod server;
 pub mod stdin;
 
 use std::convert::Infallible;
@@ -30,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{DEFAULT_IO_TIMEOUT, Mode, WatchdogConfig};
+use crate::http::body::{self, ResponseBody};
+use crate::http::server;
 use crate::process::{Launcher, ProcessTable, reaper};
-use body::ResponseBody;
 use health::Health;
 use invocation::{Invocation, Reply};
 use metrics::{Metrics, RequestMeasure};

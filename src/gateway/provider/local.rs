@@ -28,9 +28,9 @@ use tokio_util::task::TaskTracker;
 
 use super::{BoxFuture, Endpoint, Provider, ProviderError};
 use crate::gateway::types::{FunctionDeployment, HANDLER_ANNOTATION};
+use crate::http::proxy;
 use crate::process::spawn::{self, BaseEnv, Program};
 use crate::process::{HandlerProcess, ProcessTable};
-use crate::proxy;
 
 /// First and longest pause before restarting a replica that exited.
 const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));

@@ -7,8 +7,8 @@ use hyper::body::Incoming;
 
 use super::{Ended, Stdout, supervise};
 use crate::config::Mode;
+use crate::http::body;
 use crate::process::spill::{DEFAULT_SPILL_THRESHOLD, SpillBuffer, Spilled};
-use crate::watchdog::body;
 use crate::watchdog::invocation::{Invocation, Reply, reply_content_type};
 use crate::watchdog::outcome;
 

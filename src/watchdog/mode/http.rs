@@ -26,10 +26,10 @@ use tokio_util::task::TaskTracker;
 
 use super::describe_exit;
 use crate::config::{WatchdogConfig, parse};
+use crate::http::body::{self, BoxError};
+use crate::http::proxy;
 use crate::process::lines::{self, LineLog};
 use crate::process::{HandlerProcess, Launcher};
-use crate::proxy;
-use crate::watchdog::body::{self, BoxError};
 use crate::watchdog::invocation::Reply;
 use crate::watchdog::outcome;
 

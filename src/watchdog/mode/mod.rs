@@ -21,8 +21,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::body::BoxError;
 use super::stdin::BodyError;
+use crate::http::body::BoxError;
 use crate::process::HandlerProcess;
 use crate::process::lines::{LineLog, LineSplitter};
 use crate::process::spill::SpillBuffer;

@@ -12,7 +12,7 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper_staticfile::{ResolveResult, Resolver, ResponseBuilder};
 
-use crate::watchdog::body::{self, BoxError};
+use crate::http::body::{self, BoxError};
 use crate::watchdog::invocation::Reply;
 
 /// The static file server for one root.

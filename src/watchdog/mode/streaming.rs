@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Ended, Stdout, supervise};
-use crate::watchdog::body::{self, BoxError};
+use crate::http::body::{self, BoxError};
 use crate::watchdog::invocation::{Invocation, Reply, reply_content_type};
 use crate::watchdog::outcome;
 

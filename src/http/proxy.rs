@@ -1,7 +1,8 @@
 //! Reverse proxying over HTTP/1.1: the pooled upstream client, which headers cross a proxy, the
 //! upstream URL of a request, and the tunnel that joins two upgraded connections (websockets).
 //!
-//! Used by fwatchdog's http mode; nothing here knows about watchdog configuration.
+//! Used by fwatchdog's http mode and by fgateway; nothing here knows about either one's
+//! configuration.
 
 use std::io;
 use std::net::IpAddr;
@@ -13,7 +14,7 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-use crate::watchdog::body::ResponseBody;
+use crate::http::body::ResponseBody;
 
 /// A pooled keep-alive HTTP/1.1 client whose request bodies are [`ResponseBody`]s (any boxed
 /// body, so a request body can stream straight through).

@@ -1,0 +1,11 @@
+//! HTTP plumbing shared by fwatchdog and fgateway; neither reaches into the other for it.
+//!
+//! - [`body`]: response body types (from memory, a spill file, a channel) and the wrappers that
+//!   bound how long a body may take to send or to arrive.
+//! - [`server`]: the accept loop: serving HTTP/1.1 connections with graceful shutdown.
+//! - [`proxy`]: reverse proxying: the pooled client, hop-by-hop headers, upstream URLs and
+//!   upgrade tunnels.
+
+pub mod body;
+pub mod proxy;
+pub mod server;
