@@ -108,15 +108,10 @@ pub async fn enqueue(
         return too_large();
     }
     let (parts, incoming) = req.into_parts();
-    let body = match Limited::new(incoming, limit).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return too_large(),
-        Err(e) => {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("Request body could not be read: {e}\n"),
-            );
-        }
+    let body = match invoke::read_body(incoming, limit, &gateway.config).await {
+        Ok(body) => body,
+        Err(invoke::ReadBodyError::TooLarge) => return too_large(),
+        Err(invoke::ReadBodyError::Client(reply)) => return reply,
     };
 
     let mut header_map = std::collections::BTreeMap::<String, Vec<String>>::new();
@@ -267,14 +262,15 @@ pub async fn dead_letters(gateway: &Gateway, req: Request<Incoming>) -> Response
         }
         serde_json::from_slice(bytes).map_err(|e| format!("Invalid JSON: {e}\n"))
     };
-    let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
+    let body = match invoke::read_body(req.into_body(), 64 * 1024, &gateway.config).await {
+        Ok(body) => body,
+        Err(invoke::ReadBodyError::TooLarge) => {
             return text(
-                StatusCode::BAD_REQUEST,
-                format!("Cannot read the body: {e}\n"),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "Request body is larger than 64 KiB.\n".into(),
             );
         }
+        Err(invoke::ReadBodyError::Client(reply)) => return reply,
     };
     let call_id = || selection(&body).map(|s| s.call_id);
     match (path.as_str(), method) {

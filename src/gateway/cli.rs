@@ -93,9 +93,19 @@ pub struct UpArgs {
     #[arg(long, env = "upstream_timeout", default_value = "60s", value_parser = duration)]
     pub upstream_timeout: Duration,
 
-    /// Longest a client may take to send request headers. Seconds or a duration.
+    /// Longest a client may take to send a request: its headers, then its whole body (a stall
+    /// gets 408). Seconds or a duration.
     #[arg(long, env = "read_timeout", default_value = "60s", value_parser = duration)]
     pub read_timeout: Duration,
+
+    /// Longest a request body may pause between two pieces (a stall gets 408). Seconds or a
+    /// duration.
+    #[arg(long, env = "read_idle_timeout", default_value = "10s", value_parser = duration)]
+    pub read_idle_timeout: Duration,
+
+    /// Most client connections open at once; more are answered 503 and closed. 0: no limit.
+    #[arg(long, env = "max_connections", default_value_t = 0)]
+    pub max_connections: usize,
 
     /// On SIGTERM/SIGINT, how long in-flight requests get to finish before functions are stopped.
     #[arg(long, env = "shutdown_timeout", default_value = "30s", value_parser = duration)]

@@ -91,6 +91,74 @@ pub fn text(status: StatusCode, message: String) -> Response<ResponseBody> {
     resp
 }
 
+/// The answer to a request whose body did not arrive as it should: 408 for a stall, 400 for a
+/// malformed or cut-short body.
+pub fn client_body_failed(
+    failure: body::ClientBodyFailure,
+    config: &super::GatewayConfig,
+) -> Response<ResponseBody> {
+    match failure {
+        body::ClientBodyFailure::TimedOut => text(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "Request body was not received in time (read_timeout {}, read_idle_timeout {}).\n",
+                humantime::format_duration(config.read_timeout),
+                humantime::format_duration(config.read_idle_timeout)
+            ),
+        ),
+        body::ClientBodyFailure::Unreadable => text(
+            StatusCode::BAD_REQUEST,
+            "Request body is malformed or incomplete.\n".into(),
+        ),
+    }
+}
+
+/// Why a request body could not be read whole.
+#[derive(Debug)]
+pub enum ReadBodyError {
+    /// Longer than the limit.
+    TooLarge,
+    /// The client's fault: the reply says which.
+    Client(Response<ResponseBody>),
+}
+
+/// Reads a whole request body of at most `limit` bytes, bounded by the gateway's
+/// `read_timeout` and `read_idle_timeout`.
+pub async fn read_body(
+    incoming: Incoming,
+    limit: usize,
+    config: &super::GatewayConfig,
+) -> Result<bytes::Bytes, ReadBodyError> {
+    let (mut incoming, watch) = body::read_bounded(
+        incoming,
+        Some(Instant::now() + config.read_timeout),
+        Some(config.read_idle_timeout),
+    );
+    let mut collected = bytes::BytesMut::new();
+    while let Some(frame) = incoming.frame().await {
+        match frame {
+            Ok(frame) => {
+                if let Ok(data) = frame.into_data() {
+                    if collected.len() + data.len() > limit {
+                        return Err(ReadBodyError::TooLarge);
+                    }
+                    collected.extend_from_slice(&data);
+                }
+            }
+            Err(e) => {
+                return Err(ReadBodyError::Client(match watch.failure() {
+                    Some(failure) => client_body_failed(failure, config),
+                    None => text(
+                        StatusCode::BAD_REQUEST,
+                        format!("Request body could not be read: {e}\n"),
+                    ),
+                }));
+            }
+        }
+    }
+    Ok(collected.freeze())
+}
+
 /// A new call id.
 pub fn new_call_id() -> String {
     uuid::Uuid::new_v4().to_string()
@@ -263,22 +331,33 @@ pub async fn invoke(
     peer: SocketAddr,
     target: FunctionPath<'_>,
 ) -> Response<ResponseBody> {
-    let deadline = Instant::now() + gateway.config.upstream_timeout;
+    let now = Instant::now();
+    let deadline = now + gateway.config.upstream_timeout;
     let call_id = call_id_of(req.headers());
     let (parts, incoming) = req.into_parts();
     let mut headers = parts.headers;
     headers.insert(X_CALL_ID, call_id.clone());
+    proxy::set_empty_length(
+        &parts.method,
+        &mut headers,
+        hyper::body::Body::is_end_stream(&incoming),
+    );
     let path_and_query = match parts.uri.query() {
         Some(q) => format!("{}?{q}", target.rest),
         None => target.rest.to_string(),
     };
+    let (body, watch) = body::read_bounded(
+        incoming,
+        Some(now + gateway.config.read_timeout),
+        Some(gateway.config.read_idle_timeout),
+    );
     let request = CallRequest {
         function: target.name,
         namespace: target.namespace,
         method: parts.method,
         path_and_query,
         headers,
-        body: incoming.map_err(BoxError::from).boxed_unsync(),
+        body,
         peer: Some(peer.ip()),
         deadline,
     };
@@ -294,8 +373,18 @@ pub async fn invoke(
             );
             Response::from_parts(parts, body)
         }
-        Err((error, _record)) => {
-            let mut resp = text(error.status(), error.message(target.name));
+        Err((error, mut record)) => {
+            // A body the client failed to send is the client's fault, not the function's.
+            let mut resp = match watch.failure() {
+                Some(failure) => {
+                    let resp = client_body_failed(failure, &gateway.config);
+                    if let Some(record) = &mut record {
+                        record.set_code(resp.status().as_u16());
+                    }
+                    resp
+                }
+                None => text(error.status(), error.message(target.name)),
+            };
             resp.headers_mut().insert(X_CALL_ID, call_id);
             resp
         }

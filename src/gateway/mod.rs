@@ -109,8 +109,12 @@ pub enum GatewayError {
 pub struct GatewayConfig {
     /// Longest a function call may take.
     pub upstream_timeout: Duration,
-    /// Longest a client may take to send request headers.
+    /// Longest a client may take to send a request, headers and body.
     pub read_timeout: Duration,
+    /// Longest a request body may pause between two pieces.
+    pub read_idle_timeout: Duration,
+    /// Most client connections open at once (more are answered 503).
+    pub max_connections: Option<usize>,
     /// How long in-flight calls get on shutdown.
     pub shutdown_timeout: Duration,
     /// Largest asynchronous request body.
@@ -255,6 +259,8 @@ impl Gateway {
             config: GatewayConfig {
                 upstream_timeout: args.upstream_timeout,
                 read_timeout: args.read_timeout,
+                read_idle_timeout: args.read_idle_timeout,
+                max_connections: (args.max_connections > 0).then_some(args.max_connections),
                 shutdown_timeout: args.shutdown_timeout,
                 max_async_body: args.max_async_body,
                 callback_allowlist: args.callback_allowlist.clone(),
@@ -422,7 +428,10 @@ pub async fn run(
             listener,
             stop_accepting.clone(),
             connections.clone(),
-            Some(gateway.config.read_timeout),
+            server::ServeOptions {
+                header_read_timeout: Some(gateway.config.read_timeout),
+                max_connections: gateway.config.max_connections,
+            },
             move |peer| {
                 let gateway = Arc::clone(&gateway);
                 hyper::service::service_fn(move |req| Arc::clone(&gateway).handle(req, peer))

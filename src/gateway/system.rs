@@ -1,8 +1,6 @@
 //! The system API (`/system/*`), with OpenFaaS's routes and JSON shapes.
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -25,7 +23,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
         ("/system/functions", Method::GET) => json(StatusCode::OK, &gateway.registry.list()),
         ("/system/functions", Method::POST | Method::PUT) => {
             let replace_only = req.method() == Method::PUT;
-            match read_json::<FunctionDeployment>(req).await {
+            match read_json::<FunctionDeployment>(gateway, req).await {
                 Err(resp) => resp,
                 Ok(spec) => {
                     let name = spec.service.clone();
@@ -41,7 +39,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
             }
         }
         ("/system/functions", Method::DELETE) => {
-            match read_json::<DeleteFunctionRequest>(req).await {
+            match read_json::<DeleteFunctionRequest>(gateway, req).await {
                 Err(resp) => resp,
                 Ok(del) => match gateway.registry.delete(&del.function_name) {
                     Ok(()) => {
@@ -62,7 +60,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
         }
         (p, Method::POST) if p.starts_with("/system/scale-function/") => {
             let name = p["/system/scale-function/".len()..].to_string();
-            match read_json::<ScaleServiceRequest>(req).await {
+            match read_json::<ScaleServiceRequest>(gateway, req).await {
                 Err(resp) => resp,
                 Ok(scale) if !scale.service_name.is_empty() && scale.service_name != name => text(
                     StatusCode::BAD_REQUEST,
@@ -140,18 +138,18 @@ fn info(gateway: &Gateway) -> Info {
 
 /// Reads a JSON request body (at most [`MAX_BODY`]); a bad body is already the 400 reply.
 async fn read_json<T: DeserializeOwned>(
+    gateway: &Gateway,
     req: Request<Incoming>,
 ) -> Result<T, Response<ResponseBody>> {
-    let bytes: Bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            let status = if e.is::<http_body_util::LengthLimitError>() {
-                StatusCode::PAYLOAD_TOO_LARGE
-            } else {
-                StatusCode::BAD_REQUEST
-            };
-            return Err(text(status, format!("Cannot read the request body: {e}\n")));
+    let bytes = match super::invoke::read_body(req.into_body(), MAX_BODY, &gateway.config).await {
+        Ok(bytes) => bytes,
+        Err(super::invoke::ReadBodyError::TooLarge) => {
+            return Err(text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("Request body is larger than {MAX_BODY} bytes.\n"),
+            ));
         }
+        Err(super::invoke::ReadBodyError::Client(reply)) => return Err(reply),
     };
     serde_json::from_slice(&bytes)
         .map_err(|e| text(StatusCode::BAD_REQUEST, format!("Invalid JSON: {e}\n")))

@@ -162,24 +162,59 @@ impl<H: Unpin> Body for Guarded<H> {
 #[error("request body not received within read_timeout")]
 pub struct ReadTimedOut;
 
-/// Forwards a request body that must have arrived by `deadline`; past it the body fails with
-/// [`ReadTimedOut`] and the returned flag is set, so the caller can tell a slow client from a
-/// failing upstream.
+/// Why a client's request body could not be forwarded, as [`read_bounded`] saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientBodyFailure {
+    /// It did not arrive by the deadline (the client's fault: 408).
+    TimedOut,
+    /// It was malformed (bad chunked framing) or cut short (the client's fault: 400).
+    Unreadable,
+}
+
+/// What happened to a body forwarded by [`read_bounded`], readable after the forwarding
+/// failed, so the caller can tell a client's fault from a failing upstream.
+#[derive(Debug, Default)]
+pub struct BodyWatch(std::sync::atomic::AtomicU8);
+
+impl BodyWatch {
+    /// The body's failure, if it failed.
+    pub fn failure(&self) -> Option<ClientBodyFailure> {
+        match self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            1 => Some(ClientBodyFailure::TimedOut),
+            2 => Some(ClientBodyFailure::Unreadable),
+            _ => None,
+        }
+    }
+
+    fn set(&self, failure: ClientBodyFailure) {
+        let code = match failure {
+            ClientBodyFailure::TimedOut => 1,
+            ClientBodyFailure::Unreadable => 2,
+        };
+        self.0.store(code, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Forwards a request body that must have arrived by `deadline`, with no gap between two
+/// pieces longer than `idle`; past either the body fails with [`ReadTimedOut`]. The returned
+/// watch says whether (and how) the client's body failed.
 pub fn read_bounded<B>(
     inner: B,
     deadline: Option<Instant>,
-) -> (ResponseBody, std::sync::Arc<std::sync::atomic::AtomicBool>)
+    idle: Option<std::time::Duration>,
+) -> (ResponseBody, std::sync::Arc<BodyWatch>)
 where
     B: Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
-    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watch = std::sync::Arc::new(BodyWatch::default());
     let body = ReadBounded {
         inner,
         deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-        timed_out: std::sync::Arc::clone(&flag),
+        idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+        watch: std::sync::Arc::clone(&watch),
     };
-    (body.boxed_unsync(), flag)
+    (body.boxed_unsync(), watch)
 }
 
 /// See [`read_bounded`].
@@ -188,8 +223,10 @@ struct ReadBounded<B> {
     inner: B,
     /// When it must have ended.
     deadline: Option<Pin<Box<Sleep>>>,
-    /// Set when the deadline passed.
-    timed_out: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The longest gap between two pieces, and when the current gap ends.
+    idle: Option<(std::time::Duration, Pin<Box<Sleep>>)>,
+    /// Records a failure.
+    watch: std::sync::Arc<BodyWatch>,
 }
 
 impl<B> Body for ReadBounded<B>
@@ -205,13 +242,29 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
-            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+            let frame = frame.map(|f| f.map_err(Into::into));
+            match &frame {
+                Some(Err(_)) => self.watch.set(ClientBodyFailure::Unreadable),
+                Some(Ok(_)) => {
+                    if let Some((gap, sleep)) = &mut self.idle {
+                        let next = Instant::now() + *gap;
+                        sleep.as_mut().reset(next);
+                    }
+                }
+                None => {}
+            }
+            return Poll::Ready(frame);
         }
-        if let Some(deadline) = &mut self.deadline
-            && deadline.as_mut().poll(cx).is_ready()
-        {
-            self.timed_out
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+        let idle_over = match &mut self.idle {
+            Some((_, sleep)) => sleep.as_mut().poll(cx).is_ready(),
+            None => false,
+        };
+        let deadline_over = match &mut self.deadline {
+            Some(deadline) => deadline.as_mut().poll(cx).is_ready(),
+            None => false,
+        };
+        if idle_over || deadline_over {
+            self.watch.set(ClientBodyFailure::TimedOut);
             return Poll::Ready(Some(Err(ReadTimedOut.into())));
         }
         Poll::Pending

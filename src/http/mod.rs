@@ -3,9 +3,12 @@
 //! - [`body`]: response body types (from memory, a spill file, a channel) and the wrappers that
 //!   bound how long a body may take to send or to arrive.
 //! - [`server`]: the accept loop: serving HTTP/1.1 connections with graceful shutdown.
+//! - [`connection`]: what every accepted socket gets: requests framed by both `Content-Length`
+//!   and `Transfer-Encoding` refused, and a lingering close so clients read early answers.
 //! - [`proxy`]: reverse proxying: the pooled client, hop-by-hop headers, upstream URLs and
 //!   upgrade tunnels.
 
 pub mod body;
+pub mod connection;
 pub mod proxy;
 pub mod server;

@@ -12,7 +12,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::http::body::ResponseBody;
 
@@ -22,7 +22,7 @@ pub type Client = hyper_util::client::legacy::Client<HttpConnector, ResponseBody
 
 /// How long an idle pooled connection is kept: shorter than the idle limits of common
 /// upstream servers (Node closes after 5 s), so a request rarely meets a connection the server
-/// is closing.
+/// is closing. A pool timer closes idle connections on time, not only when the pool is used.
 const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// How long connecting to an upstream may take.
@@ -35,6 +35,7 @@ pub fn client() -> Client {
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
+        .pool_timer(TokioTimer::new())
         .build(connector)
 }
 
@@ -56,6 +57,7 @@ pub fn tls_client() -> TlsClient {
         .wrap_connector(http);
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
+        .pool_timer(TokioTimer::new())
         .build(connector)
 }
 
@@ -146,6 +148,23 @@ pub fn forward_request_headers(
         headers.insert(X_FORWARDED_HOST, host);
     }
     upgrade
+}
+
+/// Gives a `POST`, `PUT` or `PATCH` request whose body is empty and whose length the client did
+/// not state an explicit `Content-Length: 0`, as OpenFaaS's of-watchdog does: without it,
+/// frameworks such as Express parse the missing body differently (`{}` instead of `""`).
+pub fn set_empty_length(method: &http::Method, headers: &mut HeaderMap, body_is_empty: bool) {
+    let has_payload_semantics = matches!(
+        *method,
+        http::Method::POST | http::Method::PUT | http::Method::PATCH
+    );
+    if has_payload_semantics
+        && body_is_empty
+        && !headers.contains_key(header::CONTENT_LENGTH)
+        && !headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
 }
 
 /// Rewrites an upstream response's headers for the client. A `101 Switching Protocols` keeps
@@ -293,6 +312,19 @@ mod tests {
         let mut plain = map(&[("upgrade", "websocket")]);
         assert_eq!(forward_request_headers(&mut plain, None), None);
         assert!(!plain.contains_key("upgrade"));
+    }
+
+    #[test]
+    fn empty_bodies_of_posts_get_a_zero_length() {
+        let mut h = HeaderMap::new();
+        set_empty_length(&http::Method::POST, &mut h, true);
+        assert_eq!(h["content-length"], "0");
+        let mut h = HeaderMap::new();
+        set_empty_length(&http::Method::GET, &mut h, true);
+        assert!(h.is_empty());
+        let mut h = map(&[("transfer-encoding", "chunked")]);
+        set_empty_length(&http::Method::PUT, &mut h, false);
+        assert!(!h.contains_key("content-length"));
     }
 
     #[test]

@@ -3,6 +3,9 @@
 //! Transient accept errors (for example running out of file descriptors) are logged and retried,
 //! never fatal. Each connection runs in a task tracked by a [`TaskTracker`], so a shutdown can
 //! ask every connection to finish its current request and then wait for them with a deadline.
+//! Every socket is a [`GuardedIo`] (framing check, lingering close); request heads are bounded
+//! to [`MAX_HEAD`] bytes and [`MAX_HEADERS`] fields (431 beyond); an optional connection limit
+//! answers 503 to connections beyond it.
 
 use std::future::Future;
 use std::time::Duration;
@@ -17,9 +20,19 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::body::BoxError;
+use super::connection::{GuardedIo, MAX_HEAD, MAX_HEADERS, REFUSED_BUSY};
 
 /// How long to back off after an accept error such as EMFILE.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// How connections are served.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ServeOptions {
+    /// Longest a client may take to send a request head.
+    pub header_read_timeout: Option<Duration>,
+    /// Most connections open at once; more are answered 503 and closed.
+    pub max_connections: Option<usize>,
+}
 
 /// Accepts connections until `stop` is cancelled, serving each with a service from `make`
 /// (given the peer's address).
@@ -31,7 +44,7 @@ pub async fn accept_loop<M, S, B>(
     listener: TcpListener,
     stop: CancellationToken,
     tracker: TaskTracker,
-    header_read_timeout: Option<Duration>,
+    options: ServeOptions,
     make: M,
 ) where
     M: Fn(std::net::SocketAddr) -> S,
@@ -43,10 +56,19 @@ pub async fn accept_loop<M, S, B>(
     B::Error: Into<BoxError>,
 {
     let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).keep_alive(true);
-    if let Some(t) = header_read_timeout {
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_header_size(MAX_HEAD);
+    // hyper's default limit on the number of header fields is MAX_HEADERS already (setting it
+    // would move the parser's header array to the heap).
+    debug_assert_eq!(MAX_HEADERS, 100);
+    if let Some(t) = options.header_read_timeout {
         builder.header_read_timeout(t);
     }
+    let slots = options
+        .max_connections
+        .map(|n| std::sync::Arc::new(tokio::sync::Semaphore::new(n)));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -63,11 +85,26 @@ pub async fn accept_loop<M, S, B>(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "could not set TCP_NODELAY");
         }
+        let slot = match &slots {
+            None => None,
+            Some(slots) => match std::sync::Arc::clone(slots).try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    tracing::warn!(%peer, "connection limit reached; answering 503");
+                    tracker.spawn(async move {
+                        let mut refused = GuardedIo::refusing(stream, REFUSED_BUSY);
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut refused).await;
+                    });
+                    continue;
+                }
+            },
+        };
         let conn = builder
-            .serve_connection(TokioIo::new(stream), make(peer))
+            .serve_connection(TokioIo::new(GuardedIo::new(stream)), make(peer))
             .with_upgrades();
         let stop = stop.clone();
         tracker.spawn(async move {
+            let _slot = slot;
             let mut conn = std::pin::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,
@@ -98,7 +135,10 @@ where
         listener,
         shutdown,
         tracker.clone(),
-        Some(Duration::from_secs(5)),
+        ServeOptions {
+            header_read_timeout: Some(Duration::from_secs(5)),
+            max_connections: Some(64),
+        },
         move |_| hyper::service::service_fn(f.clone()),
     )
     .await;

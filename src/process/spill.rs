@@ -5,7 +5,7 @@ use std::io;
 use std::path::PathBuf;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// Bytes kept in memory before the buffer moves to a file.
 pub const DEFAULT_SPILL_THRESHOLD: usize = 1024 * 1024;
@@ -36,6 +36,27 @@ impl Spilled {
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Up to `n` bytes from the start; a file is left positioned at its start again.
+    pub async fn head(&mut self, n: usize) -> io::Result<Bytes> {
+        match self {
+            Spilled::Memory(b) => Ok(b.slice(..b.len().min(n))),
+            Spilled::File { file, .. } => {
+                let mut head = vec![0; n];
+                let mut filled = 0;
+                while filled < n {
+                    let read = file.read(&mut head[filled..]).await?;
+                    if read == 0 {
+                        break;
+                    }
+                    filled += read;
+                }
+                head.truncate(filled);
+                file.seek(io::SeekFrom::Start(0)).await?;
+                Ok(head.into())
+            }
+        }
     }
 }
 

@@ -11,6 +11,7 @@ pub mod invocation;
 pub mod metrics;
 pub mod mode;
 pub mod outcome;
+pub mod sniff;
 pub mod stdin;
 
 use std::convert::Infallible;
@@ -296,7 +297,10 @@ pub async fn run(
             listener,
             stop_accepting.clone(),
             connections.clone(),
-            config.read_timeout,
+            server::ServeOptions {
+                header_read_timeout: config.read_timeout,
+                max_connections: None,
+            },
             move |peer| {
                 let watchdog = Arc::clone(&watchdog);
                 hyper::service::service_fn(move |req| Arc::clone(&watchdog).handle(req, peer))

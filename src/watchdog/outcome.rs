@@ -71,6 +71,14 @@ pub fn read_timed_out() -> Text {
     )
 }
 
+/// The request body was malformed or cut short: 400.
+pub fn body_unreadable() -> Text {
+    (
+        StatusCode::BAD_REQUEST,
+        b"Request body is malformed or incomplete.\n".to_vec(),
+    )
+}
+
 /// Status and body when the handler could not be started at all.
 pub fn spawn_failed(command: &str, error: &std::io::Error) -> (StatusCode, Vec<u8>) {
     (

@@ -12,6 +12,7 @@ mod gateway;
 mod gateway_async;
 mod gateway_jetstream;
 mod harness;
+mod hostile;
 mod quick_start;
 mod watchdog_classic;
 mod watchdog_config;

@@ -366,3 +366,52 @@ async fn long_log_lines_are_split_and_never_block() {
     assert_eq!(lines.len(), 300);
     assert!(lines.iter().all(|&n| n == 1000));
 }
+
+#[tokio::test]
+async fn without_any_content_type_the_type_is_sniffed_from_the_output_as_go_does() {
+    // The handler prints what the request body asks for (`cat`); nothing sets a type.
+    let wd = Watchdog::start(&[("fprocess", "cat")]).await;
+    let big_html = format!("<!DOCTYPE html>{}", "x".repeat(2 * 1024 * 1024));
+    for (output, expected) in [
+        (
+            "  <html><body>hi</body></html>",
+            Some("text/html; charset=utf-8"),
+        ),
+        ("hello", Some("text/plain; charset=utf-8")),
+        ("{\"json\": true}", Some("text/plain; charset=utf-8")),
+        ("\u{1}\u{2}\u{3}", Some("application/octet-stream")),
+        ("%PDF-1.7", Some("application/pdf")),
+        // Past the spill threshold: the first bytes come from the temp file.
+        (big_html.as_str(), Some("text/html; charset=utf-8")),
+        ("", None),
+    ] {
+        let req = Request::post("/")
+            .body(Full::new(Bytes::from(output.to_string())))
+            .unwrap();
+        let r = send(wd.addr, req).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().len(), output.len());
+        assert_eq!(
+            r.header("content-type").as_deref(),
+            expected,
+            "{output:.20}"
+        );
+    }
+    // A failure's "exit status N" text is sniffed too.
+    let failing = Watchdog::start(&[("fprocess", "sh -c 'echo oops; exit 3'")]).await;
+    let r = get(failing.addr, "/").await;
+    assert_eq!(r.status(), 500);
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
+    // The request's type, or content_type, still wins.
+    let req = Request::post("/")
+        .header("content-type", "application/x-mine")
+        .body(Full::new(Bytes::from_static(b"<html>")))
+        .unwrap();
+    assert_eq!(
+        send(wd.addr, req).await.header("content-type").as_deref(),
+        Some("application/x-mine")
+    );
+}

@@ -2,7 +2,7 @@
 //! past a threshold), and answer once its exit status is known.
 
 use http::request::Parts;
-use http::{StatusCode, header};
+use http::{HeaderValue, StatusCode, header};
 use hyper::body::Incoming;
 
 use super::{Ended, Stdout, supervise};
@@ -10,7 +10,7 @@ use crate::config::Mode;
 use crate::http::body;
 use crate::process::spill::{DEFAULT_SPILL_THRESHOLD, SpillBuffer, Spilled};
 use crate::watchdog::invocation::{Invocation, Reply, reply_content_type};
-use crate::watchdog::outcome;
+use crate::watchdog::{outcome, sniff};
 
 /// Runs one request in a buffered mode.
 pub async fn serve(inv: Invocation, parts: &Parts, body: Incoming) -> Reply {
@@ -37,7 +37,7 @@ pub async fn serve(inv: Invocation, parts: &Parts, body: Incoming) -> Reply {
     )
     .await;
     let duration = start.elapsed();
-    let output = match buffer.finish().await {
+    let mut output = match buffer.finish().await {
         Ok(output) => output,
         Err(e) => return Reply::text(outcome::failure(config.mode, &Ended::Io(e))),
     };
@@ -47,8 +47,17 @@ pub async fn serve(inv: Invocation, parts: &Parts, body: Incoming) -> Reply {
             if config.write_debug {
                 log_output(&output, duration);
             }
+            let ct = match reply_content_type(&config, &parts.headers, true) {
+                Some(ct) => Some(ct),
+                // Nothing set a type: guess it from the output, as the classic watchdog's HTTP
+                // server (Go's) does; an empty body gets none.
+                None if config.mode == Mode::Classic && !output.is_empty() => {
+                    sniffed(&[], &mut output).await
+                }
+                None => None,
+            };
             let mut reply = Reply::new(StatusCode::OK, body::spilled(output));
-            if let Some(ct) = reply_content_type(&config, &parts.headers, true) {
+            if let Some(ct) = ct {
                 reply.headers.insert(header::CONTENT_TYPE, ct);
             }
             reply
@@ -59,7 +68,15 @@ pub async fn serve(inv: Invocation, parts: &Parts, body: Incoming) -> Reply {
             }
             let (status, text) = outcome::failure(config.mode, &ended);
             if outcome::includes_output(config.mode, &ended) {
-                Reply::new(status, body::prefixed(text, output))
+                let ct = match config.mode {
+                    Mode::Classic => sniffed(&text, &mut output).await,
+                    _ => None,
+                };
+                let mut reply = Reply::new(status, body::prefixed(text, output));
+                if let Some(ct) = ct {
+                    reply.headers.insert(header::CONTENT_TYPE, ct);
+                }
+                reply
             } else {
                 Reply::text((status, text))
             }
@@ -67,6 +84,16 @@ pub async fn serve(inv: Invocation, parts: &Parts, body: Incoming) -> Reply {
     };
     reply.set_duration(duration);
     reply
+}
+
+/// The type Go's HTTP server would give a body starting with `prefix` and then `output`.
+async fn sniffed(prefix: &[u8], output: &mut Spilled) -> Option<HeaderValue> {
+    let mut head = prefix[..prefix.len().min(sniff::SNIFF_LEN)].to_vec();
+    match output.head(sniff::SNIFF_LEN - head.len()).await {
+        Ok(rest) => head.extend_from_slice(&rest),
+        Err(e) => tracing::debug!(error = %e, "cannot read the output's first bytes"),
+    }
+    Some(HeaderValue::from_static(sniff::sniff(&head)))
 }
 
 fn log_output(output: &Spilled, duration: std::time::Duration) {

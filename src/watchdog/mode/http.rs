@@ -11,7 +11,6 @@ use std::io;
 use std::net::IpAddr;
 use std::process::ExitStatus;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -274,6 +273,11 @@ impl Upstream {
         };
         parts.version = http::Version::HTTP_11;
         parts.extensions = http::Extensions::new();
+        proxy::set_empty_length(
+            &parts.method,
+            &mut parts.headers,
+            hyper::body::Body::is_end_stream(&incoming),
+        );
 
         let (body, read_timed_out) = if config.buffer_body && upgrade.is_none() {
             match buffer(incoming, config.buffer_body_limit, read_deadline).await {
@@ -286,15 +290,18 @@ impl Upstream {
                 Err(text) => return Reply::text(text),
             }
         } else {
-            let (body, flag) = body::read_bounded(incoming, read_deadline);
+            let (body, flag) = body::read_bounded(incoming, read_deadline, None);
             (body, Some(flag))
         };
 
         let sent = proxy::send(&self.client, Request::from_parts(parts, body), deadline).await;
         let response = match sent {
             Ok(resp) => resp,
-            Err(_) if read_timed_out.is_some_and(|f| f.load(Ordering::SeqCst)) => {
-                return Reply::text(outcome::read_timed_out());
+            Err(_) if let Some(failure) = read_timed_out.as_ref().and_then(|w| w.failure()) => {
+                return Reply::text(match failure {
+                    body::ClientBodyFailure::TimedOut => outcome::read_timed_out(),
+                    body::ClientBodyFailure::Unreadable => outcome::body_unreadable(),
+                });
             }
             Err(proxy::SendError::TimedOut) => return timed_out(limit),
             Err(proxy::SendError::Connect(why)) => {

@@ -1,0 +1,636 @@
+//! One client connection's socket as the HTTP server sees it, with two guards hyper lacks.
+//!
+//! **Framing.** A request head that carries both `Content-Length` and `Transfer-Encoding` is
+//! refused with `400` and the connection closed (RFC 9112, section 6.1 allows it; a proxy must
+//! never let two readers disagree about where a body ends). hyper would silently prefer the
+//! chunked framing and drop the `Content-Length` header, so the check happens here, below hyper:
+//! request heads are parsed (with `httparse`, as hyper does) before hyper sees them, and bodies
+//! are followed (length or chunks) to find the next head. A head this cannot follow (an
+//! upgrade, a parse error, an oversized head) switches the check off for the rest of the
+//! connection and hands every byte to hyper, which answers such requests itself.
+//!
+//! **Lingering close.** When the server answers before reading the whole request body (413,
+//! 401, 404, a handler that exits without reading stdin...), closing the socket with unread
+//! bytes makes the kernel send a reset, and a client that writes its whole body before reading
+//! loses the answer. So closing first shuts down the write side (the client sees the end of the
+//! response), then reads and discards what the client still sends, until it closes, for at most
+//! [`LINGER_TOTAL`], [`LINGER_IDLE`] without data, or [`LINGER_BYTES`] bytes, as nginx's
+//! lingering close does.
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Largest request head (request line and headers) accepted; larger ones get 431.
+pub const MAX_HEAD: usize = 64 * 1024;
+/// Most header fields in one request; more get 431.
+pub const MAX_HEADERS: usize = 100;
+/// Longest a closing connection keeps reading what the client still sends.
+pub const LINGER_TOTAL: Duration = Duration::from_secs(10);
+/// Longest a closing connection waits for more bytes from the client.
+pub const LINGER_IDLE: Duration = Duration::from_secs(2);
+/// Most bytes a closing connection reads and discards.
+pub const LINGER_BYTES: u64 = 32 * 1024 * 1024;
+
+/// What a refused request gets.
+const REFUSED_FRAMING: &[u8] = b"HTTP/1.1 400 Bad Request\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+connection: close\r\n\
+content-length: 75\r\n\
+\r\n\
+A request may not carry both Content-Length and Transfer-Encoding: chunked\n";
+
+/// What a connection over the server's connection limit gets.
+pub const REFUSED_BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: text/plain; charset=utf-8\r\n\
+connection: close\r\n\
+retry-after: 1\r\n\
+content-length: 45\r\n\
+\r\n\
+Too many open connections; try again shortly\n";
+
+/// Size of the buffer request heads are checked in (it grows for larger heads).
+const READ_CHUNK: usize = 8 * 1024;
+
+/// A socket with the framing check and the lingering close; see the module docs.
+#[derive(Debug)]
+pub struct GuardedIo<T> {
+    /// The socket.
+    io: T,
+    /// Bytes read from the socket that the server has not taken yet; empty (and unallocated)
+    /// most of the time.
+    buf: Vec<u8>,
+    /// Where the untaken bytes start in `buf`.
+    start: usize,
+    /// Bytes of `buf` before this were checked and may be handed to the server.
+    checked: usize,
+    /// Where the read bytes end in `buf`.
+    end: usize,
+    /// Where the byte stream stands in the current request.
+    framing: Framing,
+    /// The client closed its side.
+    eof: bool,
+    /// A response to write before closing, instead of the server's.
+    reply: Option<&'static [u8]>,
+    /// How far closing has come.
+    closing: Closing,
+}
+
+/// Where the client's byte stream stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// Expecting a request head.
+    Head,
+    /// In a body of a known length: the bytes left.
+    Fixed(u64),
+    /// In a chunk-size line: the size so far, its digit count, and whether an extension began.
+    ChunkSize { size: u64, digits: u8, ext: bool },
+    /// In a chunk's data: the bytes left.
+    ChunkData(u64),
+    /// After a chunk's data, before its line end.
+    ChunkEnd,
+    /// In the trailer section: the length of the current line.
+    Trailers(usize),
+    /// Not checked any more: every byte goes to the server.
+    Off,
+    /// A head was refused: the server gets no more bytes.
+    Refused,
+}
+
+/// How far closing has come.
+#[derive(Debug)]
+enum Closing {
+    /// Not closing.
+    Open,
+    /// Writing [`GuardedIo::reply`]: bytes written so far.
+    Reply(usize),
+    /// Shutting down the write side.
+    ShutWrite,
+    /// Reading and discarding.
+    Drain {
+        /// When lingering ends whatever happens.
+        total: Pin<Box<Sleep>>,
+        /// When lingering ends if nothing arrives.
+        idle: Pin<Box<Sleep>>,
+        /// Bytes discarded so far.
+        discarded: u64,
+    },
+    /// Done.
+    Done,
+}
+
+/// What a look at a request head found.
+enum HeadScan {
+    /// The head is not complete yet.
+    Partial,
+    /// The head is complete (`len` bytes) and the stream goes on as `next`.
+    Complete { len: usize, next: Framing },
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    Refuse,
+    /// Something this check does not follow; the server will judge it.
+    Unchecked,
+}
+
+impl<T> GuardedIo<T> {
+    /// Wraps a freshly accepted socket.
+    pub fn new(io: T) -> Self {
+        GuardedIo {
+            io,
+            buf: Vec::new(),
+            start: 0,
+            checked: 0,
+            end: 0,
+            framing: Framing::Head,
+            eof: false,
+            reply: None,
+            closing: Closing::Open,
+        }
+    }
+
+    /// A socket that is only closed: `reply` is written, then the close lingers (for
+    /// connections refused before any HTTP is served; shut it down to send the reply).
+    pub fn refusing(io: T, reply: &'static [u8]) -> Self {
+        let mut guarded = Self::new(io);
+        guarded.reply = Some(reply);
+        guarded.framing = Framing::Refused;
+        guarded
+    }
+
+    /// Advances the check over the bytes read but not checked yet.
+    fn check(&mut self) {
+        while self.checked < self.end {
+            let data = &self.buf[self.checked..self.end];
+            match self.framing {
+                Framing::Off => self.checked = self.end,
+                Framing::Refused => return,
+                Framing::Head => match scan_head(data) {
+                    HeadScan::Partial if data.len() <= MAX_HEAD => return,
+                    HeadScan::Partial | HeadScan::Unchecked => self.framing = Framing::Off,
+                    HeadScan::Refuse => {
+                        self.framing = Framing::Refused;
+                        self.reply = Some(REFUSED_FRAMING);
+                        return;
+                    }
+                    HeadScan::Complete { len, .. } if len > MAX_HEAD => {
+                        // The server answers 431.
+                        self.framing = Framing::Off;
+                    }
+                    HeadScan::Complete { len, next } => {
+                        self.checked += len;
+                        self.framing = next;
+                    }
+                },
+                Framing::Fixed(left) | Framing::ChunkData(left) => {
+                    let take = left.min(data.len() as u64);
+                    self.checked += take as usize;
+                    self.framing = match (self.framing, left - take) {
+                        (Framing::Fixed(_), 0) => Framing::Head,
+                        (Framing::Fixed(_), rest) => Framing::Fixed(rest),
+                        (_, 0) => Framing::ChunkEnd,
+                        (_, rest) => Framing::ChunkData(rest),
+                    };
+                }
+                Framing::ChunkSize { .. } | Framing::ChunkEnd | Framing::Trailers(_) => {
+                    for &byte in data {
+                        self.checked += 1;
+                        self.framing = chunk_byte(self.framing, byte);
+                        if !matches!(
+                            self.framing,
+                            Framing::ChunkSize { .. } | Framing::ChunkEnd | Framing::Trailers(_)
+                        ) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Forgets buffered bytes and releases the buffer.
+    fn discard_buffer(&mut self) {
+        self.buf = Vec::new();
+        self.start = 0;
+        self.checked = 0;
+        self.end = 0;
+    }
+}
+
+/// The framing after one more byte of chunk-size line, chunk end or trailers.
+fn chunk_byte(state: Framing, byte: u8) -> Framing {
+    /// Longest chunk-size line (extensions included) or trailer line followed.
+    const MAX_LINE: usize = 4096;
+    match state {
+        Framing::ChunkSize { size, digits, ext } => match byte {
+            b'\n' if digits == 0 => Framing::Off,
+            b'\n' if size == 0 => Framing::Trailers(0),
+            b'\n' => Framing::ChunkData(size),
+            b'\r' => state,
+            _ if !ext && byte.is_ascii_hexdigit() => {
+                let digit = u64::from((byte as char).to_digit(16).unwrap_or(0));
+                if digits >= 15 {
+                    return Framing::Off;
+                }
+                Framing::ChunkSize {
+                    size: size * 16 + digit,
+                    digits: digits + 1,
+                    ext,
+                }
+            }
+            _ if digits == 0 && byte != b' ' && byte != b'\t' => Framing::Off,
+            _ if usize::from(digits) > MAX_LINE => Framing::Off,
+            _ => Framing::ChunkSize {
+                size,
+                digits,
+                ext: true,
+            },
+        },
+        Framing::ChunkEnd => match byte {
+            b'\r' => state,
+            b'\n' => Framing::ChunkSize {
+                size: 0,
+                digits: 0,
+                ext: false,
+            },
+            _ => Framing::Off,
+        },
+        Framing::Trailers(len) => match byte {
+            b'\n' if len == 0 => Framing::Head,
+            b'\n' => Framing::Trailers(0),
+            b'\r' => state,
+            _ if len >= MAX_LINE => Framing::Off,
+            _ => Framing::Trailers(len + 1),
+        },
+        other => other,
+    }
+}
+
+/// Looks at the request head at the start of `data`.
+fn scan_head(data: &[u8]) -> HeadScan {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(data) {
+        Ok(httparse::Status::Partial) => return HeadScan::Partial,
+        Ok(httparse::Status::Complete(len)) => len,
+        Err(_) => return HeadScan::Unchecked,
+    };
+    let mut length: Option<u64> = None;
+    let mut has_length = false;
+    let mut encoding: Option<bool> = None;
+    let mut upgrade = req.method == Some("CONNECT");
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            has_length = true;
+            let parsed = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            match (parsed, length) {
+                (None, _) => return HeadScan::Unchecked,
+                (Some(n), Some(m)) if n != m => return HeadScan::Unchecked,
+                (Some(n), _) => length = Some(n),
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
+            encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = true;
+        }
+    }
+    if has_length && encoding.is_some() {
+        return HeadScan::Refuse;
+    }
+    let next = match (upgrade, encoding, length) {
+        (true, _, _) | (_, Some(false), _) => Framing::Off,
+        (_, Some(true), _) => Framing::ChunkSize {
+            size: 0,
+            digits: 0,
+            ext: false,
+        },
+        (_, None, Some(n)) if n > 0 => Framing::Fixed(n),
+        _ => Framing::Head,
+    };
+    HeadScan::Complete { len, next }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        out: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            // Checked bytes first.
+            if this.checked > this.start {
+                let n = (this.checked - this.start).min(out.remaining());
+                out.put_slice(&this.buf[this.start..this.start + n]);
+                this.start += n;
+                if this.start == this.end {
+                    this.start = 0;
+                    this.checked = 0;
+                    this.end = 0;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            if this.framing == Framing::Refused {
+                // The server sees the connection end before the refused request.
+                return Poll::Ready(Ok(()));
+            }
+            if this.eof {
+                if this.end > this.start {
+                    // A partial head at the end: the server reports it itself.
+                    this.checked = this.end;
+                    continue;
+                }
+                return Poll::Ready(Ok(()));
+            }
+            // Nothing buffered: bodies of known length and unchecked streams go straight
+            // into the server's buffer.
+            if this.start == this.end {
+                match this.framing {
+                    Framing::Off => {
+                        this.discard_buffer();
+                        return Pin::new(&mut this.io).poll_read(cx, out);
+                    }
+                    Framing::Fixed(left) => {
+                        let limit = usize::try_from(left)
+                            .unwrap_or(usize::MAX)
+                            .min(out.remaining());
+                        let mut part = out.take(limit);
+                        ready!(Pin::new(&mut this.io).poll_read(cx, &mut part))?;
+                        let n = part.filled().len();
+                        // SAFETY: `part` borrows the unfilled part of `out`, and its first `n`
+                        // bytes were just initialised by the read.
+                        unsafe { out.assume_init(n) };
+                        out.advance(n);
+                        if n == 0 {
+                            this.eof = true;
+                        } else {
+                            let rest = left - n as u64;
+                            this.framing = if rest == 0 {
+                                Framing::Head
+                            } else {
+                                Framing::Fixed(rest)
+                            };
+                        }
+                        return Poll::Ready(Ok(()));
+                    }
+                    _ => {}
+                }
+            }
+            // Read into our buffer and check.
+            if this.buf.is_empty() {
+                this.buf = vec![0; READ_CHUNK];
+            }
+            if this.end == this.buf.len() {
+                if this.start > 0 {
+                    this.buf.copy_within(this.start..this.end, 0);
+                    this.checked -= this.start;
+                    this.end -= this.start;
+                    this.start = 0;
+                } else if this.buf.len() <= MAX_HEAD {
+                    let grown = this.buf.len() * 2;
+                    this.buf.resize(grown, 0);
+                } else {
+                    this.framing = Framing::Off;
+                    this.checked = this.end;
+                    continue;
+                }
+            }
+            let mut space = ReadBuf::new(&mut this.buf[this.end..]);
+            match Pin::new(&mut this.io).poll_read(cx, &mut space) {
+                Poll::Pending => {
+                    if this.start == this.end {
+                        this.discard_buffer();
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {
+                    let n = space.filled().len();
+                    if n == 0 {
+                        this.eof = true;
+                    } else {
+                        this.end += n;
+                        this.check();
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            match &mut this.closing {
+                Closing::Open => {
+                    this.closing = match this.reply {
+                        Some(_) => Closing::Reply(0),
+                        None => Closing::ShutWrite,
+                    };
+                }
+                Closing::Reply(written) => {
+                    let reply = this.reply.unwrap_or_default();
+                    while *written < reply.len() {
+                        match ready!(Pin::new(&mut this.io).poll_write(cx, &reply[*written..])) {
+                            Ok(0) | Err(_) => {
+                                this.closing = Closing::Done;
+                                return Poll::Ready(Ok(()));
+                            }
+                            Ok(n) => *written += n,
+                        }
+                    }
+                    this.closing = Closing::ShutWrite;
+                }
+                Closing::ShutWrite => {
+                    let shut = ready!(Pin::new(&mut this.io).poll_shutdown(cx));
+                    this.discard_buffer();
+                    this.closing = if shut.is_err() || this.eof {
+                        Closing::Done
+                    } else {
+                        let now = Instant::now();
+                        Closing::Drain {
+                            total: Box::pin(tokio::time::sleep_until(now + LINGER_TOTAL)),
+                            idle: Box::pin(tokio::time::sleep_until(now + LINGER_IDLE)),
+                            discarded: 0,
+                        }
+                    };
+                }
+                Closing::Drain {
+                    total,
+                    idle,
+                    discarded,
+                } => {
+                    let mut scratch = [0u8; 4096];
+                    loop {
+                        let mut space = ReadBuf::new(&mut scratch);
+                        match Pin::new(&mut this.io).poll_read(cx, &mut space) {
+                            Poll::Ready(Ok(())) if !space.filled().is_empty() => {
+                                *discarded += space.filled().len() as u64;
+                                if *discarded >= LINGER_BYTES {
+                                    break;
+                                }
+                                idle.as_mut().reset(Instant::now() + LINGER_IDLE);
+                            }
+                            Poll::Ready(_) => break,
+                            Poll::Pending => {
+                                if total.as_mut().poll(cx).is_pending()
+                                    && idle.as_mut().poll(cx).is_pending()
+                                {
+                                    return Poll::Pending;
+                                }
+                                break;
+                            }
+                        }
+                    }
+                    this.closing = Closing::Done;
+                }
+                Closing::Done => return Poll::Ready(Ok(())),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Everything the server side reads from `input`, split into reads of `step` bytes.
+    async fn served(input: &[u8], step: usize) -> (Vec<u8>, Framing) {
+        let (mut client, server) = tokio::io::duplex(1 << 20);
+        for part in input.chunks(step.max(1)) {
+            client.write_all(part).await.unwrap();
+        }
+        drop(client);
+        let mut guarded = GuardedIo::new(server);
+        let mut seen = Vec::new();
+        guarded.read_to_end(&mut seen).await.unwrap();
+        (seen, guarded.framing)
+    }
+
+    #[tokio::test]
+    async fn requests_pass_unchanged_whatever_the_read_sizes() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+GET /b HTTP/1.1\r\nHost: x\r\n\r\n\
+POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
+GET /d HTTP/1.1\r\n\r\n";
+        for step in [1, 2, 3, 7, 64, 4096] {
+            let (seen, framing) = served(stream, step).await;
+            assert_eq!(seen, stream, "step {step}");
+            assert_eq!(framing, Framing::Head, "step {step}");
+        }
+    }
+
+    #[tokio::test]
+    async fn both_framings_are_refused_before_the_server_sees_the_head() {
+        let first: &[u8] = b"GET /ok HTTP/1.1\r\n\r\n";
+        let bad: &[u8] =
+            b"POST /x HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        let both = [first, bad].concat();
+        for step in [1, 5, 4096] {
+            let (seen, framing) = served(&both, step).await;
+            assert_eq!(seen, first, "step {step}");
+            assert_eq!(framing, Framing::Refused);
+        }
+        // Either order of the two headers.
+        let reversed: &[u8] =
+            b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
+        assert_eq!(served(reversed, 4096).await, (Vec::new(), Framing::Refused));
+    }
+
+    #[tokio::test]
+    async fn what_the_check_cannot_follow_goes_through_unchecked() {
+        let upgrade: &[u8] =
+            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x05frame";
+        assert_eq!(
+            served(upgrade, 4096).await,
+            (upgrade.to_vec(), Framing::Off)
+        );
+        let garbage: &[u8] = b"NOT HTTP AT ALL\r\n\r\n";
+        assert_eq!(served(garbage, 4096).await.1, Framing::Off);
+        let partial: &[u8] = b"GET / HTTP/1.1\r\nHost:";
+        assert_eq!(served(partial, 4096).await.0, partial);
+        let huge = [
+            b"GET / HTTP/1.1\r\nX-Big: ".as_slice(),
+            &vec![b'a'; MAX_HEAD + 10],
+            b"\r\n\r\n",
+        ]
+        .concat();
+        let (seen, framing) = served(&huge, 4096).await;
+        assert_eq!(seen.len(), huge.len());
+        assert_eq!(framing, Framing::Off);
+    }
+
+    #[tokio::test]
+    async fn closing_writes_the_refusal_then_lingers_until_the_client_closes() {
+        let (mut client, server) = tokio::io::duplex(1 << 16);
+        let mut guarded = GuardedIo::refusing(server, REFUSED_BUSY);
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let closing = tokio::spawn(async move { guarded.shutdown().await });
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 503"));
+        let text = String::from_utf8_lossy(&answer);
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        assert_eq!(body.len(), 45);
+        // The client may still be sending: its bytes are read, not reset.
+        client.write_all(&[b'x'; 100_000]).await.unwrap();
+        drop(client);
+        closing.await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lingering_is_bounded_by_idle_time() {
+        let (_client, server) = tokio::io::duplex(1 << 16);
+        let mut guarded = GuardedIo::new(server);
+        let started = Instant::now();
+        guarded.shutdown().await.unwrap();
+        assert!(started.elapsed() >= LINGER_IDLE);
+        assert!(started.elapsed() < LINGER_TOTAL);
+    }
+
+    #[test]
+    fn refusal_bodies_match_their_lengths() {
+        for reply in [REFUSED_FRAMING, REFUSED_BUSY] {
+            let text = std::str::from_utf8(reply).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert_eq!(length, body.len(), "{head}");
+        }
+    }
+}
