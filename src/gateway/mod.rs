@@ -340,6 +340,13 @@ impl Gateway {
         let path = req.uri().path().to_string();
         let resp = if let Some(tail) = path.strip_prefix("/async-function/") {
             match (req.method(), tail.strip_prefix("status/")) {
+                // Reading a result or cancelling a call needs the same credentials as the
+                // system API: call ids can be chosen by callers, so they may be guessable.
+                (&http::Method::GET, Some(_)) | (&http::Method::DELETE, _)
+                    if self.auth.as_ref().is_some_and(|a| !a.allows(req.headers())) =>
+                {
+                    unauthorized()
+                }
                 (&http::Method::GET, Some(call_id)) => asynchronous::status(&self, call_id).await,
                 (&http::Method::DELETE, _) if !tail.is_empty() && !tail.contains('/') => {
                     asynchronous::cancel(&self, tail).await

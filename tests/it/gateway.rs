@@ -407,7 +407,7 @@ async fn sigterm_and_sigkill_leave_no_process_behind() {
 }
 
 #[tokio::test]
-async fn basic_auth_guards_the_system_api_only() {
+async fn basic_auth_guards_the_system_api_and_async_results() {
     let data = tempfile::tempdir().unwrap();
     let secrets = data.path().join("secrets");
     std::fs::create_dir_all(&secrets).unwrap();
@@ -444,6 +444,22 @@ async fn basic_auth_guards_the_system_api_only() {
     }
     assert_eq!(get(gw.addr, "/function/echo").await.status(), 200);
     assert_eq!(get(gw.addr, "/healthz").await.status(), 200);
+
+    // Enqueueing stays open like /function/; reading a result or cancelling needs credentials.
+    let r = crate::harness::post(gw.addr, "/async-function/echo", "later").await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    let id = r.header("x-call-id").unwrap();
+    let status_path = format!("/async-function/status/{id}");
+    assert_eq!(get(gw.addr, &status_path).await.status(), 401);
+    let req = Request::delete(format!("/async-function/{id}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(gw.addr, req).await.status(), 401);
+    let req = Request::get(status_path.as_str())
+        .header("authorization", creds("admin:pa55word"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(gw.addr, req).await.status(), 200);
 }
 
 #[tokio::test]
