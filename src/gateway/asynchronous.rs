@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use super::Gateway;
 use super::invoke::{self, CallRequest, FunctionPath, X_CALL_ID, text};
 use crate::http::body::ResponseBody;
+use crate::http::egress::EgressPolicy;
 use crate::http::proxy;
 use crate::queue::worker::Invoker;
 use crate::queue::{BoxFuture, Cancelled, Enqueued, Outcome, QueueRequest};
@@ -62,7 +63,11 @@ pub async fn enqueue(
     }
     let callback_url = match req.headers().get(X_CALLBACK_URL) {
         None => None,
-        Some(v) => match check_callback(v, &gateway.config.callback_allowlist) {
+        Some(v) => match check_callback(
+            v,
+            &gateway.config.callback_allowlist,
+            gateway.config.callback_egress,
+        ) {
             Ok(url) => Some(url),
             Err(why) => {
                 return text(
@@ -188,7 +193,11 @@ fn canonical(name: &str) -> String {
 }
 
 /// Checks an `X-Callback-Url`: http or https with a host, and in the allowlist when there is one.
-fn check_callback(value: &HeaderValue, allowlist: &[String]) -> Result<String, String> {
+fn check_callback(
+    value: &HeaderValue,
+    allowlist: &[String],
+    egress: EgressPolicy,
+) -> Result<String, String> {
     let text = value.to_str().map_err(|_| "not text".to_string())?.trim();
     let uri: http::Uri = text.parse().map_err(|e| format!("{e}"))?;
     match uri.scheme_str() {
@@ -196,6 +205,7 @@ fn check_callback(value: &HeaderValue, allowlist: &[String]) -> Result<String, S
         _ => return Err(format!("{text:?} is not an http or https URL")),
     }
     let host = uri.host().ok_or_else(|| format!("{text:?} has no host"))?;
+    egress.check_host(host)?;
     if !allowlist.is_empty() {
         let authority = uri.authority().map(|a| a.as_str()).unwrap_or(host);
         let allowed = allowlist
@@ -513,15 +523,40 @@ mod tests {
     #[test]
     fn callback_urls_are_checked() {
         let v = |s: &'static str| HeaderValue::from_static(s);
-        assert!(check_callback(&v("http://cb:9000/x"), &[]).is_ok());
-        assert!(check_callback(&v("https://cb.example/hook?a=1"), &[]).is_ok());
-        assert!(check_callback(&v("ftp://cb/x"), &[]).is_err());
-        assert!(check_callback(&v("/relative"), &[]).is_err());
+        assert!(check_callback(&v("http://cb:9000/x"), &[], EgressPolicy::default()).is_ok());
+        assert!(
+            check_callback(
+                &v("https://cb.example/hook?a=1"),
+                &[],
+                EgressPolicy::default()
+            )
+            .is_ok()
+        );
+        assert!(check_callback(&v("ftp://cb/x"), &[], EgressPolicy::default()).is_err());
+        assert!(check_callback(&v("/relative"), &[], EgressPolicy::default()).is_err());
         let allow = vec!["cb.example".to_string(), "10.0.0.1:9000".to_string()];
-        assert!(check_callback(&v("https://cb.example/x"), &allow).is_ok());
-        assert!(check_callback(&v("http://10.0.0.1:9000/x"), &allow).is_ok());
-        assert!(check_callback(&v("http://10.0.0.1:9001/x"), &allow).is_err());
-        assert!(check_callback(&v("http://evil.example/x"), &allow).is_err());
+        assert!(
+            check_callback(&v("https://cb.example/x"), &allow, EgressPolicy::default()).is_ok()
+        );
+        assert!(
+            check_callback(
+                &v("http://10.0.0.1:9000/x"),
+                &allow,
+                EgressPolicy::default()
+            )
+            .is_ok()
+        );
+        assert!(
+            check_callback(
+                &v("http://10.0.0.1:9001/x"),
+                &allow,
+                EgressPolicy::default()
+            )
+            .is_err()
+        );
+        assert!(
+            check_callback(&v("http://evil.example/x"), &allow, EgressPolicy::default()).is_err()
+        );
     }
 
     #[test]

@@ -275,6 +275,18 @@ pub struct WorkerArgs {
     /// sha256=HMAC of the body).
     #[arg(long, env = "callback_secret_file", value_name = "PATH")]
     pub callback_secret_file: Option<PathBuf>,
+
+    /// Refuse callbacks to loopback, private, shared (CGNAT) and unique-local addresses too
+    /// (link-local and cloud metadata addresses are always refused).
+    #[arg(
+        long,
+        env = "callback_deny_private",
+        default_value = "false",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        value_parser = boolean
+    )]
+    pub callback_deny_private: bool,
 }
 
 /// A size option.

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::parse;
 use crate::http::body::ResponseBody;
+use crate::http::egress::EgressPolicy;
 use crate::http::proxy;
 use crate::http::server;
 use crate::queue::Queue;
@@ -121,6 +122,8 @@ pub struct GatewayConfig {
     pub max_async_body: usize,
     /// Hosts callbacks may go to (empty: any).
     pub callback_allowlist: Vec<String>,
+    /// Addresses callbacks may reach.
+    pub callback_egress: EgressPolicy,
 }
 
 /// A running gateway's shared state.
@@ -207,6 +210,9 @@ pub fn worker_config(
         callback_backoff: args.callback_backoff,
         callback_backoff_max: args.callback_backoff_max,
         signing_secret,
+        egress: EgressPolicy {
+            deny_private: args.callback_deny_private,
+        },
         drain,
     })
 }
@@ -264,6 +270,9 @@ impl Gateway {
                 shutdown_timeout: args.shutdown_timeout,
                 max_async_body: args.max_async_body,
                 callback_allowlist: args.callback_allowlist.clone(),
+                callback_egress: EgressPolicy {
+                    deny_private: args.worker.callback_deny_private,
+                },
             },
             registry,
             metrics: Arc::new(GatewayMetrics::new()),

@@ -5,10 +5,12 @@
 //! - [`server`]: the accept loop: serving HTTP/1.1 connections with graceful shutdown.
 //! - [`connection`]: what every accepted socket gets: requests framed by both `Content-Length`
 //!   and `Transfer-Encoding` refused, and a lingering close so clients read early answers.
+//! - [`egress`]: which addresses requests to caller-chosen URLs (callbacks) may reach.
 //! - [`proxy`]: reverse proxying: the pooled client, hop-by-hop headers, upstream URLs and
 //!   upgrade tunnels.
 
 pub mod body;
 pub mod connection;
+pub mod egress;
 pub mod proxy;
 pub mod server;

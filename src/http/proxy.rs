@@ -15,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::http::body::ResponseBody;
+use crate::http::egress::{CheckedResolver, EgressPolicy};
 
 /// A pooled keep-alive HTTP/1.1 client whose request bodies are [`ResponseBody`]s (any boxed
 /// body, so a request body can stream straight through).
@@ -40,13 +41,15 @@ pub fn client() -> Client {
 }
 
 /// A pooled client for http and https URLs (callbacks), trusting the Mozilla root
-/// certificates bundled by `webpki-roots`.
-pub type TlsClient =
-    hyper_util::client::legacy::Client<hyper_rustls::HttpsConnector<HttpConnector>, ResponseBody>;
+/// certificates bundled by `webpki-roots`, connecting only to addresses its policy allows.
+pub type TlsClient = hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<HttpConnector<CheckedResolver>>,
+    ResponseBody,
+>;
 
-/// A client for callback URLs, http or https.
-pub fn tls_client() -> TlsClient {
-    let mut http = HttpConnector::new();
+/// A client for callback URLs, http or https, that reaches only what `policy` allows.
+pub fn tls_client(policy: EgressPolicy) -> TlsClient {
+    let mut http = HttpConnector::new_with_resolver(CheckedResolver::new(policy));
     http.set_nodelay(true);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     http.enforce_http(false);

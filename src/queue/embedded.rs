@@ -123,7 +123,8 @@ CREATE TABLE IF NOT EXISTS calls (
     cb_url TEXT,
     cb_state TEXT NOT NULL DEFAULT 'none',
     cb_attempts INTEGER NOT NULL DEFAULT 0,
-    cb_next_at INTEGER
+    cb_next_at INTEGER,
+    cb_error TEXT
 );
 CREATE INDEX IF NOT EXISTS calls_waiting ON calls(state, visible_at);
 CREATE INDEX IF NOT EXISTS calls_leases ON calls(state, lease_until);
@@ -217,6 +218,19 @@ fn open_connection(db: &Path) -> Result<Connection, QueueError> {
     conn.busy_timeout(Duration::from_secs(5))
         .map_err(unavailable)?;
     conn.execute_batch(SCHEMA).map_err(unavailable)?;
+    // Databases from before callback errors were recorded.
+    let has_cb_error: bool = conn
+        .query_row(
+            "SELECT count(*) FROM pragma_table_info('calls') WHERE name = 'cb_error'",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map_err(unavailable)?
+        > 0;
+    if !has_cb_error {
+        conn.execute_batch("ALTER TABLE calls ADD COLUMN cb_error TEXT")
+            .map_err(unavailable)?;
+    }
     Ok(conn)
 }
 
@@ -317,7 +331,7 @@ impl Cached for Transaction<'_> {
 
 /// The columns a status record is read from; parameter `?2` caps the result bytes read.
 const STATUS_COLUMNS: &str = "call_id, function, state, attempts, dead, status_code, last_error,
-    enqueued_at, started_at, finished_at, visible_at, cb_state, cb_attempts,
+    enqueued_at, started_at, finished_at, visible_at, cb_state, cb_attempts, cb_error,
     substr(result, 1, ?2) AS result_head, length(result) AS result_len";
 
 /// Most dead letters listed at once (the oldest).
@@ -363,6 +377,7 @@ fn status_row(row: &rusqlite::Row<'_>, cap: usize) -> rusqlite::Result<CallStatu
         result_truncated: truncated,
         callback: row.get("cb_state")?,
         callback_attempts: row.get("cb_attempts")?,
+        callback_error: row.get("cb_error")?,
     })
 }
 
@@ -714,7 +729,7 @@ impl Queue for EmbeddedQueue {
             let n = txn
                 .exec_cached(
                     "UPDATE calls SET state = 'queued', dead = 0, attempts = 0, visible_at = ?2,
-                         retry_since = ?2, finished_at = NULL, cb_state = 'none', cb_attempts = 0
+                         retry_since = ?2, finished_at = NULL, cb_state = 'none', cb_attempts = 0, cb_error = NULL
                      WHERE dead = 1 AND (?1 IS NULL OR call_id = ?1)",
                     params![call_id, now_ms()],
                 )
@@ -784,8 +799,10 @@ impl Queue for EmbeddedQueue {
         call_id: &'a str,
         delivered: bool,
         retry_in: Option<Duration>,
+        error: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         let call_id = call_id.to_string();
+        let error = error.map(str::to_string);
         self.submit(move |txn| {
             let (state, next) = match (delivered, retry_in) {
                 (true, _) => ("delivered", None),
@@ -793,9 +810,9 @@ impl Queue for EmbeddedQueue {
                 (false, None) => ("failed", None),
             };
             txn.exec_cached(
-                "UPDATE calls SET cb_state = ?2, cb_next_at = ?3, cb_attempts = cb_attempts + 1
-                 WHERE call_id = ?1 AND cb_state = 'pending'",
-                params![call_id, state, next],
+                "UPDATE calls SET cb_state = ?2, cb_next_at = ?3, cb_attempts = cb_attempts + 1,
+                 cb_error = ?4 WHERE call_id = ?1 AND cb_state = 'pending'",
+                params![call_id, state, next, error],
             )
             .map_err(unavailable)?;
             Ok(())

@@ -278,6 +278,9 @@ struct Record {
     /// When the pending callback is due (Unix ms).
     #[serde(default)]
     callback_due: Option<u64>,
+    /// Why the last callback delivery failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    callback_error: Option<String>,
     /// The pending callback's message sequence in the callback stream.
     #[serde(default)]
     callback_seq: Option<u64>,
@@ -315,6 +318,7 @@ impl Record {
             callback_url: request.callback_url.clone(),
             callback: "none".into(),
             callback_attempts: 0,
+            callback_error: None,
             callback_due: None,
             callback_seq: None,
             callback_object: None,
@@ -367,6 +371,7 @@ impl Record {
             result_truncated: self.result_truncated,
             callback: self.callback.clone(),
             callback_attempts: self.callback_attempts,
+            callback_error: self.callback_error.clone(),
         }
     }
 }
@@ -1443,6 +1448,7 @@ impl JetStreamQueue {
             record.seq = None;
             record.callback = "none".into();
             record.callback_attempts = 0;
+            record.callback_error = None;
             record.callback_due = None;
             record.redrives += 1;
             Step::Write(Some(record.redrives))
@@ -1560,7 +1566,13 @@ impl JetStreamQueue {
                 Err(BodyError::Gone) => {
                     tracing::error!(call_id = %cb.call_id, object = %name, "the callback's stored body is gone; giving up on it");
                     message.ack().await.map_err(boxed)?;
-                    self.callback_result(&cb.call_id, false, None).await?;
+                    self.callback_result(
+                        &cb.call_id,
+                        false,
+                        None,
+                        Some("the stored callback body is gone"),
+                    )
+                    .await?;
                     return Ok(None);
                 }
                 Err(BodyError::Queue(e)) => return Err(e),
@@ -2226,6 +2238,7 @@ impl Queue for JetStreamQueue {
         call_id: &'a str,
         delivered: bool,
         retry_in: Option<Duration>,
+        error: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
         Box::pin(async move {
             let claimed = self
@@ -2259,6 +2272,7 @@ impl Queue for JetStreamQueue {
                     }
                     record.callback = state.into();
                     record.callback_attempts += 1;
+                    record.callback_error = error.map(str::to_string);
                     record.callback_due = due;
                     Step::Write(
                         record
@@ -2462,7 +2476,9 @@ mod tests {
         let due = q.due_callbacks(10, Duration::from_secs(60)).await.unwrap();
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].outcome.body.len(), body.len());
-        q.callback_result("big-result", true, None).await.unwrap();
+        q.callback_result("big-result", true, None, None)
+            .await
+            .unwrap();
         let info = q.callbacks.get_info().await.unwrap();
         assert_eq!(
             info.state.messages, 0,

@@ -209,6 +209,9 @@ pub struct CallStatus {
     pub callback: String,
     /// Callback attempts made.
     pub callback_attempts: u32,
+    /// Why the last callback delivery failed or was refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub callback_error: Option<String>,
 }
 
 /// A callback waiting to be delivered.
@@ -331,12 +334,14 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'_, Result<Vec<CallbackJob>, QueueError>>;
 
     /// Records a callback delivery: done, or to be tried again after `retry_in` (`None` = give
-    /// up). Ignored unless the callback is still pending.
+    /// up), with why it failed (`error`, shown in the status). Ignored unless the callback is
+    /// still pending.
     fn callback_result<'a>(
         &'a self,
         call_id: &'a str,
         delivered: bool,
         retry_in: Option<Duration>,
+        error: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), QueueError>>;
 
     /// Figures for metrics.

@@ -124,14 +124,22 @@ pub async fn run(q: &dyn Queue) {
             .unwrap()
             .is_empty()
     );
-    q.callback_result("a", false, Some(Duration::ZERO))
-        .await
-        .unwrap();
+    q.callback_result(
+        "a",
+        false,
+        Some(Duration::ZERO),
+        Some("receiver answered 500"),
+    )
+    .await
+    .unwrap();
+    let st = q.status("a").await.unwrap().unwrap();
+    assert_eq!(st.callback_error.as_deref(), Some("receiver answered 500"));
     let due = q.due_callbacks(10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].delivery_attempts, 1);
-    q.callback_result("a", true, None).await.unwrap();
+    q.callback_result("a", true, None, None).await.unwrap();
     let st = q.status("a").await.unwrap().unwrap();
+    assert_eq!(st.callback_error, None);
     assert_eq!(st.callback, "delivered");
     assert_eq!(st.callback_attempts, 2);
 
@@ -205,9 +213,14 @@ pub async fn run(q: &dyn Queue) {
     assert!(q.status("nope").await.unwrap().is_none());
 
     // A callback result for a call whose callback is no longer pending is ignored.
-    q.callback_result("a", false, Some(Duration::ZERO))
-        .await
-        .unwrap();
+    q.callback_result(
+        "a",
+        false,
+        Some(Duration::ZERO),
+        Some("receiver answered 500"),
+    )
+    .await
+    .unwrap();
     assert_eq!(q.status("a").await.unwrap().unwrap().callback, "delivered");
 
     // Released leases go back to the front without counting an attempt.

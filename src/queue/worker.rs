@@ -76,6 +76,8 @@ pub struct WorkerConfig {
     pub callback_backoff_max: Duration,
     /// Key for the callback signature header.
     pub signing_secret: Option<Vec<u8>>,
+    /// Addresses callbacks may reach.
+    pub egress: crate::http::egress::EgressPolicy,
     /// How long in-flight calls may finish on shutdown.
     pub drain: Duration,
 }
@@ -137,10 +139,10 @@ impl Worker {
         Arc::new(Worker {
             queue,
             invoker,
+            client: proxy::tls_client(config.egress),
             config,
             counters,
             wake,
-            client: proxy::tls_client(),
             inline_callbacks: tokio_util::task::TaskTracker::new(),
         })
     }
@@ -427,7 +429,9 @@ impl Worker {
             Err(why) => {
                 self.counters.callback_failures.inc();
                 let next = job.delivery_attempts + 1;
-                let retry = (next < self.config.callback_attempts).then(|| {
+                // An address the policy refuses stays refused: no retries.
+                let refused = why.contains(crate::http::egress::REFUSED);
+                let retry = (next < self.config.callback_attempts && !refused).then(|| {
                     backoff(
                         self.config.callback_backoff,
                         self.config.callback_backoff_max,
@@ -454,7 +458,12 @@ impl Worker {
         };
         if let Err(e) = self
             .queue
-            .callback_result(&job.call_id, delivered, retry_in)
+            .callback_result(
+                &job.call_id,
+                delivered,
+                retry_in,
+                result.as_ref().err().map(String::as_str),
+            )
             .await
         {
             tracing::error!(call_id = %job.call_id, error = %e, "cannot record callback delivery");
@@ -464,6 +473,10 @@ impl Worker {
     /// POSTs the callback; `Err` says why it did not get a 2xx.
     async fn post_callback(&self, job: &CallbackJob) -> Result<(), String> {
         let uri: http::Uri = job.url.parse().map_err(|e| format!("bad URL: {e}"))?;
+        // Literal addresses never reach the resolver, which checks host names.
+        if let Some(host) = uri.host() {
+            self.config.egress.check_host(host)?;
+        }
         let mut req = Request::post(uri);
         let headers = req.headers_mut().ok_or("bad request")?;
         for (name, value) in &job.outcome.headers {

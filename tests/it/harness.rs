@@ -35,6 +35,22 @@ pub async fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() 
     }
 }
 
+/// Polls the async `check` until it returns `Some`, or panics with `what` after `limit`.
+pub async fn eventually_async<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let end = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The log of a running binary, collected by a reader thread.
 #[derive(Clone, Default)]
 pub struct Log(Arc<Mutex<Vec<String>>>);

@@ -349,3 +349,70 @@ async fn idle_upstream_connections_are_closed_on_time() {
     // No other request comes: the pool must close the idle connection by itself.
     assert!(matches!(upstream.next().await, Seen::Closed));
 }
+
+#[tokio::test]
+async fn callbacks_to_link_local_and_metadata_addresses_are_refused() {
+    let upstream = RawUpstream::start();
+    let data = tempfile::tempdir().unwrap();
+    let gw = static_gateway(data.path(), upstream.port, &[]).await;
+    let enqueue = |url: String| {
+        let addr = gw.addr;
+        async move {
+            let req = http::Request::post("/async-function/echo")
+                .header("x-callback-url", url)
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+                .unwrap();
+            crate::harness::send(addr, req).await
+        }
+    };
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/",
+        "http://[fd00:ec2::254]/",
+        "http://2852039166/",
+        "http://[fe80::1]:8080/",
+    ] {
+        let r = enqueue(url.to_string()).await;
+        assert_eq!(r.status(), 400, "{url}: {}", r.text());
+        assert!(r.text().contains("may not reach"), "{}", r.text());
+    }
+    // Loopback stays allowed by default: callbacks chain functions through the gateway.
+    let r = enqueue(format!("http://127.0.0.1:{}/function/echo", gw.addr.port())).await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+}
+
+#[tokio::test]
+async fn with_deny_private_a_name_that_resolves_to_loopback_is_refused_when_delivering() {
+    let upstream = RawUpstream::start();
+    let data = tempfile::tempdir().unwrap();
+    let gw = static_gateway(data.path(), upstream.port, &["--callback-deny-private"]).await;
+    let req = http::Request::post("/async-function/echo")
+        .header("x-callback-url", "http://127.0.0.1:9/")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    assert_eq!(crate::harness::send(gw.addr, req).await.status(), 400);
+    // A host name passes at enqueue; what it resolves to is checked when connecting.
+    let req = http::Request::post("/async-function/echo")
+        .header("x-callback-url", "http://localhost:9/hook")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let r = crate::harness::send(gw.addr, req).await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    let id = r.header("x-call-id").unwrap();
+    let status =
+        crate::harness::eventually_async("the callback to be refused", DEADLINE, || async {
+            let r = crate::harness::get(gw.addr, &format!("/async-function/status/{id}")).await;
+            let v: serde_json::Value = serde_json::from_str(&r.text()).ok()?;
+            (v["callback"] == "failed").then_some(v)
+        })
+        .await;
+    let why = status["callbackError"].as_str().unwrap_or_default();
+    assert!(
+        why.contains("refused") && why.contains("loopback"),
+        "{status}"
+    );
+    assert_eq!(
+        status["callbackAttempts"], 1,
+        "a refusal is not retried: {status}"
+    );
+}
