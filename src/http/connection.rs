@@ -74,6 +74,9 @@ pub struct GuardedIo<T> {
     framing: Framing,
     /// The client closed its side.
     eof: bool,
+    /// A request asked to upgrade the connection: once it ends, it ends as the tunnel ends,
+    /// without lingering (which would swallow what the client still sends into it).
+    upgrade: bool,
     /// A response to write before closing, instead of the server's.
     reply: Option<&'static [u8]>,
     /// How far closing has come.
@@ -127,8 +130,13 @@ enum Closing {
 enum HeadScan {
     /// The head is not complete yet.
     Partial,
-    /// The head is complete (`len` bytes) and the stream goes on as `next`.
-    Complete { len: usize, next: Framing },
+    /// The head is complete (`len` bytes) and the stream goes on as `next`; `upgrade` when
+    /// it asks to upgrade the connection.
+    Complete {
+        len: usize,
+        next: Framing,
+        upgrade: bool,
+    },
     /// Both `Content-Length` and `Transfer-Encoding`.
     Refuse,
     /// Something this check does not follow; the server will judge it.
@@ -146,6 +154,7 @@ impl<T> GuardedIo<T> {
             end: 0,
             framing: Framing::Head,
             eof: false,
+            upgrade: false,
             reply: None,
             closing: Closing::Open,
         }
@@ -179,9 +188,10 @@ impl<T> GuardedIo<T> {
                         // The server answers 431.
                         self.framing = Framing::Off;
                     }
-                    HeadScan::Complete { len, next } => {
+                    HeadScan::Complete { len, next, upgrade } => {
                         self.checked += len;
                         self.framing = next;
+                        self.upgrade |= upgrade;
                     }
                 },
                 Framing::Fixed(left) | Framing::ChunkData(left) => {
@@ -312,7 +322,7 @@ fn scan_head(data: &[u8]) -> HeadScan {
         (_, None, Some(n)) if n > 0 => Framing::Fixed(n),
         _ => Framing::Head,
     };
-    HeadScan::Complete { len, next }
+    HeadScan::Complete { len, next, upgrade }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
@@ -322,6 +332,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if out.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             // Checked bytes first.
             if this.checked > this.start {
@@ -474,7 +487,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
                 Closing::ShutWrite => {
                     let shut = ready!(Pin::new(&mut this.io).poll_shutdown(cx));
                     this.discard_buffer();
-                    this.closing = if shut.is_err() || this.eof {
+                    this.closing = if shut.is_err() || this.eof || this.upgrade {
                         Closing::Done
                     } else {
                         let now = Instant::now();
