@@ -16,11 +16,14 @@
 //! - [`queue`]: asynchronous calls: the `Queue` trait, the embedded SQLite backend, and the
 //!   worker that runs calls, retries them and delivers callbacks.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future.
+//! - `fuzzing` (hidden): the fuzz targets' entry points, shared with the corpus replay test.
 //!
 //! The binaries in `src/bin/` only parse configuration, set up logging, bind and call
 //! [`watchdog::run`] or [`gateway::run`].
 
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod http;
 pub mod process;

@@ -26,7 +26,7 @@ const X_CALLBACK_URL: &str = "x-callback-url";
 const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// Whether a caller-chosen call id is acceptable: 1 to 128 visible characters from a safe set.
-fn valid_call_id(id: &str) -> bool {
+pub fn valid_call_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id

@@ -48,6 +48,11 @@ pub fn read_secret(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 impl BasicAuth {
+    /// Credentials from their values.
+    pub fn new(user: Vec<u8>, password: Vec<u8>) -> Self {
+        BasicAuth { user, password }
+    }
+
     /// Reads the credential files in `dir` (trailing line breaks are ignored).
     pub fn load(dir: &Path) -> Result<Self, AuthError> {
         let read = |name: &str| {

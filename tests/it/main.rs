@@ -8,6 +8,7 @@
 
 mod callback;
 mod examples;
+mod fuzz_corpora;
 mod gateway;
 mod gateway_async;
 mod gateway_jetstream;
