@@ -103,6 +103,11 @@ pub struct UpArgs {
     #[arg(long, env = "read_idle_timeout", default_value = "10s", value_parser = duration)]
     pub read_idle_timeout: Duration,
 
+    /// Bytes of recent log lines kept per function for GET /system/logs (lines past
+    /// 16 KiB are cut; the oldest lines go first): bytes, or with a unit (1MiB).
+    #[arg(long, env = "function_log_buffer", default_value = "1MiB", value_parser = size)]
+    pub function_log_buffer: usize,
+
     /// Most client connections open at once; more are answered 503 and closed. 0: no limit.
     #[arg(long, env = "max_connections", default_value_t = 0)]
     pub max_connections: usize,

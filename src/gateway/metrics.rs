@@ -59,6 +59,8 @@ pub struct GatewayMetrics {
     queue_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// `gateway_queue_in_flight`.
     queue_in_flight: Gauge,
+    /// Finished calls per function, all codes (what `invocationCount` reports).
+    totals: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 impl Default for GatewayMetrics {
@@ -140,6 +142,25 @@ impl GatewayMetrics {
             queue_depth,
             queue_oldest,
             queue_in_flight,
+            totals: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Finished calls to `function`, sync and async, whatever their status: the same count as
+    /// `gateway_function_invocation_total` summed over codes.
+    pub fn invocation_count(&self, function: &str) -> u64 {
+        self.totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(function)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Fills in `invocationCount` of function statuses.
+    pub fn fill_counts(&self, statuses: &mut [super::types::FunctionStatus]) {
+        for status in statuses {
+            status.invocation_count = self.invocation_count(&status.name) as f64;
         }
     }
 
@@ -160,6 +181,12 @@ impl GatewayMetrics {
             code,
         };
         self.invocations.get_or_create(&labels).inc();
+        *self
+            .totals
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(function.to_string())
+            .or_default() += 1;
         self.seconds
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());

@@ -9,9 +9,11 @@ pub mod asynchronous;
 pub mod auth;
 pub mod cli;
 pub mod invoke;
+pub mod logs;
 pub mod metrics;
 pub mod provider;
 pub mod registry;
+pub mod scaling;
 pub mod stack;
 pub mod store;
 pub mod system;
@@ -143,6 +145,8 @@ pub struct Gateway {
     pub queue: Arc<dyn Queue>,
     /// Wakes the in-process worker when a call is enqueued.
     pub wake: Arc<tokio::sync::Notify>,
+    /// The functions' recent log lines.
+    pub logs: Arc<logs::FunctionLogs>,
 }
 
 /// Opens the queue named by `args`: the embedded one in `data_dir`, or a JetStream server
@@ -237,6 +241,7 @@ impl Gateway {
         let queue = open_queue(&data_dir, &args.queue, args.worker.lease).await?;
         let worker_config =
             worker_config(&args.worker, args.upstream_timeout, args.shutdown_timeout)?;
+        let function_logs = Arc::new(logs::FunctionLogs::new(args.function_log_buffer));
         let provider: Arc<dyn Provider> = match args.provider {
             ProviderKind::Local => {
                 let fwatchdog = args
@@ -248,12 +253,11 @@ impl Gateway {
                 tracing::info!(fwatchdog = %fwatchdog.join(" "), "local provider");
                 let run_dir = data_dir.join("run");
                 Arc::new(
-                    LocalProvider::new(&fwatchdog, run_dir.clone()).map_err(|source| {
-                        GatewayError::RunDir {
+                    LocalProvider::new(&fwatchdog, run_dir.clone(), Arc::clone(&function_logs))
+                        .map_err(|source| GatewayError::RunDir {
                             dir: run_dir,
                             source,
-                        }
-                    })?,
+                        })?,
                 )
             }
             ProviderKind::Static => {
@@ -280,6 +284,7 @@ impl Gateway {
             client: proxy::client(),
             queue,
             wake: Arc::new(tokio::sync::Notify::new()),
+            logs: function_logs,
         });
         if let Some(file) = &args.file {
             for spec in stack::load(file)? {

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
 use super::provider::{Endpoint, Provider, ProviderError};
+use super::scaling::ScalePolicy;
 use super::store::{Store, StoreError, StoredFunction};
 use super::types::{FunctionDeployment, FunctionStatus};
 
@@ -113,9 +114,12 @@ impl Registry {
         if replace_only && existing.is_none() {
             return Err(RegistryError::NotFound(spec.service));
         }
+        // New functions start at their minimum; updated ones keep their count, brought into
+        // the new [min, max].
+        let policy = ScalePolicy::of(&spec).map_err(RegistryError::Invalid)?;
         let replicas = existing
             .as_ref()
-            .map_or_else(|| spec.initial_replicas().into(), |e| e.replicas);
+            .map_or(policy.min, |e| policy.clamp(e.replicas));
         let spec = Arc::new(spec);
         let is_new = existing.is_none();
         if let Err(e) = self.provider.apply(&spec, replicas) {
@@ -143,23 +147,24 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes a function.
-    pub fn delete(&self, name: &str) -> Result<(), RegistryError> {
+    /// Removes a function; returns what was deployed.
+    pub fn delete(&self, name: &str) -> Result<Arc<FunctionDeployment>, RegistryError> {
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.entry(name).is_none() {
+        let Some(entry) = self.entry(name) else {
             return Err(RegistryError::NotFound(name.to_string()));
-        }
+        };
         self.store.remove(name)?;
         self.functions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(name);
         self.provider.remove(name);
-        Ok(())
+        Ok(entry.spec)
     }
 
-    /// Sets a function's replica count (at most [`MAX_REPLICAS`]).
-    pub fn scale(&self, name: &str, replicas: u64) -> Result<(), RegistryError> {
+    /// Sets a function's replica count: 0 (scaled to zero), or a count brought into the
+    /// function's [min, max] (its `com.openfaas.scale.*` labels). Returns the count set.
+    pub fn scale(&self, name: &str, replicas: u64) -> Result<u64, RegistryError> {
         if replicas > MAX_REPLICAS {
             return Err(RegistryError::Invalid(format!(
                 "replicas must be at most {MAX_REPLICAS}, not {replicas}"
@@ -169,6 +174,12 @@ impl Registry {
         let mut entry = self
             .entry(name)
             .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let policy = ScalePolicy::of(&entry.spec).map_err(RegistryError::Invalid)?;
+        let replicas = if replicas == 0 {
+            0
+        } else {
+            policy.clamp(replicas)
+        };
         entry.replicas = replicas;
         self.provider.apply(&entry.spec, replicas)?;
         self.persist(&entry)?;
@@ -176,7 +187,7 @@ impl Registry {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(name.to_string(), entry);
-        Ok(())
+        Ok(replicas)
     }
 
     /// Every function's status.

@@ -20,7 +20,11 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     match (path.as_str(), method) {
-        ("/system/functions", Method::GET) => json(StatusCode::OK, &gateway.registry.list()),
+        ("/system/functions", Method::GET) => {
+            let mut list = gateway.registry.list();
+            gateway.metrics.fill_counts(&mut list);
+            json(StatusCode::OK, &list)
+        }
         ("/system/functions", Method::POST | Method::PUT) => {
             let replace_only = req.method() == Method::PUT;
             match read_json::<FunctionDeployment>(gateway, req).await {
@@ -42,7 +46,8 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
             match read_json::<DeleteFunctionRequest>(gateway, req).await {
                 Err(resp) => resp,
                 Ok(del) => match gateway.registry.delete(&del.function_name) {
-                    Ok(()) => {
+                    Ok(spec) => {
+                        gateway.logs.remove(&spec.service, spec.namespace());
                         tracing::info!(function = %del.function_name, "removed");
                         accepted(&format!("Function {} removed.\n", del.function_name))
                     }
@@ -51,10 +56,16 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
             }
         }
         ("/system/info", Method::GET) => json(StatusCode::OK, &info(gateway)),
+        ("/system/logs", Method::GET) => logs(gateway, req.uri().query()),
         (p, Method::GET) if p.starts_with("/system/function/") => {
             let name = &p["/system/function/".len()..];
             match gateway.registry.status(name) {
-                Some(status) => json(StatusCode::OK, &status),
+                Some(mut status) => {
+                    gateway
+                        .metrics
+                        .fill_counts(std::slice::from_mut(&mut status));
+                    json(StatusCode::OK, &status)
+                }
                 None => failure(&RegistryError::NotFound(name.to_string())),
             }
         }
@@ -70,15 +81,22 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
                     ),
                 ),
                 Ok(scale) => match gateway.registry.scale(&name, scale.replicas) {
-                    Ok(()) => {
-                        tracing::info!(function = %name, replicas = scale.replicas, "scaled");
-                        accepted(&format!("Function {name} scaled to {}.\n", scale.replicas))
+                    Ok(set) => {
+                        tracing::info!(function = %name, replicas = set, "scaled");
+                        if set == scale.replicas {
+                            accepted(&format!("Function {name} scaled to {set}.\n"))
+                        } else {
+                            accepted(&format!(
+                                "Function {name} scaled to {set}: {} asked for is outside its com.openfaas.scale.min/max range.\n",
+                                scale.replicas
+                            ))
+                        }
                     }
                     Err(e) => failure(&e),
                 },
             }
         }
-        ("/system/functions" | "/system/info", _) => method_not_allowed(),
+        ("/system/functions" | "/system/info" | "/system/logs", _) => method_not_allowed(),
         (p, _)
             if p.starts_with("/system/function/") || p.starts_with("/system/scale-function/") =>
         {
@@ -86,6 +104,26 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
         }
         _ => text(StatusCode::NOT_FOUND, "No such system endpoint.\n".into()),
     }
+}
+
+/// `GET /system/logs?name=&namespace=&instance=&since=&tail=&follow=`: the function's recent
+/// log lines as NDJSON, then new ones while `follow` holds.
+fn logs(gateway: &Gateway, query: Option<&str>) -> Response<ResponseBody> {
+    let query = match super::logs::parse_query(query) {
+        Ok(q) => q,
+        Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
+    };
+    let Some(spec) = gateway.registry.spec(&query.name) else {
+        return failure(&RegistryError::NotFound(query.name));
+    };
+    if query
+        .namespace
+        .as_deref()
+        .is_some_and(|ns| ns != spec.namespace())
+    {
+        return failure(&RegistryError::NotFound(query.name));
+    }
+    gateway.logs.respond(&query, spec.namespace())
 }
 
 /// `/system/info`.

@@ -15,9 +15,6 @@ pub const HANDLER_ANNOTATION: &str = "com.fgateway.handler";
 /// Annotation giving a static-provider function a fixed upstream URL.
 pub const UPSTREAM_ANNOTATION: &str = "com.fgateway.upstream";
 
-/// Label with the initial replica count (as OpenFaaS's autoscaler reads it).
-pub const MIN_SCALE_LABEL: &str = "com.openfaas.scale.min";
-
 /// `POST`/`PUT /system/functions`: a function to deploy or update.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -85,18 +82,15 @@ impl FunctionDeployment {
     }
 
     /// The replica count to start with: the `com.openfaas.scale.min` label, else 1.
-    pub fn initial_replicas(&self) -> u32 {
-        self.labels
-            .as_ref()
-            .and_then(|l| l.get(MIN_SCALE_LABEL))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1)
+    pub fn initial_replicas(&self) -> u64 {
+        super::scaling::ScalePolicy::of(self).map_or(1, |p| p.min)
     }
 
-    /// Checks the name and namespace; the error says what is wrong.
+    /// Checks the name, namespace and scaling labels; the error says what is wrong.
     pub fn validate(&self) -> Result<(), String> {
         validate_name(&self.service).map_err(|e| format!("service: {e}"))?;
         validate_name(self.namespace()).map_err(|e| format!("namespace: {e}"))?;
+        super::scaling::ScalePolicy::of(self)?;
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ mod gateway_jetstream;
 mod harness;
 mod hostile;
 mod quick_start;
+mod system_api;
 mod watchdog_classic;
 mod watchdog_config;
 mod watchdog_http;

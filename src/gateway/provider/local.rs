@@ -27,6 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::{BoxFuture, Endpoint, Provider, ProviderError};
+use crate::gateway::logs::FunctionLogs;
 use crate::gateway::types::{FunctionDeployment, HANDLER_ANNOTATION};
 use crate::http::proxy;
 use crate::process::spawn::{self, BaseEnv, Program};
@@ -69,6 +70,8 @@ pub struct LocalProvider {
     next_dir: std::sync::atomic::AtomicU64,
     /// Stops every replica at shutdown.
     stop_all: CancellationToken,
+    /// Where replicas' log lines go.
+    logs: Arc<FunctionLogs>,
 }
 
 /// One function's replicas.
@@ -111,7 +114,11 @@ impl Replica {
 impl LocalProvider {
     /// A provider that runs `fwatchdog` (a command: the executable, then its arguments) for
     /// each replica, with temp directories under `run_dir`.
-    pub fn new(fwatchdog: &[String], run_dir: PathBuf) -> std::io::Result<Self> {
+    pub fn new(
+        fwatchdog: &[String],
+        run_dir: PathBuf,
+        logs: Arc<FunctionLogs>,
+    ) -> std::io::Result<Self> {
         // Replicas run in their handler directories: every path they get must be absolute.
         let mut command = fwatchdog.to_vec();
         if let Some(exe) = command.first_mut()
@@ -137,6 +144,7 @@ impl LocalProvider {
             tasks: TaskTracker::new(),
             next_dir: std::sync::atomic::AtomicU64::new(0),
             stop_all: CancellationToken::new(),
+            logs,
         })
     }
 
@@ -197,6 +205,8 @@ impl LocalProvider {
         });
         let supervisor = Supervisor {
             name: name.to_string(),
+            namespace: function.spec.namespace().to_string(),
+            logs: Arc::clone(&self.logs),
             env: child_env(&function.spec, &dir),
             cwd,
             replica: Arc::clone(&replica),
@@ -224,11 +234,13 @@ fn handler_dir(spec: &FunctionDeployment) -> Option<PathBuf> {
 
 /// The environment of a replica: the function's variables over ours (fwatchdog's port,
 /// loopback bind, no metrics port, its own TMPDIR, no health grace since the gateway routes
-/// around replicas that are stopping).
+/// around replicas that are stopping, handler lines logged unprefixed).
 fn child_env(spec: &FunctionDeployment, dir: &Path) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![
         ("healthcheck_interval".into(), "0".into()),
         ("metrics_port".into(), "0".into()),
+        // The function's own lines reach the log buffer as it wrote them.
+        ("prefix_logs".into(), "false".into()),
     ];
     let mut vars: Vec<(String, String)> = spec
         .env_vars
@@ -408,6 +420,10 @@ impl Provider for LocalProvider {
 struct Supervisor {
     /// The function's name.
     name: String,
+    /// Its namespace.
+    namespace: String,
+    /// Where its log lines go.
+    logs: Arc<FunctionLogs>,
     /// The replica's extra environment.
     env: Vec<(String, String)>,
     /// Its working directory.
@@ -502,11 +518,17 @@ impl Supervisor {
     async fn supervise(&self, mut process: HandlerProcess) -> bool {
         drop(process.take_stdin());
         let (addr_tx, addr_rx) = oneshot::channel();
+        let sink = LogSink {
+            logs: Arc::clone(&self.logs),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            instance: format!("{}-{}", self.name, self.replica.serial),
+        };
         if let Some(stderr) = process.take_stderr() {
-            tokio::spawn(forward_log(stderr, self.name.clone(), Some(addr_tx)));
+            tokio::spawn(forward_log(stderr, sink.clone(), Some(addr_tx)));
         }
         if let Some(stdout) = process.take_stdout() {
-            tokio::spawn(forward_log(stdout, self.name.clone(), None));
+            tokio::spawn(forward_log(stdout, sink, None));
         }
         let stopped = tokio::select! {
             _ = process.exited() => false,
@@ -586,14 +608,31 @@ impl Supervisor {
     }
 }
 
-/// Forwards a child's log lines; the first `listening addr=` line reports its address.
+/// Where one replica's log lines go.
+#[derive(Clone)]
+struct LogSink {
+    /// The function logs.
+    logs: Arc<FunctionLogs>,
+    /// The function.
+    name: String,
+    /// Its namespace.
+    namespace: String,
+    /// The replica.
+    instance: String,
+}
+
+/// Forwards a child's log lines to the gateway's log and the function's log buffer; the first
+/// `listening addr=` line reports its address.
 async fn forward_log(
     pipe: tokio::net::unix::pipe::Receiver,
-    function: String,
+    sink: LogSink,
     mut addr_tx: Option<oneshot::Sender<SocketAddr>>,
 ) {
+    let function = &sink.name;
     let mut lines = BufReader::new(pipe).lines();
     while let Ok(Some(line)) = lines.next_line().await {
+        sink.logs
+            .push(&sink.name, &sink.namespace, &sink.instance, &line);
         // Only fwatchdog's own line: an http-mode upstream's log goes through the same pipe.
         if let Some(tx) = addr_tx.take_if(|_| line.contains(LISTENING_LINE)) {
             match listening_addr(&line) {

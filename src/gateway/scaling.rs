@@ -1,0 +1,202 @@
+//! A function's scaling policy, from OpenFaaS's `com.openfaas.scale.*` labels, with their names,
+//! meanings and defaults: replicas stay within [min, max]; the autoscaler aims for `target` load
+//! per replica (of the kind `type` names) times `target-proportion`; with `zero`, a function
+//! idle for `zero-duration` goes to no replicas at all.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::registry::MAX_REPLICAS;
+use super::types::FunctionDeployment;
+
+/// `com.openfaas.scale.min`: fewest replicas (default 1).
+pub const MIN: &str = "com.openfaas.scale.min";
+/// `com.openfaas.scale.max`: most replicas (default 20).
+pub const MAX: &str = "com.openfaas.scale.max";
+/// `com.openfaas.scale.target`: load per replica to aim for (default 50).
+pub const TARGET: &str = "com.openfaas.scale.target";
+/// `com.openfaas.scale.type`: `capacity` (in-flight calls, default), `rps` or `cpu`.
+pub const TYPE: &str = "com.openfaas.scale.type";
+/// `com.openfaas.scale.target-proportion`: share of the target to aim for (default 0.90).
+pub const TARGET_PROPORTION: &str = "com.openfaas.scale.target-proportion";
+/// `com.openfaas.scale.zero`: scale to zero when idle (default false).
+pub const ZERO: &str = "com.openfaas.scale.zero";
+/// `com.openfaas.scale.zero-duration`: idle time before scaling to zero (default 15m).
+pub const ZERO_DURATION: &str = "com.openfaas.scale.zero-duration";
+
+/// What load the autoscaler measures per replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadKind {
+    /// Calls in flight.
+    Capacity,
+    /// Calls per second.
+    Rps,
+    /// CPU in millicores.
+    Cpu,
+}
+
+/// A function's scaling policy.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScalePolicy {
+    /// Fewest replicas.
+    pub min: u64,
+    /// Most replicas.
+    pub max: u64,
+    /// Load per replica to aim for.
+    pub target: f64,
+    /// What load means.
+    pub kind: LoadKind,
+    /// Share of `target` to aim for.
+    pub proportion: f64,
+    /// Whether an idle function goes to zero replicas.
+    pub zero: bool,
+    /// How long idle before it does.
+    pub zero_after: Duration,
+}
+
+impl Default for ScalePolicy {
+    fn default() -> Self {
+        ScalePolicy {
+            min: 1,
+            max: 20,
+            target: 50.0,
+            kind: LoadKind::Capacity,
+            proportion: 0.90,
+            zero: false,
+            zero_after: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+impl ScalePolicy {
+    /// The policy of `spec`; `Err` names the label and the accepted form.
+    pub fn of(spec: &FunctionDeployment) -> Result<ScalePolicy, String> {
+        let empty = BTreeMap::new();
+        let labels = spec.labels.as_ref().unwrap_or(&empty);
+        let get = |name: &str| labels.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+        let invalid = |name: &str, value: &str, form: &str| {
+            format!("invalid label {name}={value:?}: expected {form}")
+        };
+        let mut policy = ScalePolicy::default();
+        let count = |name: &str, value: &str| {
+            value
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= MAX_REPLICAS)
+                .ok_or_else(|| {
+                    invalid(
+                        name,
+                        value,
+                        &format!("a replica count from 0 to {MAX_REPLICAS}"),
+                    )
+                })
+        };
+        if let Some(v) = get(MIN) {
+            policy.min = count(MIN, v)?;
+        }
+        if let Some(v) = get(MAX) {
+            policy.max = count(MAX, v)?;
+            if policy.max == 0 {
+                return Err(invalid(MAX, v, "at least 1"));
+            }
+        }
+        if policy.min > policy.max {
+            return Err(format!(
+                "label {MIN}={} is above {MAX}={}",
+                policy.min, policy.max
+            ));
+        }
+        if let Some(v) = get(TARGET) {
+            policy.target = v
+                .parse::<f64>()
+                .ok()
+                .filter(|t| t.is_finite() && *t > 0.0)
+                .ok_or_else(|| invalid(TARGET, v, "a positive number"))?;
+        }
+        if let Some(v) = get(TYPE) {
+            policy.kind = match v {
+                "capacity" => LoadKind::Capacity,
+                "rps" => LoadKind::Rps,
+                "cpu" => LoadKind::Cpu,
+                _ => return Err(invalid(TYPE, v, "capacity, rps or cpu")),
+            };
+        }
+        if let Some(v) = get(TARGET_PROPORTION) {
+            policy.proportion = v
+                .parse::<f64>()
+                .ok()
+                .filter(|p| p.is_finite() && *p > 0.0 && *p <= 1.0)
+                .ok_or_else(|| invalid(TARGET_PROPORTION, v, "a number above 0 and at most 1"))?;
+        }
+        if let Some(v) = get(ZERO) {
+            policy.zero =
+                crate::config::parse::boolean(v).map_err(|_| invalid(ZERO, v, "true or false"))?;
+        }
+        if let Some(v) = get(ZERO_DURATION) {
+            policy.zero_after = crate::config::parse::duration(v)
+                .ok()
+                .flatten()
+                .ok_or_else(|| invalid(ZERO_DURATION, v, "a duration such as 15m"))?;
+        }
+        Ok(policy)
+    }
+
+    /// `replicas` brought into [min, max].
+    pub fn clamp(&self, replicas: u64) -> u64 {
+        replicas.clamp(self.min, self.max)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(labels: &[(&str, &str)]) -> FunctionDeployment {
+        FunctionDeployment {
+            service: "f".into(),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_and_labels() {
+        assert_eq!(ScalePolicy::of(&with(&[])).unwrap(), ScalePolicy::default());
+        let p = ScalePolicy::of(&with(&[
+            (MIN, "2"),
+            (MAX, "4"),
+            (TARGET, "2"),
+            (TYPE, "rps"),
+            (TARGET_PROPORTION, "0.5"),
+            (ZERO, "true"),
+            (ZERO_DURATION, "2s"),
+        ]))
+        .unwrap();
+        assert_eq!((p.min, p.max, p.kind, p.zero), (2, 4, LoadKind::Rps, true));
+        assert_eq!(p.zero_after, Duration::from_secs(2));
+        assert_eq!((p.clamp(1), p.clamp(3), p.clamp(9)), (2, 3, 4));
+    }
+
+    #[test]
+    fn bad_labels_name_themselves() {
+        for labels in [
+            vec![(MIN, "-1")],
+            vec![(MIN, "5"), (MAX, "4")],
+            vec![(MAX, "1000")],
+            vec![(MAX, "0")],
+            vec![(TARGET, "0")],
+            vec![(TYPE, "memory")],
+            vec![(TARGET_PROPORTION, "1.5")],
+            vec![(ZERO, "sometimes")],
+            vec![(ZERO_DURATION, "soon")],
+        ] {
+            let err = ScalePolicy::of(&with(&labels)).unwrap_err();
+            assert!(err.contains("com.openfaas.scale."), "{err}");
+        }
+    }
+}

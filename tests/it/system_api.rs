@@ -1,0 +1,276 @@
+//! The rest of the OpenFaaS system API against real replicas: logs, invocation counts and the
+//! scaling labels.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::Full;
+
+use crate::harness::{DEADLINE, Gateway, eventually_async, get, send};
+
+/// A stack with `talk`, a fork-mode function that logs `said QUERY` to stderr on every call.
+fn stack(dir: &Path, labels: &str) -> std::path::PathBuf {
+    let yaml = format!(
+        r#"
+functions:
+  talk:
+    fprocess: sh -c 'echo "said $Http_Query" >&2; echo ok'
+    environment:
+      combine_output: "false"
+    labels:
+{labels}
+"#
+    );
+    let path = dir.join("stack.yml");
+    std::fs::write(&path, yaml).unwrap();
+    path
+}
+
+async fn up(data: &Path, labels: &str) -> Gateway {
+    let file = stack(data, labels);
+    Gateway::start(data, &["-f", file.to_str().unwrap()], &[]).await
+}
+
+fn json(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// The NDJSON lines of a logs answer whose text contains `said`.
+fn said(body: &str) -> Vec<serde_json::Value> {
+    body.lines()
+        .map(json)
+        .filter(|v| v["text"].as_str().unwrap_or_default().starts_with("said"))
+        .collect()
+}
+
+async fn scale(gw: &Gateway, name: &str, replicas: u64) -> crate::harness::Reply {
+    let req = Request::post(format!("/system/scale-function/{name}"))
+        .body(Full::new(Bytes::from(format!(
+            "{{\"serviceName\":\"{name}\",\"replicas\":{replicas}}}"
+        ))))
+        .unwrap();
+    send(gw.addr, req).await
+}
+
+#[tokio::test]
+async fn logs_answer_tail_since_instance_and_follow() {
+    let data = tempfile::tempdir().unwrap();
+    let gw = up(data.path(), "      com.openfaas.scale.min: \"2\"").await;
+    for i in 0..6 {
+        let r = get(gw.addr, &format!("/function/talk?n={i}")).await;
+        assert_eq!(r.status(), 200, "{}", r.text());
+    }
+    let all = eventually_async("six logged calls", DEADLINE, || async {
+        let body = get(gw.addr, "/system/logs?name=talk&follow=false")
+            .await
+            .text();
+        let lines = said(&body);
+        (lines.len() == 6).then_some(lines)
+    })
+    .await;
+    for line in &all {
+        assert_eq!(line["name"], "talk");
+        assert_eq!(line["namespace"], "openfaas-fn");
+        let ts = line["timestamp"].as_str().unwrap();
+        assert!(ts.ends_with('Z') && ts.contains('.'), "{ts}");
+    }
+    // tail: the last lines; the calls went round-robin over two replicas.
+    let tail = said(
+        &get(gw.addr, "/system/logs?name=talk&tail=2&follow=false")
+            .await
+            .text(),
+    );
+    assert_eq!(tail.len(), 2);
+    assert_eq!(tail[1]["text"], "said n=5", "{tail:?}");
+    let instance = all[0]["instance"].as_str().unwrap().to_string();
+    let mine = said(
+        &get(
+            gw.addr,
+            &format!("/system/logs?name=talk&instance={instance}&follow=false"),
+        )
+        .await
+        .text(),
+    );
+    assert!(!mine.is_empty() && mine.len() < 6, "{mine:?}");
+    assert!(mine.iter().all(|l| l["instance"] == instance.as_str()));
+    // since: a time after every line so far selects none of them.
+    let later =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(2));
+    let none = get(
+        gw.addr,
+        &format!("/system/logs?name=talk&since={later}&follow=false"),
+    )
+    .await;
+    assert_eq!(none.status(), 200);
+    assert!(said(&none.text()).is_empty());
+
+    // follow: a line written after the follower connected arrives on the open stream.
+    let mut follower = TcpStream::connect(gw.addr).unwrap();
+    follower.set_read_timeout(Some(DEADLINE)).unwrap();
+    follower
+        .write_all(b"GET /system/logs?name=talk&tail=1&follow=true HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut reader = BufReader::new(follower);
+    let mut line = String::new();
+    // Past the head.
+    loop {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    assert_eq!(get(gw.addr, "/function/talk?n=late").await.status(), 200);
+    let found = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return false;
+            }
+            if line.contains("\"text\":\"said n=late\"") {
+                return true;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(found, "the followed stream never showed the new line");
+}
+
+#[tokio::test]
+async fn a_stalled_follower_blocks_neither_the_function_nor_other_followers() {
+    let data = tempfile::tempdir().unwrap();
+    let gw = up(data.path(), "      com.openfaas.scale.min: \"1\"").await;
+    // A follower that never reads.
+    let mut stalled = TcpStream::connect(gw.addr).unwrap();
+    stalled
+        .write_all(b"GET /system/logs?name=talk&follow=true HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // More lines than every buffer between the gateway and the stalled reader holds.
+    let long = "x".repeat(15_000);
+    for i in 0..2000 {
+        let r = get(gw.addr, &format!("/function/talk?{long}{i}")).await;
+        assert_eq!(r.status(), 200);
+    }
+    // Other readers are served at once.
+    let body = get(gw.addr, "/system/logs?name=talk&tail=1&follow=false")
+        .await
+        .text();
+    assert!(
+        said(&body)[0]["text"].as_str().unwrap().ends_with("1999"),
+        "{body:.200}"
+    );
+    // The stalled follower, when it reads at last, is told it lost lines.
+    stalled.set_read_timeout(Some(DEADLINE)).unwrap();
+    let told = tokio::task::spawn_blocking(move || {
+        let mut reader = BufReader::new(stalled);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return false;
+            }
+            if line.contains("log lines dropped for this follower") {
+                return true;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        told,
+        "the stalled follower was not told about the dropped lines"
+    );
+}
+
+#[tokio::test]
+async fn logs_reject_bad_queries_and_unknown_functions() {
+    let data = tempfile::tempdir().unwrap();
+    let gw = up(data.path(), "      com.openfaas.scale.min: \"1\"").await;
+    for (query, status) in [
+        ("", 400),
+        ("name=talk&tail=-2", 400),
+        ("name=talk&tail=many", 400),
+        ("name=talk&since=garbage", 400),
+        ("name=talk&follow=perhaps", 400),
+        ("name=nope", 404),
+        ("name=talk&namespace=other", 404),
+        ("name=talk&tail=-1&follow=false", 200),
+    ] {
+        let r = get(gw.addr, &format!("/system/logs?{query}")).await;
+        assert_eq!(r.status(), status, "{query}: {}", r.text());
+    }
+}
+
+#[tokio::test]
+async fn invocation_counts_include_sync_and_async_calls() {
+    let data = tempfile::tempdir().unwrap();
+    let gw = up(data.path(), "      com.openfaas.scale.min: \"1\"").await;
+    for _ in 0..3 {
+        assert_eq!(get(gw.addr, "/function/talk").await.status(), 200);
+    }
+    let r = crate::harness::post(gw.addr, "/async-function/talk", "").await;
+    assert_eq!(r.status(), 202);
+    eventually_async("four counted calls", DEADLINE, || async {
+        let list = json(&get(gw.addr, "/system/functions").await.text());
+        let one = json(&get(gw.addr, "/system/function/talk").await.text());
+        (list[0]["invocationCount"] == 4.0 && one["invocationCount"] == 4.0).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn scaling_labels_bound_replicas_on_deploy_update_and_scale() {
+    let data = tempfile::tempdir().unwrap();
+    let gw = up(
+        data.path(),
+        "      com.openfaas.scale.min: \"1\"\n      com.openfaas.scale.max: \"3\"",
+    )
+    .await;
+    let replicas = |gw_addr| async move {
+        json(&get(gw_addr, "/system/function/talk").await.text())["replicas"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(replicas(gw.addr).await, 1);
+    // Above max: clamped, and the answer says so.
+    let r = scale(&gw, "talk", 9).await;
+    assert_eq!(r.status(), 202);
+    assert!(r.text().contains("scaled to 3"), "{}", r.text());
+    assert_eq!(replicas(gw.addr).await, 3);
+    assert_eq!(scale(&gw, "talk", 1).await.status(), 202);
+    // A redeploy with a higher minimum applies it.
+    let mut spec = json(&get(gw.addr, "/system/function/talk").await.text());
+    spec["service"] = spec["name"].clone();
+    spec["labels"]["com.openfaas.scale.min"] = "2".into();
+    let req = Request::put("/system/functions")
+        .body(Full::new(Bytes::from(spec.to_string())))
+        .unwrap();
+    assert_eq!(send(gw.addr, req).await.status(), 202);
+    assert_eq!(replicas(gw.addr).await, 2);
+    eventually_async("two ready replicas", DEADLINE, || async {
+        let v = json(&get(gw.addr, "/system/function/talk").await.text());
+        (v["availableReplicas"] == 2).then_some(())
+    })
+    .await;
+    // Bad labels and absurd counts: 400 with the reason, nothing changed.
+    spec["labels"]["com.openfaas.scale.max"] = "1".into();
+    let req = Request::put("/system/functions")
+        .body(Full::new(Bytes::from(spec.to_string())))
+        .unwrap();
+    let r = send(gw.addr, req).await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().contains("com.openfaas.scale.min"), "{}", r.text());
+    let r = scale(&gw, "talk", 100_000).await;
+    assert_eq!(r.status(), 400, "{}", r.text());
+    let req = Request::post("/system/scale-function/talk")
+        .body(Full::new(Bytes::from_static(b"{\"replicas\":-1}")))
+        .unwrap();
+    assert_eq!(send(gw.addr, req).await.status(), 400);
+    assert_eq!(replicas(gw.addr).await, 2);
+}
