@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod provider;
 pub mod registry;
 pub mod scaling;
+pub mod secrets;
 pub mod stack;
 pub mod store;
 pub mod system;
@@ -72,6 +73,9 @@ pub enum GatewayError {
         #[source]
         source: registry::RegistryError,
     },
+    /// The secret store cannot be set up.
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretError),
     /// Basic auth is on but the credentials cannot be read.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
@@ -147,6 +151,8 @@ pub struct Gateway {
     pub wake: Arc<tokio::sync::Notify>,
     /// The functions' recent log lines.
     pub logs: Arc<logs::FunctionLogs>,
+    /// Secrets.
+    pub secrets: Arc<secrets::SecretStore>,
 }
 
 /// Opens the queue named by `args`: the embedded one in `data_dir`, or a JetStream server
@@ -253,18 +259,24 @@ impl Gateway {
                 tracing::info!(fwatchdog = %fwatchdog.join(" "), "local provider");
                 let run_dir = data_dir.join("run");
                 Arc::new(
-                    LocalProvider::new(&fwatchdog, run_dir.clone(), Arc::clone(&function_logs))
-                        .map_err(|source| GatewayError::RunDir {
-                            dir: run_dir,
-                            source,
-                        })?,
+                    LocalProvider::new(
+                        &fwatchdog,
+                        run_dir.clone(),
+                        Arc::clone(&function_logs),
+                        data_dir.join(secrets::MOUNTS_DIR),
+                    )
+                    .map_err(|source| GatewayError::RunDir {
+                        dir: run_dir,
+                        source,
+                    })?,
                 )
             }
             ProviderKind::Static => {
                 Arc::new(UpstreamsProvider::new(args.upstream_template.clone()))
             }
         };
-        let registry = Registry::open(store, provider)?;
+        let secret_store = Arc::new(secrets::SecretStore::open(&data_dir)?);
+        let registry = Registry::open(store, provider, Arc::clone(&secret_store))?;
         let gateway = Arc::new(Gateway {
             config: GatewayConfig {
                 upstream_timeout: args.upstream_timeout,
@@ -285,6 +297,7 @@ impl Gateway {
             queue,
             wake: Arc::new(tokio::sync::Notify::new()),
             logs: function_logs,
+            secrets: secret_store,
         });
         if let Some(file) = &args.file {
             for spec in stack::load(file)? {

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use super::provider::{Endpoint, Provider, ProviderError};
 use super::scaling::ScalePolicy;
+use super::secrets::SecretStore;
 use super::store::{Store, StoreError, StoredFunction};
 use super::types::{FunctionDeployment, FunctionStatus};
 
@@ -65,16 +66,24 @@ pub struct Registry {
     functions: RwLock<BTreeMap<String, Entry>>,
     /// Serialises changes so the store and the provider see them in the same order.
     changes: Mutex<()>,
+    /// Secrets, copied for each function that names them.
+    secrets: Arc<SecretStore>,
 }
 
 impl Registry {
     /// Loads the stored functions and starts them with `provider`. A stored function the
     /// provider refuses is logged and kept (so it is not lost), but not started.
-    pub fn open(store: Arc<Store>, provider: Arc<dyn Provider>) -> Result<Registry, StoreError> {
+    pub fn open(
+        store: Arc<Store>,
+        provider: Arc<dyn Provider>,
+        secrets: Arc<SecretStore>,
+    ) -> Result<Registry, StoreError> {
         let mut functions = BTreeMap::new();
         for stored in store.functions()? {
             let spec = Arc::new(stored.spec);
-            if let Err(e) = provider.apply(&spec, stored.replicas) {
+            if let Err(e) = secrets.mount_dir(spec.namespace(), &spec.service, &spec.secrets) {
+                tracing::error!(function = %spec.service, error = %e, "cannot start stored function");
+            } else if let Err(e) = provider.apply(&spec, stored.replicas) {
                 tracing::error!(function = %spec.service, error = %e, "cannot start stored function");
             } else {
                 tracing::info!(function = %spec.service, replicas = stored.replicas, "restored function");
@@ -93,6 +102,7 @@ impl Registry {
             provider,
             functions: RwLock::new(functions),
             changes: Mutex::new(()),
+            secrets,
         })
     }
 
@@ -120,12 +130,25 @@ impl Registry {
         let replicas = existing
             .as_ref()
             .map_or(policy.min, |e| policy.clamp(e.replicas));
+        for name in &spec.secrets {
+            if !self.secrets.exists(spec.namespace(), name) {
+                return Err(RegistryError::Invalid(format!(
+                    "secret {name} not found in namespace {}: create it first (POST /system/secrets, faas-cli secret create)",
+                    spec.namespace()
+                )));
+            }
+        }
+        self.secrets
+            .mount_dir(spec.namespace(), &spec.service, &spec.secrets)
+            .map_err(|e| RegistryError::Invalid(e.to_string()))?;
         let spec = Arc::new(spec);
         let is_new = existing.is_none();
         if let Err(e) = self.provider.apply(&spec, replicas) {
             if is_new {
                 // Nothing of a function that failed to deploy may keep running.
                 self.provider.remove(&spec.service);
+                self.secrets
+                    .forget_function(spec.namespace(), &spec.service);
             }
             return Err(e.into());
         }
@@ -159,6 +182,8 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(name);
         self.provider.remove(name);
+        self.secrets
+            .forget_function(entry.spec.namespace(), &entry.spec.service);
         Ok(entry.spec)
     }
 

@@ -9,7 +9,10 @@ use super::Gateway;
 use super::invoke::text;
 use super::provider::ProviderError;
 use super::registry::RegistryError;
-use super::types::{DeleteFunctionRequest, FunctionDeployment, ScaleServiceRequest};
+use super::secrets::{Secret, SecretError};
+use super::types::{
+    DEFAULT_NAMESPACE, DeleteFunctionRequest, FunctionDeployment, ScaleServiceRequest,
+};
 use crate::http::body::{self, ResponseBody};
 
 /// The largest system API request body.
@@ -57,6 +60,20 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
         }
         ("/system/info", Method::GET) => json(StatusCode::OK, &info(gateway)),
         ("/system/logs", Method::GET) => logs(gateway, req.uri().query()),
+        ("/system/secrets", Method::GET) => {
+            let namespace = query_namespace(req.uri().query());
+            match gateway.secrets.list(&namespace) {
+                Ok(list) => json(StatusCode::OK, &list),
+                Err(e) => secret_failure(&e),
+            }
+        }
+        ("/system/secrets", Method::POST | Method::PUT | Method::DELETE) => {
+            let method = req.method().clone();
+            match read_json::<Secret>(gateway, req).await {
+                Err(resp) => resp,
+                Ok(secret) => change_secret(gateway, &method, &secret),
+            }
+        }
         (p, Method::GET) if p.starts_with("/system/function/") => {
             let name = &p["/system/function/".len()..];
             match gateway.registry.status(name) {
@@ -96,7 +113,9 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
                 },
             }
         }
-        ("/system/functions" | "/system/info" | "/system/logs", _) => method_not_allowed(),
+        ("/system/functions" | "/system/info" | "/system/logs" | "/system/secrets", _) => {
+            method_not_allowed()
+        }
         (p, _)
             if p.starts_with("/system/function/") || p.starts_with("/system/scale-function/") =>
         {
@@ -124,6 +143,64 @@ fn logs(gateway: &Gateway, query: Option<&str>) -> Response<ResponseBody> {
         return failure(&RegistryError::NotFound(query.name));
     }
     gateway.logs.respond(&query, spec.namespace())
+}
+
+/// The `namespace` of a query string, defaulted.
+fn query_namespace(query: Option<&str>) -> String {
+    super::logs::form_pairs(query.unwrap_or_default())
+        .into_iter()
+        .find(|(k, v)| k == "namespace" && !v.is_empty())
+        .map_or_else(|| DEFAULT_NAMESPACE.to_string(), |(_, v)| v)
+}
+
+/// `POST` (create), `PUT` (update) or `DELETE /system/secrets`.
+fn change_secret(gateway: &Gateway, method: &Method, secret: &Secret) -> Response<ResponseBody> {
+    let (name, namespace) = (&secret.name, secret.namespace());
+    let result = match *method {
+        Method::POST => gateway.secrets.create(secret).map(|()| StatusCode::CREATED),
+        Method::PUT => gateway.secrets.update(secret).map(|()| StatusCode::OK),
+        _ => {
+            let users: Vec<String> = gateway
+                .registry
+                .list()
+                .into_iter()
+                .filter(|f| f.namespace == namespace && f.secrets.iter().any(|s| s == name))
+                .map(|f| f.name)
+                .collect();
+            if users.is_empty() {
+                gateway
+                    .secrets
+                    .delete(namespace, name)
+                    .map(|()| StatusCode::OK)
+            } else {
+                Err(SecretError::InUse {
+                    name: name.clone(),
+                    functions: users.join(", "),
+                })
+            }
+        }
+    };
+    match result {
+        Ok(status) => {
+            tracing::info!(secret = %name, namespace, method = %method, "secret changed");
+            text(status, format!("Secret {name} in {namespace}: done.\n"))
+        }
+        Err(e) => secret_failure(&e),
+    }
+}
+
+/// The reply for a failed secret operation.
+fn secret_failure(e: &SecretError) -> Response<ResponseBody> {
+    let status = match e {
+        SecretError::Invalid(_) => StatusCode::BAD_REQUEST,
+        SecretError::Exists { .. } | SecretError::InUse { .. } => StatusCode::CONFLICT,
+        SecretError::NotFound { .. } => StatusCode::NOT_FOUND,
+        SecretError::Io { .. } => {
+            tracing::error!(error = %crate::http::proxy::error_chain(e), "secret store failed");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    };
+    text(status, format!("{e}\n"))
 }
 
 /// `/system/info`.

@@ -103,6 +103,18 @@ impl Program {
         })
     }
 
+    /// The resolved executable and its arguments, to run it through another command.
+    pub fn argv_strings(&self) -> Vec<String> {
+        let mut out = vec![String::from_utf8_lossy(self.path.as_bytes()).into_owned()];
+        out.extend(
+            self.argv
+                .iter()
+                .skip(1)
+                .map(|a| String::from_utf8_lossy(a.as_bytes()).into_owned()),
+        );
+        out
+    }
+
     /// The command line, for messages.
     pub fn display(&self) -> &str {
         &self.display

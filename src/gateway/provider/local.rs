@@ -72,7 +72,15 @@ pub struct LocalProvider {
     stop_all: CancellationToken,
     /// Where replicas' log lines go.
     logs: Arc<FunctionLogs>,
+    /// Where each function's secret files are (`DIR/NAMESPACE/FUNCTION`).
+    secrets_dir: PathBuf,
+    /// When running as root: `unshare`, to give replicas with secrets a private mount
+    /// namespace with their secrets at `/var/openfaas/secrets`.
+    unshare: Option<PathBuf>,
 }
+
+/// Where the OpenFaaS convention puts a function's secrets.
+pub const SECRETS_MOUNT: &str = "/var/openfaas/secrets";
 
 /// One function's replicas.
 #[derive(Debug)]
@@ -118,6 +126,7 @@ impl LocalProvider {
         fwatchdog: &[String],
         run_dir: PathBuf,
         logs: Arc<FunctionLogs>,
+        secrets_dir: PathBuf,
     ) -> std::io::Result<Self> {
         // Replicas run in their handler directories: every path they get must be absolute.
         let mut command = fwatchdog.to_vec();
@@ -145,7 +154,33 @@ impl LocalProvider {
             next_dir: std::sync::atomic::AtomicU64::new(0),
             stop_all: CancellationToken::new(),
             logs,
+            secrets_dir,
+            unshare: nix::unistd::geteuid()
+                .is_root()
+                .then(|| on_path("unshare"))
+                .flatten(),
         })
+    }
+
+    /// The replica command run in a private mount namespace where `secrets` is bind-mounted at
+    /// [`SECRETS_MOUNT`] (root only; `unshare` makes mounts private to the new namespace).
+    fn in_mount_namespace(&self, unshare: &Path, secrets: &Path) -> std::io::Result<Program> {
+        let script = format!(
+            "mkdir -p {SECRETS_MOUNT} && mount --bind \"$1\" {SECRETS_MOUNT} && shift && exec \"$@\""
+        );
+        let mut argv = vec![
+            unshare.display().to_string(),
+            "--mount".into(),
+            "--propagation".into(),
+            "private".into(),
+            "sh".into(),
+            "-c".into(),
+            script,
+            "sh".into(),
+            secrets.display().to_string(),
+        ];
+        argv.extend(self.fwatchdog.argv_strings());
+        Program::new(&argv, std::env::var_os("PATH").as_deref())
     }
 
     /// The command that runs a replica: the `fwatchdog` next to the running executable, else
@@ -203,15 +238,31 @@ impl LocalProvider {
             stop: self.stop_all.child_token(),
             gone: CancellationToken::new(),
         });
+        let secrets = (!function.spec.secrets.is_empty()).then(|| {
+            self.secrets_dir
+                .join(function.spec.namespace())
+                .join(&function.spec.service)
+        });
+        let fwatchdog = match (&secrets, &self.unshare) {
+            (Some(dir), Some(unshare)) => {
+                Arc::new(self.in_mount_namespace(unshare, dir).map_err(|source| {
+                    ProviderError::Start {
+                        name: name.to_string(),
+                        source,
+                    }
+                })?)
+            }
+            _ => Arc::clone(&self.fwatchdog),
+        };
         let supervisor = Supervisor {
             name: name.to_string(),
             namespace: function.spec.namespace().to_string(),
             logs: Arc::clone(&self.logs),
-            env: child_env(&function.spec, &dir),
+            env: child_env(&function.spec, &dir, secrets.as_deref()),
             cwd,
             replica: Arc::clone(&replica),
             ready_changed: Arc::clone(&function.ready_changed),
-            fwatchdog: Arc::clone(&self.fwatchdog),
+            fwatchdog,
             base_env: Arc::clone(&self.base_env),
             table: Arc::clone(&self.table),
             client: self.client.clone(),
@@ -235,7 +286,11 @@ fn handler_dir(spec: &FunctionDeployment) -> Option<PathBuf> {
 /// The environment of a replica: the function's variables over ours (fwatchdog's port,
 /// loopback bind, no metrics port, its own TMPDIR, no health grace since the gateway routes
 /// around replicas that are stopping, handler lines logged unprefixed).
-fn child_env(spec: &FunctionDeployment, dir: &Path) -> Vec<(String, String)> {
+fn child_env(
+    spec: &FunctionDeployment,
+    dir: &Path,
+    secrets: Option<&Path>,
+) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = vec![
         ("healthcheck_interval".into(), "0".into()),
         ("metrics_port".into(), "0".into()),
@@ -260,6 +315,11 @@ fn child_env(spec: &FunctionDeployment, dir: &Path) -> Vec<(String, String)> {
     env.push(("port".into(), "0".into()));
     env.push(("bind_address".into(), "127.0.0.1".into()));
     env.push(("TMPDIR".into(), dir.display().to_string()));
+    if let Some(secrets) = secrets {
+        // The variable the OpenFaaS function SDKs read their secrets from.
+        env.retain(|(k, _)| k != "secret_mount_path");
+        env.push(("secret_mount_path".into(), secrets.display().to_string()));
+    }
     // The listening line must reach us whatever level the function asks for.
     env.push(("RUST_LOG".into(), format!("{log},fwatchdog::watchdog=info")));
     env
@@ -608,6 +668,13 @@ impl Supervisor {
     }
 }
 
+/// `name` in the directories of `PATH`.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
 /// Where one replica's log lines go.
 #[derive(Clone)]
 struct LogSink {
@@ -686,7 +753,9 @@ mod tests {
         spec.env_vars.insert("exec_timeout".into(), "5s".into());
         spec.env_vars
             .insert("healthcheck_interval".into(), "2s".into());
-        let env = child_env(&spec, Path::new("/tmp/x"));
+        spec.env_vars
+            .insert("secret_mount_path".into(), "/elsewhere".into());
+        let env = child_env(&spec, Path::new("/tmp/x"), Some(Path::new("/data/s/f")));
         let get = |k: &str| {
             env.iter()
                 .rev()
@@ -699,6 +768,8 @@ mod tests {
         assert_eq!(get("healthcheck_interval"), Some("2s"));
         assert_eq!(get("fprocess"), Some("cat"));
         assert_eq!(get("TMPDIR"), Some("/tmp/x"));
+        assert_eq!(get("secret_mount_path"), Some("/data/s/f"));
+        assert_eq!(get("prefix_logs"), Some("false"));
         assert_eq!(env.iter().filter(|(k, _)| k == "port").count(), 1);
     }
 }
