@@ -25,6 +25,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
+mod framing;
+#[cfg(test)]
+mod tests;
+
+use framing::{Framing, HeadScan, chunk_byte, scan_head};
+
 /// Largest request head (request line and headers) accepted; larger ones get 431.
 pub const MAX_HEAD: usize = 64 * 1024;
 /// Most header fields in one request; more get 431.
@@ -83,27 +89,6 @@ pub struct GuardedIo<T> {
     closing: Closing,
 }
 
-/// Where the client's byte stream stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    /// Expecting a request head.
-    Head,
-    /// In a body of a known length: the bytes left.
-    Fixed(u64),
-    /// In a chunk-size line: the size so far, its digit count, and whether an extension began.
-    ChunkSize { size: u64, digits: u8, ext: bool },
-    /// In a chunk's data: the bytes left.
-    ChunkData(u64),
-    /// After a chunk's data, before its line end.
-    ChunkEnd,
-    /// In the trailer section: the length of the current line.
-    Trailers(usize),
-    /// Not checked any more: every byte goes to the server.
-    Off,
-    /// A head was refused: the server gets no more bytes.
-    Refused,
-}
-
 /// How far closing has come.
 #[derive(Debug)]
 enum Closing {
@@ -124,23 +109,6 @@ enum Closing {
     },
     /// Done.
     Done,
-}
-
-/// What a look at a request head found.
-enum HeadScan {
-    /// The head is not complete yet.
-    Partial,
-    /// The head is complete (`len` bytes) and the stream goes on as `next`; `upgrade` when
-    /// it asks to upgrade the connection.
-    Complete {
-        len: usize,
-        next: Framing,
-        upgrade: bool,
-    },
-    /// Both `Content-Length` and `Transfer-Encoding`.
-    Refuse,
-    /// Something this check does not follow; the server will judge it.
-    Unchecked,
 }
 
 impl<T> GuardedIo<T> {
@@ -227,102 +195,6 @@ impl<T> GuardedIo<T> {
         self.checked = 0;
         self.end = 0;
     }
-}
-
-/// The framing after one more byte of chunk-size line, chunk end or trailers.
-fn chunk_byte(state: Framing, byte: u8) -> Framing {
-    /// Longest chunk-size line (extensions included) or trailer line followed.
-    const MAX_LINE: usize = 4096;
-    match state {
-        Framing::ChunkSize { size, digits, ext } => match byte {
-            b'\n' if digits == 0 => Framing::Off,
-            b'\n' if size == 0 => Framing::Trailers(0),
-            b'\n' => Framing::ChunkData(size),
-            b'\r' => state,
-            _ if !ext && byte.is_ascii_hexdigit() => {
-                let digit = u64::from((byte as char).to_digit(16).unwrap_or(0));
-                if digits >= 15 {
-                    return Framing::Off;
-                }
-                Framing::ChunkSize {
-                    size: size * 16 + digit,
-                    digits: digits + 1,
-                    ext,
-                }
-            }
-            _ if digits == 0 && byte != b' ' && byte != b'\t' => Framing::Off,
-            _ if usize::from(digits) > MAX_LINE => Framing::Off,
-            _ => Framing::ChunkSize {
-                size,
-                digits,
-                ext: true,
-            },
-        },
-        Framing::ChunkEnd => match byte {
-            b'\r' => state,
-            b'\n' => Framing::ChunkSize {
-                size: 0,
-                digits: 0,
-                ext: false,
-            },
-            _ => Framing::Off,
-        },
-        Framing::Trailers(len) => match byte {
-            b'\n' if len == 0 => Framing::Head,
-            b'\n' => Framing::Trailers(0),
-            b'\r' => state,
-            _ if len >= MAX_LINE => Framing::Off,
-            _ => Framing::Trailers(len + 1),
-        },
-        other => other,
-    }
-}
-
-/// Looks at the request head at the start of `data`.
-fn scan_head(data: &[u8]) -> HeadScan {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let len = match req.parse(data) {
-        Ok(httparse::Status::Partial) => return HeadScan::Partial,
-        Ok(httparse::Status::Complete(len)) => len,
-        Err(_) => return HeadScan::Unchecked,
-    };
-    let mut length: Option<u64> = None;
-    let mut has_length = false;
-    let mut encoding: Option<bool> = None;
-    let mut upgrade = req.method == Some("CONNECT");
-    for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            has_length = true;
-            let parsed = std::str::from_utf8(h.value)
-                .ok()
-                .and_then(|v| v.trim().parse::<u64>().ok());
-            match (parsed, length) {
-                (None, _) => return HeadScan::Unchecked,
-                (Some(n), Some(m)) if n != m => return HeadScan::Unchecked,
-                (Some(n), _) => length = Some(n),
-            }
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
-            encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
-        }
-    }
-    if has_length && encoding.is_some() {
-        return HeadScan::Refuse;
-    }
-    let next = match (upgrade, encoding, length) {
-        (true, _, _) | (_, Some(false), _) => Framing::Off,
-        (_, Some(true), _) => Framing::ChunkSize {
-            size: 0,
-            digits: 0,
-            ext: false,
-        },
-        (_, None, Some(n)) if n > 0 => Framing::Fixed(n),
-        _ => Framing::Head,
-    };
-    HeadScan::Complete { len, next, upgrade }
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
@@ -529,121 +401,6 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
                 }
                 Closing::Done => return Poll::Ready(Ok(())),
             }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-    /// Everything the server side reads from `input`, split into reads of `step` bytes.
-    async fn served(input: &[u8], step: usize) -> (Vec<u8>, Framing) {
-        let (mut client, server) = tokio::io::duplex(1 << 20);
-        for part in input.chunks(step.max(1)) {
-            client.write_all(part).await.unwrap();
-        }
-        drop(client);
-        let mut guarded = GuardedIo::new(server);
-        let mut seen = Vec::new();
-        guarded.read_to_end(&mut seen).await.unwrap();
-        (seen, guarded.framing)
-    }
-
-    #[tokio::test]
-    async fn requests_pass_unchanged_whatever_the_read_sizes() {
-        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
-GET /b HTTP/1.1\r\nHost: x\r\n\r\n\
-POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
-GET /d HTTP/1.1\r\n\r\n";
-        for step in [1, 2, 3, 7, 64, 4096] {
-            let (seen, framing) = served(stream, step).await;
-            assert_eq!(seen, stream, "step {step}");
-            assert_eq!(framing, Framing::Head, "step {step}");
-        }
-    }
-
-    #[tokio::test]
-    async fn both_framings_are_refused_before_the_server_sees_the_head() {
-        let first: &[u8] = b"GET /ok HTTP/1.1\r\n\r\n";
-        let bad: &[u8] =
-            b"POST /x HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
-        let both = [first, bad].concat();
-        for step in [1, 5, 4096] {
-            let (seen, framing) = served(&both, step).await;
-            assert_eq!(seen, first, "step {step}");
-            assert_eq!(framing, Framing::Refused);
-        }
-        // Either order of the two headers.
-        let reversed: &[u8] =
-            b"POST /x HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n";
-        assert_eq!(served(reversed, 4096).await, (Vec::new(), Framing::Refused));
-    }
-
-    #[tokio::test]
-    async fn what_the_check_cannot_follow_goes_through_unchecked() {
-        let upgrade: &[u8] =
-            b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\x81\x05frame";
-        assert_eq!(
-            served(upgrade, 4096).await,
-            (upgrade.to_vec(), Framing::Off)
-        );
-        let garbage: &[u8] = b"NOT HTTP AT ALL\r\n\r\n";
-        assert_eq!(served(garbage, 4096).await.1, Framing::Off);
-        let partial: &[u8] = b"GET / HTTP/1.1\r\nHost:";
-        assert_eq!(served(partial, 4096).await.0, partial);
-        let huge = [
-            b"GET / HTTP/1.1\r\nX-Big: ".as_slice(),
-            &vec![b'a'; MAX_HEAD + 10],
-            b"\r\n\r\n",
-        ]
-        .concat();
-        let (seen, framing) = served(&huge, 4096).await;
-        assert_eq!(seen.len(), huge.len());
-        assert_eq!(framing, Framing::Off);
-    }
-
-    #[tokio::test]
-    async fn closing_writes_the_refusal_then_lingers_until_the_client_closes() {
-        let (mut client, server) = tokio::io::duplex(1 << 16);
-        let mut guarded = GuardedIo::refusing(server, REFUSED_BUSY);
-        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
-        let closing = tokio::spawn(async move { guarded.shutdown().await });
-        let mut answer = Vec::new();
-        client.read_to_end(&mut answer).await.unwrap();
-        assert!(answer.starts_with(b"HTTP/1.1 503"));
-        let text = String::from_utf8_lossy(&answer);
-        let body = text.split("\r\n\r\n").nth(1).unwrap();
-        assert_eq!(body.len(), 45);
-        // The client may still be sending: its bytes are read, not reset.
-        client.write_all(&[b'x'; 100_000]).await.unwrap();
-        drop(client);
-        closing.await.unwrap().unwrap();
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn lingering_is_bounded_by_idle_time() {
-        let (_client, server) = tokio::io::duplex(1 << 16);
-        let mut guarded = GuardedIo::new(server);
-        let started = Instant::now();
-        guarded.shutdown().await.unwrap();
-        assert!(started.elapsed() >= LINGER_IDLE);
-        assert!(started.elapsed() < LINGER_TOTAL);
-    }
-
-    #[test]
-    fn refusal_bodies_match_their_lengths() {
-        for reply in [REFUSED_FRAMING, REFUSED_BUSY] {
-            let text = std::str::from_utf8(reply).unwrap();
-            let (head, body) = text.split_once("\r\n\r\n").unwrap();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: "))
-                .unwrap()
-                .parse()
-                .unwrap();
-            assert_eq!(length, body.len(), "{head}");
         }
     }
 }

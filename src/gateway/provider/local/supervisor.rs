@@ -1,0 +1,302 @@
+//! One replica's supervisor: start the `fwatchdog` child in its own process group, forward its
+//! log (to the gateway's log and the function's log buffer), probe `/_/ready` until it answers
+//! 200, restart it with exponential backoff when it exits, and stop it (SIGTERM to its group,
+//! SIGKILL after a grace period).
+
+use std::ffi::CString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::PoisonError;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use nix::sys::signal::Signal;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use super::Replica;
+use crate::gateway::logs::FunctionLogs;
+use crate::gateway::types::FunctionDeployment;
+use crate::http::proxy;
+use crate::process::spawn::{BaseEnv, Program};
+use crate::process::{HandlerProcess, ProcessTable};
+
+/// First and longest pause before restarting a replica that exited.
+const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(10));
+
+/// A replica that ran this long before exiting restarts without delay growth.
+const HEALTHY_RUN: Duration = Duration::from_secs(30);
+
+/// Pauses between readiness probes while a replica starts.
+const PROBE_DELAYS: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(200));
+
+/// How often a ready replica is probed again.
+const RECHECK: Duration = Duration::from_secs(2);
+
+/// Extra time a stopping replica gets beyond its own drain.
+const STOP_MARGIN: Duration = Duration::from_secs(2);
+
+/// Everything one replica's supervisor needs.
+pub(super) struct Supervisor {
+    /// The function's name.
+    pub(super) name: String,
+    /// Its namespace.
+    pub(super) namespace: String,
+    /// Where its log lines go.
+    pub(super) logs: Arc<FunctionLogs>,
+    /// The replica's extra environment.
+    pub(super) env: Vec<(String, String)>,
+    /// Its working directory.
+    pub(super) cwd: Option<CString>,
+    /// Its shared state.
+    pub(super) replica: Arc<Replica>,
+    /// Woken when it becomes ready.
+    pub(super) ready_changed: Arc<Notify>,
+    /// The executable.
+    pub(super) fwatchdog: Arc<Program>,
+    /// The inherited environment.
+    pub(super) base_env: Arc<BaseEnv>,
+    /// Where children are registered.
+    pub(super) table: Arc<ProcessTable>,
+    /// Readiness probes.
+    pub(super) client: proxy::Client,
+    /// Its temp directory, removed when it stops for good.
+    pub(super) dir: PathBuf,
+    /// Replicas of the previous configuration, which must be gone before this one starts (they
+    /// may hold the same fixed upstream port).
+    pub(super) after: Vec<Arc<Replica>>,
+    /// How long it may take to exit after SIGTERM.
+    pub(super) stop_grace: Duration,
+}
+
+/// How long a replica gets to exit after SIGTERM: its fwatchdog drains for up to its
+/// `write_timeout` (30 s by default) and then stops an http-mode upstream (5 s).
+pub(super) fn stop_grace(spec: &FunctionDeployment) -> Duration {
+    let write = spec
+        .env_vars
+        .get("write_timeout")
+        .and_then(|v| crate::config::parse::duration(v).ok())
+        .flatten()
+        .unwrap_or(crate::config::DEFAULT_IO_TIMEOUT);
+    write + crate::watchdog::UPSTREAM_STOP_GRACE + STOP_MARGIN
+}
+
+impl Supervisor {
+    /// Runs the replica until it is stopped, restarting it when it exits.
+    pub(super) async fn run(self) {
+        for old in &self.after {
+            tokio::select! {
+                _ = old.gone.cancelled() => {}
+                _ = self.replica.stop.cancelled() => {}
+            }
+        }
+        self.run_until_stopped().await;
+        self.replica.gone.cancel();
+    }
+
+    async fn run_until_stopped(&self) {
+        let mut backoff = RESTART_BACKOFF.0;
+        while !self.replica.stop.is_cancelled() {
+            let started = Instant::now();
+            match HandlerProcess::spawn_in(
+                &self.table,
+                &self.fwatchdog,
+                &self.base_env,
+                &self.env,
+                self.cwd.as_deref(),
+            ) {
+                Ok(process) => {
+                    if self.supervise(process).await {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(function = %self.name, error = %e, "cannot start replica");
+                }
+            }
+            if started.elapsed() >= HEALTHY_RUN {
+                backoff = RESTART_BACKOFF.0;
+            }
+            tracing::warn!(
+                function = %self.name,
+                replica = self.replica.serial,
+                delay = %humantime::format_duration(backoff),
+                "replica exited; restarting"
+            );
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.replica.stop.cancelled() => break,
+            }
+            backoff = (backoff * 2).min(RESTART_BACKOFF.1);
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            tracing::debug!(dir = %self.dir.display(), error = %e, "cannot remove replica directory");
+        }
+    }
+
+    /// Supervises one child until it exits (false) or the replica is stopped (true).
+    async fn supervise(&self, mut process: HandlerProcess) -> bool {
+        drop(process.take_stdin());
+        let (addr_tx, addr_rx) = oneshot::channel();
+        let sink = LogSink {
+            logs: Arc::clone(&self.logs),
+            name: self.name.clone(),
+            namespace: self.namespace.clone(),
+            instance: format!("{}-{}", self.name, self.replica.serial),
+        };
+        if let Some(stderr) = process.take_stderr() {
+            tokio::spawn(forward_log(stderr, sink.clone(), Some(addr_tx)));
+        }
+        if let Some(stdout) = process.take_stdout() {
+            tokio::spawn(forward_log(stdout, sink, None));
+        }
+        let stopped = tokio::select! {
+            _ = process.exited() => false,
+            _ = self.replica.stop.cancelled() => true,
+            _ = self.watch_readiness(addr_rx) => false,
+        };
+        self.set_ready(false);
+        if stopped {
+            process.signal_group(Signal::SIGTERM);
+            if tokio::time::timeout(self.stop_grace, process.exited())
+                .await
+                .is_err()
+            {
+                tracing::warn!(function = %self.name, "replica ignored SIGTERM; killing it");
+            }
+        }
+        process.kill_group();
+        match process.reap().await {
+            Ok(status) if !stopped => {
+                tracing::warn!(function = %self.name, replica = self.replica.serial, %status, "replica exited");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(function = %self.name, error = %e, "cannot reap replica"),
+        }
+        stopped
+    }
+
+    /// Learns the replica's address, then keeps its ready flag current. Never returns while
+    /// the child can still become ready.
+    async fn watch_readiness(&self, addr_rx: oneshot::Receiver<SocketAddr>) {
+        let Ok(addr) = addr_rx.await else {
+            return std::future::pending().await;
+        };
+        *self
+            .replica
+            .addr
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(addr);
+        let mut delay = PROBE_DELAYS.0;
+        loop {
+            let ready = self.probe(addr).await;
+            self.set_ready(ready);
+            if ready {
+                tokio::time::sleep(RECHECK).await;
+            } else {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(PROBE_DELAYS.1);
+            }
+        }
+    }
+
+    /// Whether `/_/ready` says the replica can take traffic (200, or 429: busy but alive).
+    async fn probe(&self, addr: SocketAddr) -> bool {
+        let Ok(uri) = format!("http://{addr}/_/ready").parse::<http::Uri>() else {
+            return false;
+        };
+        let Ok(req) =
+            Request::get(uri).body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync())
+        else {
+            return false;
+        };
+        match tokio::time::timeout(Duration::from_secs(2), self.client.request(req)).await {
+            Ok(Ok(resp)) => matches!(
+                resp.status(),
+                StatusCode::OK | StatusCode::TOO_MANY_REQUESTS
+            ),
+            _ => false,
+        }
+    }
+
+    fn set_ready(&self, ready: bool) {
+        let was = self.replica.ready.swap(ready, Ordering::SeqCst);
+        if ready && !was {
+            tracing::info!(function = %self.name, replica = self.replica.serial, "replica ready");
+            self.ready_changed.notify_waiters();
+        }
+    }
+}
+
+/// Where one replica's log lines go.
+#[derive(Clone)]
+struct LogSink {
+    /// The function logs.
+    logs: Arc<FunctionLogs>,
+    /// The function.
+    name: String,
+    /// Its namespace.
+    namespace: String,
+    /// The replica.
+    instance: String,
+}
+
+/// Forwards a child's log lines to the gateway's log and the function's log buffer; the first
+/// `listening addr=` line reports its address.
+async fn forward_log(
+    pipe: tokio::net::unix::pipe::Receiver,
+    sink: LogSink,
+    mut addr_tx: Option<oneshot::Sender<SocketAddr>>,
+) {
+    let function = &sink.name;
+    let mut lines = BufReader::new(pipe).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        sink.logs
+            .push(&sink.name, &sink.namespace, &sink.instance, &line);
+        // Only fwatchdog's own line: an http-mode upstream's log goes through the same pipe.
+        if let Some(tx) = addr_tx.take_if(|_| line.contains(LISTENING_LINE)) {
+            match listening_addr(&line) {
+                Some(addr) => {
+                    let _ = tx.send(addr);
+                }
+                None => addr_tx = Some(tx),
+            }
+        }
+        tracing::info!(target: "function", function = %function, "{line}");
+    }
+}
+
+/// What fwatchdog's own listening line contains.
+const LISTENING_LINE: &str = "fwatchdog::watchdog: listening addr=";
+
+/// The address in a `listening addr=IP:PORT` log line.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    let start = line.find("listening addr=")? + "listening addr=".len();
+    let token: String = line[start..]
+        .chars()
+        .take_while(|c| !c.is_whitespace() && *c != '"')
+        .collect();
+    token.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_listening_line() {
+        let line = "2026-11-28T08:10:10Z  INFO fwatchdog::watchdog: listening addr=127.0.0.1:40123 mode=\"classic\"";
+        assert!(line.contains(LISTENING_LINE));
+        assert!(!"INFO function: listening addr=127.0.0.1:5000".contains(LISTENING_LINE));
+        assert_eq!(
+            listening_addr(line),
+            Some(SocketAddr::from(([127, 0, 0, 1], 40123)))
+        );
+        assert_eq!(listening_addr("nothing here"), None);
+    }
+}
