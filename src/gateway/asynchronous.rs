@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::Gateway;
 use super::invoke::{self, CallRequest, FunctionPath, X_CALL_ID, text};
+use super::types::display_name;
 use crate::http::body::ResponseBody;
 use crate::http::egress::EgressPolicy;
 use crate::http::proxy;
@@ -49,18 +50,12 @@ pub async fn enqueue(
             .insert(header::ALLOW, HeaderValue::from_static("POST"));
         return resp;
     }
-    let Some(spec) = gateway.registry.spec(target.name) else {
+    let Some(spec) = gateway.registry.spec(target.name, target.namespace) else {
         return text(
             StatusCode::NOT_FOUND,
             format!("Function {} not found.\n", target.name),
         );
     };
-    if target.namespace.is_some_and(|ns| ns != spec.namespace()) {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("Function {} not found.\n", target.name),
-        );
-    }
     let callback_url = match req.headers().get(X_CALLBACK_URL) {
         None => None,
         Some(v) => match check_callback(
@@ -142,7 +137,7 @@ pub async fn enqueue(
         method: parts.method.to_string(),
         path: target.rest.to_string(),
         query_string: parts.uri.query().unwrap_or_default().to_string(),
-        function: target.name.to_string(),
+        function: display_name(&spec.service, spec.namespace()),
         callback_url,
         call_id,
         enqueued_at: crate::queue::unix_ms(),
@@ -423,9 +418,12 @@ impl Invoker for GatewayInvoker {
             let started = Instant::now();
             let deadline = started + timeout;
             let method = Method::from_bytes(request.method.as_bytes()).unwrap_or(Method::POST);
+            let target = invoke::parse_path(&request.function);
             let call = CallRequest {
-                function: &request.function,
-                namespace: None,
+                function: target
+                    .as_ref()
+                    .map_or(request.function.as_str(), |t| t.name),
+                namespace: target.as_ref().and_then(|t| t.namespace),
                 method,
                 path_and_query: path_and_query(request),
                 headers: headers_of(request),

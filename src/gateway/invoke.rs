@@ -254,12 +254,13 @@ pub async fn call(
     {
         Resolved::Unknown => return Err((CallError::Unknown, None)),
         Resolved::Unavailable(why) => return Err((CallError::Unavailable(why), None)),
-        Resolved::Ready(uri) => uri,
+        Resolved::Ready { uri, label } => (uri, label),
     };
+    let (upstream, label) = upstream;
     let mut record = CallRecord {
-        started: gateway.metrics.call_started(req.function),
+        started: gateway.metrics.call_started(&label),
         metrics: Arc::clone(&gateway.metrics),
-        function: req.function.to_string(),
+        function: label,
         code: 0,
     };
     let mut headers = req.headers;

@@ -160,7 +160,8 @@ impl GatewayMetrics {
     /// Fills in `invocationCount` of function statuses.
     pub fn fill_counts(&self, statuses: &mut [super::types::FunctionStatus]) {
         for status in statuses {
-            status.invocation_count = self.invocation_count(&status.name) as f64;
+            let label = super::types::display_name(&status.name, &status.namespace);
+            status.invocation_count = self.invocation_count(&label) as f64;
         }
     }
 
@@ -208,7 +209,7 @@ impl GatewayMetrics {
         for f in functions {
             self.service_count
                 .get_or_create(&FunctionLabel {
-                    function_name: f.name.clone(),
+                    function_name: super::types::display_name(&f.name, &f.namespace),
                 })
                 .set(i64::try_from(f.available_replicas).unwrap_or(i64::MAX));
         }

@@ -311,8 +311,8 @@ impl Gateway {
                     })?;
             }
         }
-        for f in gateway.registry.list() {
-            gateway.warn_timeouts(&f.name);
+        for spec in gateway.registry.specs() {
+            gateway.warn_timeouts(&spec);
         }
         let worker = (!args.no_worker).then(|| {
             Worker::new(
@@ -330,10 +330,8 @@ impl Gateway {
     }
 
     /// Warns when a function may run longer than the gateway waits for it.
-    pub fn warn_timeouts(&self, name: &str) {
-        let Some(spec) = self.registry.spec(name) else {
-            return;
-        };
+    pub fn warn_timeouts(&self, spec: &types::FunctionDeployment) {
+        let name = spec.key();
         // fwatchdog's default: no limit in classic mode, 30 s in the others.
         let exec = match spec.env_vars.get("exec_timeout") {
             Some(v) => parse::duration(v).ok().flatten(),
@@ -406,7 +404,7 @@ impl Gateway {
             text(StatusCode::OK, "OK\n".into())
         } else if path == "/metrics" {
             let stats = self.queue.stats().await.unwrap_or_default();
-            match self.metrics.encode(&self.registry.list(), &stats) {
+            match self.metrics.encode(&self.registry.list(None), &stats) {
                 Ok(text_body) => {
                     let mut resp = text(StatusCode::OK, text_body);
                     resp.headers_mut().insert(
@@ -474,7 +472,7 @@ pub async fn run(
     };
     tracing::info!(
         provider = gateway.registry.provider().name(),
-        functions = gateway.registry.list().len(),
+        functions = gateway.registry.list(None).len(),
         "listening addr={addr}"
     );
     shutdown.await;

@@ -11,7 +11,10 @@ use super::provider::{Endpoint, Provider, ProviderError};
 use super::scaling::ScalePolicy;
 use super::secrets::SecretStore;
 use super::store::{Store, StoreError, StoredFunction};
-use super::types::{FunctionDeployment, FunctionStatus};
+use super::types::{
+    DEFAULT_NAMESPACE, FunctionDeployment, FunctionNamespace, FunctionStatus, display_name,
+    function_key, validate_name,
+};
 
 /// The most replicas a function may be scaled to.
 pub const MAX_REPLICAS: u64 = 100;
@@ -25,6 +28,12 @@ pub enum RegistryError {
     /// No such function (404).
     #[error("function {0} not found")]
     NotFound(String),
+    /// No such namespace (404).
+    #[error("namespace {0} not found")]
+    NoNamespace(String),
+    /// The change conflicts with what exists (409).
+    #[error("{0}")]
+    Conflict(String),
     /// The provider refused or failed.
     #[error(transparent)]
     Provider(#[from] ProviderError),
@@ -40,8 +49,13 @@ pub enum Resolved {
     Unknown,
     /// Known, but no replica can take the request.
     Unavailable(String),
-    /// Send it here.
-    Ready(http::Uri),
+    /// Send it to `uri`; `label` names the function in metrics and messages.
+    Ready {
+        /// Where.
+        uri: http::Uri,
+        /// The function's name, with `.NAMESPACE` outside the default namespace.
+        label: String,
+    },
 }
 
 /// One deployed function.
@@ -62,7 +76,7 @@ pub struct Registry {
     store: Arc<Store>,
     /// Runs the functions.
     provider: Arc<dyn Provider>,
-    /// The deployed set, by name.
+    /// The deployed set, by key (`NAME.NAMESPACE`).
     functions: RwLock<BTreeMap<String, Entry>>,
     /// Serialises changes so the store and the provider see them in the same order.
     changes: Mutex<()>,
@@ -89,7 +103,7 @@ impl Registry {
                 tracing::info!(function = %spec.service, replicas = stored.replicas, "restored function");
             }
             functions.insert(
-                spec.service.clone(),
+                spec.key(),
                 Entry {
                     spec,
                     replicas: stored.replicas,
@@ -120,9 +134,10 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         spec.validate().map_err(RegistryError::Invalid)?;
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        let existing = self.entry(&spec.service);
+        let key = spec.key();
+        let existing = self.entry(&key);
         if replace_only && existing.is_none() {
-            return Err(RegistryError::NotFound(spec.service));
+            return Err(RegistryError::NotFound(key));
         }
         // New functions start at their minimum; updated ones keep their count, brought into
         // the new [min, max].
@@ -146,7 +161,7 @@ impl Registry {
         if let Err(e) = self.provider.apply(&spec, replicas) {
             if is_new {
                 // Nothing of a function that failed to deploy may keep running.
-                self.provider.remove(&spec.service);
+                self.provider.remove(&key);
                 self.secrets
                     .forget_function(spec.namespace(), &spec.service);
             }
@@ -159,29 +174,33 @@ impl Registry {
         };
         if let Err(e) = self.persist(&entry) {
             if is_new {
-                self.provider.remove(&entry.spec.service);
+                self.provider.remove(&key);
             }
             return Err(e.into());
         }
         self.functions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(entry.spec.service.clone(), entry);
+            .insert(key, entry);
         Ok(())
     }
 
     /// Removes a function; returns what was deployed.
-    pub fn delete(&self, name: &str) -> Result<Arc<FunctionDeployment>, RegistryError> {
+    pub fn delete(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+    ) -> Result<Arc<FunctionDeployment>, RegistryError> {
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(entry) = self.entry(name) else {
-            return Err(RegistryError::NotFound(name.to_string()));
+        let Some((key, entry)) = self.find(name, namespace) else {
+            return Err(not_found(name, namespace));
         };
-        self.store.remove(name)?;
+        self.store.remove(&key)?;
         self.functions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(name);
-        self.provider.remove(name);
+            .remove(&key);
+        self.provider.remove(&key);
         self.secrets
             .forget_function(entry.spec.namespace(), &entry.spec.service);
         Ok(entry.spec)
@@ -189,16 +208,21 @@ impl Registry {
 
     /// Sets a function's replica count: 0 (scaled to zero), or a count brought into the
     /// function's [min, max] (its `com.openfaas.scale.*` labels). Returns the count set.
-    pub fn scale(&self, name: &str, replicas: u64) -> Result<u64, RegistryError> {
+    pub fn scale(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+        replicas: u64,
+    ) -> Result<u64, RegistryError> {
         if replicas > MAX_REPLICAS {
             return Err(RegistryError::Invalid(format!(
                 "replicas must be at most {MAX_REPLICAS}, not {replicas}"
             )));
         }
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut entry = self
-            .entry(name)
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        let (key, mut entry) = self
+            .find(name, namespace)
+            .ok_or_else(|| not_found(name, namespace))?;
         let policy = ScalePolicy::of(&entry.spec).map_err(RegistryError::Invalid)?;
         let replicas = if replicas == 0 {
             0
@@ -211,41 +235,158 @@ impl Registry {
         self.functions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(name.to_string(), entry);
+            .insert(key, entry);
         Ok(replicas)
     }
 
-    /// Every function's status.
-    pub fn list(&self) -> Vec<FunctionStatus> {
+    /// The status of every function, or of those in `namespace`.
+    pub fn list(&self, namespace: Option<&str>) -> Vec<FunctionStatus> {
         let functions = self
             .functions
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        functions.values().map(|e| self.status_of(e)).collect()
+        functions
+            .values()
+            .filter(|e| namespace.is_none_or(|ns| e.spec.namespace() == ns))
+            .map(|e| self.status_of(e))
+            .collect()
+    }
+
+    /// Every deployed spec.
+    pub fn specs(&self) -> Vec<Arc<FunctionDeployment>> {
+        let functions = self
+            .functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        functions.values().map(|e| Arc::clone(&e.spec)).collect()
     }
 
     /// One function's status.
-    pub fn status(&self, name: &str) -> Option<FunctionStatus> {
-        self.entry(name).map(|e| self.status_of(&e))
+    pub fn status(&self, name: &str, namespace: Option<&str>) -> Option<FunctionStatus> {
+        self.find(name, namespace).map(|(_, e)| self.status_of(&e))
     }
 
     /// A function's spec.
-    pub fn spec(&self, name: &str) -> Option<Arc<FunctionDeployment>> {
-        self.entry(name).map(|e| e.spec)
+    pub fn spec(&self, name: &str, namespace: Option<&str>) -> Option<Arc<FunctionDeployment>> {
+        self.find(name, namespace).map(|(_, e)| e.spec)
     }
 
     /// Where a request for `name` (in `namespace`, when the caller named one) goes, waiting up
     /// to `wait` for a replica to become ready.
     pub async fn resolve(&self, name: &str, namespace: Option<&str>, wait: Duration) -> Resolved {
-        let Some(entry) = self.entry(name) else {
+        let Some((key, entry)) = self.find(name, namespace) else {
             return Resolved::Unknown;
         };
-        if namespace.is_some_and(|ns| ns != entry.spec.namespace()) {
-            return Resolved::Unknown;
-        }
-        match self.provider.endpoint(name, wait).await {
-            Endpoint::Ready(uri) => Resolved::Ready(uri),
+        match self.provider.endpoint(&key, wait).await {
+            Endpoint::Ready(uri) => Resolved::Ready {
+                uri,
+                label: display_name(&entry.spec.service, entry.spec.namespace()),
+            },
             Endpoint::Unavailable(why) => Resolved::Unavailable(why),
+        }
+    }
+
+    /// Every namespace: the default one, those created through the system API, and those
+    /// functions were deployed to.
+    pub fn namespaces(&self) -> Result<Vec<String>, RegistryError> {
+        let mut names: std::collections::BTreeSet<String> = self
+            .store
+            .namespaces()?
+            .into_iter()
+            .map(|ns| ns.name)
+            .collect();
+        names.insert(DEFAULT_NAMESPACE.to_string());
+        names.extend(self.specs().iter().map(|s| s.namespace().to_string()));
+        Ok(names.into_iter().collect())
+    }
+
+    /// One namespace.
+    pub fn namespace(&self, name: &str) -> Result<FunctionNamespace, RegistryError> {
+        if let Some(ns) = self
+            .store
+            .namespaces()?
+            .into_iter()
+            .find(|ns| ns.name == name)
+        {
+            return Ok(ns);
+        }
+        if self.namespaces()?.iter().any(|n| n == name) {
+            return Ok(FunctionNamespace {
+                name: name.to_string(),
+                ..Default::default()
+            });
+        }
+        Err(RegistryError::NoNamespace(name.to_string()))
+    }
+
+    /// Creates a namespace; 409 when it exists.
+    pub fn create_namespace(&self, ns: &FunctionNamespace) -> Result<(), RegistryError> {
+        validate_name(&ns.name).map_err(|e| RegistryError::Invalid(format!("namespace: {e}")))?;
+        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.namespaces()?.contains(&ns.name) {
+            return Err(RegistryError::Conflict(format!(
+                "namespace {} already exists",
+                ns.name
+            )));
+        }
+        Ok(self.store.save_namespace(ns)?)
+    }
+
+    /// Replaces a namespace's labels and annotations; 404 when it does not exist.
+    pub fn update_namespace(&self, ns: &FunctionNamespace) -> Result<(), RegistryError> {
+        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.namespaces()?.contains(&ns.name) {
+            return Err(RegistryError::NoNamespace(ns.name.clone()));
+        }
+        Ok(self.store.save_namespace(ns)?)
+    }
+
+    /// Removes a namespace; 409 while functions are in it, and for the default namespace.
+    pub fn delete_namespace(&self, name: &str) -> Result<(), RegistryError> {
+        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        if !self.namespaces()?.iter().any(|n| n == name) {
+            return Err(RegistryError::NoNamespace(name.to_string()));
+        }
+        if name == DEFAULT_NAMESPACE {
+            return Err(RegistryError::Conflict(format!(
+                "namespace {name} is the default namespace and cannot be removed"
+            )));
+        }
+        let inside: Vec<String> = self
+            .specs()
+            .iter()
+            .filter(|s| s.namespace() == name)
+            .map(|s| s.service.clone())
+            .collect();
+        if !inside.is_empty() {
+            return Err(RegistryError::Conflict(format!(
+                "namespace {name} still holds functions: {}",
+                inside.join(", ")
+            )));
+        }
+        self.store.remove_namespace(name)?;
+        Ok(())
+    }
+
+    /// The function `name` in `namespace`; without a namespace, the one in the default
+    /// namespace, else the only function of that name in any namespace.
+    fn find(&self, name: &str, namespace: Option<&str>) -> Option<(String, Entry)> {
+        let functions = self
+            .functions
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let ns = namespace.filter(|ns| !ns.is_empty());
+        let key = function_key(name, ns.unwrap_or(DEFAULT_NAMESPACE));
+        if let Some(e) = functions.get(&key) {
+            return Some((key, e.clone()));
+        }
+        if ns.is_some() {
+            return None;
+        }
+        let mut same_name = functions.iter().filter(|(_, e)| e.spec.service == name);
+        match (same_name.next(), same_name.next()) {
+            (Some((k, e)), None) => Some((k.clone(), e.clone())),
+            _ => None,
         }
     }
 
@@ -258,7 +399,7 @@ impl Registry {
     }
 
     fn status_of(&self, e: &Entry) -> FunctionStatus {
-        let available = self.provider.available(&e.spec.service);
+        let available = self.provider.available(&e.spec.key());
         FunctionStatus::of(&e.spec, e.replicas, available, &e.created_at)
     }
 
@@ -269,6 +410,14 @@ impl Registry {
             created_at: e.created_at.clone(),
         })
     }
+}
+
+/// The error for a function that is not there.
+fn not_found(name: &str, namespace: Option<&str>) -> RegistryError {
+    RegistryError::NotFound(match namespace {
+        Some(ns) if !ns.is_empty() => function_key(name, ns),
+        _ => name.to_string(),
+    })
 }
 
 /// The current time, RFC 3339.

@@ -6,7 +6,7 @@ use std::sync::{Mutex, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::types::FunctionDeployment;
+use super::types::{FunctionDeployment, FunctionNamespace};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "fgateway.db";
@@ -88,9 +88,41 @@ impl Store {
                 spec TEXT NOT NULL,
                 replicas INTEGER NOT NULL,
                 created_at TEXT NOT NULL
+            );
+            CREATE TABLE IF NOT EXISTS namespaces (
+                name TEXT PRIMARY KEY,
+                spec TEXT NOT NULL
             );",
         )
         .map_err(sql)?;
+        // Functions were once stored by name alone: key them by name and namespace.
+        let rekey: Vec<(String, String)> = {
+            let mut stmt = conn
+                .prepare("SELECT name, spec FROM functions")
+                .map_err(sql)?;
+            let rows = stmt
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+                })
+                .map_err(sql)?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, spec) = row.map_err(sql)?;
+                if let Ok(spec) = serde_json::from_str::<FunctionDeployment>(&spec)
+                    && spec.key() != name
+                {
+                    out.push((name, spec.key()));
+                }
+            }
+            out
+        };
+        for (old, key) in rekey {
+            conn.execute(
+                "UPDATE OR IGNORE functions SET name = ?2 WHERE name = ?1",
+                params![old, key],
+            )
+            .map_err(sql)?;
+        }
         Ok(Store {
             path,
             conn: Mutex::new(conn),
@@ -115,7 +147,7 @@ impl Store {
             "INSERT INTO functions (name, spec, replicas, created_at) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(name) DO UPDATE SET spec = ?2, replicas = ?3, created_at = ?4",
             params![
-                f.spec.service,
+                f.spec.key(),
                 spec,
                 i64::try_from(f.replicas).unwrap_or(i64::MAX),
                 f.created_at
@@ -125,7 +157,7 @@ impl Store {
         Ok(())
     }
 
-    /// Removes a function; whether it existed.
+    /// Removes a function (by key, `NAME.NAMESPACE`); whether it existed.
     pub fn remove(&self, name: &str) -> Result<bool, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         let n = conn
@@ -162,6 +194,53 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Every namespace created through the system API.
+    pub fn namespaces(&self) -> Result<Vec<FunctionNamespace>, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut stmt = conn
+            .prepare("SELECT name, spec FROM namespaces ORDER BY name")
+            .map_err(|e| self.sql(e))?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(|e| self.sql(e))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, spec) = row.map_err(|e| self.sql(e))?;
+            out.push(
+                serde_json::from_str(&spec)
+                    .map_err(|source| StoreError::Corrupt { name, source })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Saves (inserts or replaces) a namespace.
+    pub fn save_namespace(&self, ns: &FunctionNamespace) -> Result<(), StoreError> {
+        let spec = serde_json::to_string(ns).map_err(|source| StoreError::Corrupt {
+            name: ns.name.clone(),
+            source,
+        })?;
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        conn.execute(
+            "INSERT INTO namespaces (name, spec) VALUES (?1, ?2)
+             ON CONFLICT(name) DO UPDATE SET spec = ?2",
+            params![ns.name, spec],
+        )
+        .map_err(|e| self.sql(e))?;
+        Ok(())
+    }
+
+    /// Removes a namespace; whether it existed.
+    pub fn remove_namespace(&self, name: &str) -> Result<bool, StoreError> {
+        let conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = conn
+            .execute("DELETE FROM namespaces WHERE name = ?1", params![name])
+            .map_err(|e| self.sql(e))?;
+        Ok(n > 0)
     }
 
     /// One stored function.
@@ -222,8 +301,25 @@ mod tests {
         assert_eq!(all.len(), 1);
         assert_eq!(all[0].spec, spec);
         assert_eq!(all[0].replicas, 2);
-        assert!(store.remove("echo").unwrap());
-        assert!(!store.remove("echo").unwrap());
+        assert!(store.remove("echo.openfaas-fn").unwrap());
+        assert!(!store.remove("echo.openfaas-fn").unwrap());
+        assert!(store.function("echo.openfaas-fn").unwrap().is_none());
+    }
+
+    #[test]
+    fn functions_stored_by_name_alone_are_keyed_by_namespace_too() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let conn = store.conn.lock().unwrap();
+            conn.execute(
+                "INSERT INTO functions (name, spec, replicas, created_at) VALUES (?1, ?2, 1, 't')",
+                params!["echo", r#"{"service":"echo","namespace":"team"}"#],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.function("echo.team").unwrap().is_some());
         assert!(store.function("echo").unwrap().is_none());
     }
 }

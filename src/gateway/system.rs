@@ -11,7 +11,8 @@ use super::provider::ProviderError;
 use super::registry::RegistryError;
 use super::secrets::{Secret, SecretError};
 use super::types::{
-    DEFAULT_NAMESPACE, DeleteFunctionRequest, FunctionDeployment, ScaleServiceRequest,
+    DEFAULT_NAMESPACE, DeleteFunctionRequest, FunctionDeployment, FunctionNamespace,
+    ScaleServiceRequest,
 };
 use crate::http::body::{self, ResponseBody};
 
@@ -24,7 +25,8 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
     let method = req.method().clone();
     match (path.as_str(), method) {
         ("/system/functions", Method::GET) => {
-            let mut list = gateway.registry.list();
+            let namespace = query_namespace(req.uri().query());
+            let mut list = gateway.registry.list(namespace.as_deref());
             gateway.metrics.fill_counts(&mut list);
             json(StatusCode::OK, &list)
         }
@@ -34,9 +36,10 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
                 Err(resp) => resp,
                 Ok(spec) => {
                     let name = spec.service.clone();
+                    let deployed = spec.clone();
                     match gateway.registry.deploy(spec, replace_only) {
                         Ok(()) => {
-                            gateway.warn_timeouts(&name);
+                            gateway.warn_timeouts(&deployed);
                             tracing::info!(function = %name, "deployed");
                             accepted(&format!("Function {name} deployed.\n"))
                         }
@@ -48,7 +51,10 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
         ("/system/functions", Method::DELETE) => {
             match read_json::<DeleteFunctionRequest>(gateway, req).await {
                 Err(resp) => resp,
-                Ok(del) => match gateway.registry.delete(&del.function_name) {
+                Ok(del) => match gateway
+                    .registry
+                    .delete(&del.function_name, del.namespace.as_deref())
+                {
                     Ok(spec) => {
                         gateway.logs.remove(&spec.service, spec.namespace());
                         tracing::info!(function = %del.function_name, "removed");
@@ -60,9 +66,20 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
         }
         ("/system/info", Method::GET) => json(StatusCode::OK, &info(gateway)),
         ("/system/logs", Method::GET) => logs(gateway, req.uri().query()),
+        ("/system/namespaces", Method::GET) => match gateway.registry.namespaces() {
+            Ok(names) => json(StatusCode::OK, &names),
+            Err(e) => failure(&e),
+        },
+        (p, method) if p.starts_with("/system/namespace/") => {
+            let name = p["/system/namespace/".len()..].to_string();
+            namespace(gateway, method, name, req).await
+        }
         ("/system/secrets", Method::GET) => {
             let namespace = query_namespace(req.uri().query());
-            match gateway.secrets.list(&namespace) {
+            match gateway
+                .secrets
+                .list(namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))
+            {
                 Ok(list) => json(StatusCode::OK, &list),
                 Err(e) => secret_failure(&e),
             }
@@ -76,7 +93,8 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
         }
         (p, Method::GET) if p.starts_with("/system/function/") => {
             let name = &p["/system/function/".len()..];
-            match gateway.registry.status(name) {
+            let namespace = query_namespace(req.uri().query());
+            match gateway.registry.status(name, namespace.as_deref()) {
                 Some(mut status) => {
                     gateway
                         .metrics
@@ -88,6 +106,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
         }
         (p, Method::POST) if p.starts_with("/system/scale-function/") => {
             let name = p["/system/scale-function/".len()..].to_string();
+            let req_query = req.uri().query().map(str::to_string);
             match read_json::<ScaleServiceRequest>(gateway, req).await {
                 Err(resp) => resp,
                 Ok(scale) if !scale.service_name.is_empty() && scale.service_name != name => text(
@@ -97,7 +116,14 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
                         scale.service_name
                     ),
                 ),
-                Ok(scale) => match gateway.registry.scale(&name, scale.replicas) {
+                Ok(scale) => match gateway.registry.scale(
+                    &name,
+                    scale
+                        .service_namespace
+                        .as_deref()
+                        .or(query_namespace(req_query.as_deref()).as_deref()),
+                    scale.replicas,
+                ) {
                     Ok(set) => {
                         tracing::info!(function = %name, replicas = set, "scaled");
                         if set == scale.replicas {
@@ -113,9 +139,11 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
                 },
             }
         }
-        ("/system/functions" | "/system/info" | "/system/logs" | "/system/secrets", _) => {
-            method_not_allowed()
-        }
+        (
+            "/system/functions" | "/system/info" | "/system/logs" | "/system/secrets"
+            | "/system/namespaces",
+            _,
+        ) => method_not_allowed(),
         (p, _)
             if p.starts_with("/system/function/") || p.starts_with("/system/scale-function/") =>
         {
@@ -132,25 +160,81 @@ fn logs(gateway: &Gateway, query: Option<&str>) -> Response<ResponseBody> {
         Ok(q) => q,
         Err(why) => return text(StatusCode::BAD_REQUEST, format!("{why}\n")),
     };
-    let Some(spec) = gateway.registry.spec(&query.name) else {
+    let Some(spec) = gateway
+        .registry
+        .spec(&query.name, query.namespace.as_deref())
+    else {
         return failure(&RegistryError::NotFound(query.name));
     };
-    if query
-        .namespace
-        .as_deref()
-        .is_some_and(|ns| ns != spec.namespace())
-    {
-        return failure(&RegistryError::NotFound(query.name));
-    }
     gateway.logs.respond(&query, spec.namespace())
 }
 
-/// The `namespace` of a query string, defaulted.
-fn query_namespace(query: Option<&str>) -> String {
+/// `/system/namespace/NAME`: `GET` one, `POST` (also to `/system/namespace/` with the name in
+/// the body, as faas-cli sends it) creates, `PUT` updates, `DELETE` removes.
+async fn namespace(
+    gateway: &Gateway,
+    method: Method,
+    name: String,
+    req: Request<Incoming>,
+) -> Response<ResponseBody> {
+    if method == Method::GET {
+        return match gateway.registry.namespace(&name) {
+            Ok(ns) => json(StatusCode::OK, &ns),
+            Err(e) => failure(&e),
+        };
+    }
+    if method == Method::DELETE {
+        return match gateway.registry.delete_namespace(&name) {
+            Ok(()) => accepted(&format!("Namespace {name} removed.\n")),
+            Err(e) => failure(&e),
+        };
+    }
+    if method != Method::POST && method != Method::PUT {
+        return method_not_allowed();
+    }
+    let mut ns = match read_json::<FunctionNamespace>(gateway, req).await {
+        Ok(ns) => ns,
+        Err(resp) => return resp,
+    };
+    match (name.is_empty(), ns.name.is_empty()) {
+        (true, true) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "The namespace needs a name.\n".into(),
+            );
+        }
+        (false, true) => ns.name = name,
+        (false, false) if ns.name != name => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("The body names {:?}, the path {name:?}.\n", ns.name),
+            );
+        }
+        _ => {}
+    }
+    let result = if method == Method::POST {
+        gateway
+            .registry
+            .create_namespace(&ns)
+            .map(|()| StatusCode::CREATED)
+    } else {
+        gateway
+            .registry
+            .update_namespace(&ns)
+            .map(|()| StatusCode::ACCEPTED)
+    };
+    match result {
+        Ok(status) => text(status, format!("Namespace {}: done.\n", ns.name)),
+        Err(e) => failure(&e),
+    }
+}
+
+/// The `namespace` of a query string, when given.
+fn query_namespace(query: Option<&str>) -> Option<String> {
     super::logs::form_pairs(query.unwrap_or_default())
         .into_iter()
         .find(|(k, v)| k == "namespace" && !v.is_empty())
-        .map_or_else(|| DEFAULT_NAMESPACE.to_string(), |(_, v)| v)
+        .map(|(_, v)| v)
 }
 
 /// `POST` (create), `PUT` (update) or `DELETE /system/secrets`.
@@ -162,7 +246,7 @@ fn change_secret(gateway: &Gateway, method: &Method, secret: &Secret) -> Respons
         _ => {
             let users: Vec<String> = gateway
                 .registry
-                .list()
+                .list(Some(namespace))
                 .into_iter()
                 .filter(|f| f.namespace == namespace && f.secrets.iter().any(|s| s == name))
                 .map(|f| f.name)
@@ -306,7 +390,8 @@ fn failure(e: &RegistryError) -> Response<ResponseBody> {
         RegistryError::Invalid(_) | RegistryError::Provider(ProviderError::Invalid(_)) => {
             StatusCode::BAD_REQUEST
         }
-        RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+        RegistryError::NotFound(_) | RegistryError::NoNamespace(_) => StatusCode::NOT_FOUND,
+        RegistryError::Conflict(_) => StatusCode::CONFLICT,
         RegistryError::Provider(ProviderError::Start { .. }) | RegistryError::Store(_) => {
             tracing::error!(error = %crate::http::proxy::error_chain(e), "system API call failed");
             StatusCode::INTERNAL_SERVER_ERROR

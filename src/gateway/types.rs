@@ -76,6 +76,11 @@ impl FunctionDeployment {
             .unwrap_or(DEFAULT_NAMESPACE)
     }
 
+    /// The function's identity, `NAME.NAMESPACE`: one name in two namespaces is two functions.
+    pub fn key(&self) -> String {
+        function_key(&self.service, self.namespace())
+    }
+
     /// An annotation's value.
     pub fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.as_ref()?.get(key).map(String::as_str)
@@ -164,6 +169,21 @@ impl FunctionStatus {
     }
 }
 
+/// A namespace (faas-provider's `FunctionNamespace`), for `/system/namespace/NAME`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionNamespace {
+    /// The name: a DNS label.
+    #[serde(default)]
+    pub name: String,
+    /// Labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
 /// `POST /system/scale-function/NAME`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -187,6 +207,22 @@ pub struct DeleteFunctionRequest {
     /// Its namespace.
     #[serde(default)]
     pub namespace: Option<String>,
+}
+
+/// A function's identity from its name and namespace: `NAME.NAMESPACE` (both are DNS labels,
+/// so the dot is unambiguous).
+pub fn function_key(name: &str, namespace: &str) -> String {
+    format!("{name}.{namespace}")
+}
+
+/// What metrics and queue messages call a function: its name in the default namespace, else
+/// `NAME.NAMESPACE` (as `/function/NAME.NAMESPACE` routes it).
+pub fn display_name(name: &str, namespace: &str) -> String {
+    if namespace == DEFAULT_NAMESPACE {
+        name.to_string()
+    } else {
+        function_key(name, namespace)
+    }
 }
 
 /// Checks a function or namespace name: a DNS label (RFC 1123) of 1 to 63 characters, lower-case

@@ -53,14 +53,16 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// runs (a changed spec replaces every replica; a new count adds or stops replicas).
     fn apply(&self, spec: &Arc<FunctionDeployment>, replicas: u64) -> Result<(), ProviderError>;
 
-    /// Stops a function and forgets it.
-    fn remove(&self, name: &str);
+    /// Stops a function and forgets it. Functions are named by their key, `NAME.NAMESPACE`
+    /// ([`FunctionDeployment::key`]).
+    fn remove(&self, key: &str);
 
-    /// How many replicas of `name` are ready now.
-    fn available(&self, name: &str) -> u64;
+    /// How many replicas of function `key` are ready now.
+    fn available(&self, key: &str) -> u64;
 
-    /// Where to send a request for `name`, waiting up to `wait` for a replica to become ready.
-    fn endpoint<'a>(&'a self, name: &'a str, wait: Duration) -> BoxFuture<'a, Endpoint>;
+    /// Where to send a request for function `key`, waiting up to `wait` for a replica to
+    /// become ready.
+    fn endpoint<'a>(&'a self, key: &'a str, wait: Duration) -> BoxFuture<'a, Endpoint>;
 
     /// Stops everything this provider started, waiting at most `grace` for it to exit.
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()>;

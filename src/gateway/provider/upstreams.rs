@@ -69,7 +69,7 @@ impl Provider for UpstreamsProvider {
         self.functions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(spec.service.clone(), (replicas > 0).then_some(url));
+            .insert(spec.key(), (replicas > 0).then_some(url));
         Ok(())
     }
 

@@ -336,16 +336,14 @@ impl Provider for LocalProvider {
             .functions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let name = spec.service.clone();
-        let function = functions
-            .entry(name.clone())
-            .or_insert_with(|| LocalFunction {
-                spec: Arc::clone(spec),
-                replicas: Vec::new(),
-                next: Arc::new(AtomicUsize::new(0)),
-                ready_changed: Arc::new(Notify::new()),
-                serial: 0,
-            });
+        let key = spec.key();
+        let function = functions.entry(key).or_insert_with(|| LocalFunction {
+            spec: Arc::clone(spec),
+            replicas: Vec::new(),
+            next: Arc::new(AtomicUsize::new(0)),
+            ready_changed: Arc::new(Notify::new()),
+            serial: 0,
+        });
         let mut replaced = Vec::new();
         if function.spec != *spec {
             // A new spec replaces every replica at once: no request after the update is served
@@ -364,7 +362,7 @@ impl Provider for LocalProvider {
             }
         }
         while function.replicas.len() < replicas {
-            self.start_replica(&name, function, replaced.clone())?;
+            self.start_replica(&spec.service, function, replaced.clone())?;
         }
         Ok(())
     }
