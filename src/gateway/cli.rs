@@ -108,6 +108,26 @@ pub struct UpArgs {
     #[arg(long, env = "function_log_buffer", default_value = "1MiB", value_parser = size)]
     pub function_log_buffer: usize,
 
+    /// Scale functions by their com.openfaas.scale.* labels (and to zero with
+    /// com.openfaas.scale.zero=true).
+    #[arg(
+        long,
+        env = "autoscale",
+        default_value = "true",
+        default_missing_value = "true",
+        num_args = 0..=1,
+        value_parser = boolean
+    )]
+    pub autoscale: bool,
+
+    /// Time between two autoscaler rounds. Seconds or a duration.
+    #[arg(long, env = "autoscale_interval", default_value = "2s", value_parser = duration)]
+    pub autoscale_interval: Duration,
+
+    /// How long load must stay low before the autoscaler removes replicas.
+    #[arg(long, env = "scale_down_window", default_value = "60s", value_parser = duration)]
+    pub scale_down_window: Duration,
+
     /// Most client connections open at once; more are answered 503 and closed. 0: no limit.
     #[arg(long, env = "max_connections", default_value_t = 0)]
     pub max_connections: usize,

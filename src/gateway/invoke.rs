@@ -254,7 +254,16 @@ pub async fn call(
     {
         Resolved::Unknown => return Err((CallError::Unknown, None)),
         Resolved::Unavailable(why) => return Err((CallError::Unavailable(why), None)),
-        Resolved::Ready { uri, label } => (uri, label),
+        Resolved::Ready {
+            uri,
+            label,
+            cold_start,
+        } => {
+            if let Some(took) = cold_start {
+                gateway.metrics.scaling.cold_start(&label, took);
+            }
+            (uri, label)
+        }
     };
     let (upstream, label) = upstream;
     let mut record = CallRecord {

@@ -29,9 +29,9 @@ struct CallLabels {
 
 /// `function_name` only.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FunctionLabel {
+pub struct FunctionLabel {
     /// The function.
-    function_name: String,
+    pub function_name: String,
 }
 
 fn histogram() -> Histogram {
@@ -59,8 +59,68 @@ pub struct GatewayMetrics {
     queue_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// `gateway_queue_in_flight`.
     queue_in_flight: Gauge,
-    /// Finished calls per function, all codes (what `invocationCount` reports).
-    totals: std::sync::Mutex<std::collections::HashMap<String, u64>>,
+    /// Calls per function: running, finished, last seen (for `invocationCount` and the
+    /// autoscaler).
+    activity: std::sync::Mutex<std::collections::HashMap<String, Activity>>,
+    /// The autoscaler's figures.
+    pub scaling: ScalingMetrics,
+}
+
+/// One function's calls.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Activity {
+    /// Calls running now (sync and async).
+    pub in_flight: i64,
+    /// Calls finished, whatever their status.
+    pub finished: u64,
+    /// When a call last started or finished.
+    pub last: Option<Instant>,
+}
+
+/// What the autoscaler decided, and cold starts.
+#[derive(Debug, Clone)]
+pub struct ScalingMetrics {
+    /// `gateway_service_target_load{function_name}`: load per replica aimed for.
+    pub target_load: Family<FunctionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// `gateway_service_load{function_name}`: load measured.
+    pub load: Family<FunctionLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// `gateway_service_desired_replicas{function_name}`.
+    pub desired: Family<FunctionLabel, Gauge>,
+    /// `gateway_service_replicas{function_name}`: replicas asked for now.
+    pub replicas: Family<FunctionLabel, Gauge>,
+    /// `gateway_function_cold_starts_total{function_name}`.
+    pub cold_starts: Family<FunctionLabel, Counter>,
+    /// `gateway_function_cold_start_seconds{function_name}`: from the wake-up to a ready
+    /// replica.
+    pub cold_start_seconds: Family<FunctionLabel, Histogram, fn() -> Histogram>,
+}
+
+impl ScalingMetrics {
+    /// Sets the autoscaler's gauges for `function`.
+    pub fn record(&self, function: &str, target_load: f64, load: f64, desired: u64, now: u64) {
+        let label = FunctionLabel {
+            function_name: function.to_string(),
+        };
+        self.target_load.get_or_create(&label).set(target_load);
+        self.load.get_or_create(&label).set(load);
+        self.desired
+            .get_or_create(&label)
+            .set(i64::try_from(desired).unwrap_or(i64::MAX));
+        self.replicas
+            .get_or_create(&label)
+            .set(i64::try_from(now).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a cold start of `function` that took `took`.
+    pub fn cold_start(&self, function: &str, took: std::time::Duration) {
+        let label = FunctionLabel {
+            function_name: function.to_string(),
+        };
+        self.cold_starts.get_or_create(&label).inc();
+        self.cold_start_seconds
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+    }
 }
 
 impl Default for GatewayMetrics {
@@ -97,6 +157,44 @@ impl GatewayMetrics {
             "gateway_service_count",
             "Ready replicas per function",
             service_count.clone(),
+        );
+        let scaling = ScalingMetrics {
+            target_load: Family::default(),
+            load: Family::default(),
+            desired: Family::default(),
+            replicas: Family::default(),
+            cold_starts: Family::default(),
+            cold_start_seconds: Family::new_with_constructor(histogram),
+        };
+        registry.register(
+            "gateway_service_target_load",
+            "Load per replica the autoscaler aims for (target x target-proportion)",
+            scaling.target_load.clone(),
+        );
+        registry.register(
+            "gateway_service_load",
+            "Load the autoscaler measured (in-flight calls, calls per second or millicores)",
+            scaling.load.clone(),
+        );
+        registry.register(
+            "gateway_service_desired_replicas",
+            "Replicas the autoscaler wants",
+            scaling.desired.clone(),
+        );
+        registry.register(
+            "gateway_service_replicas",
+            "Replicas asked for",
+            scaling.replicas.clone(),
+        );
+        registry.register(
+            "gateway_function_cold_starts",
+            "Calls that found their function at zero replicas and started one",
+            scaling.cold_starts.clone(),
+        );
+        registry.register(
+            "gateway_function_cold_start_seconds",
+            "Time from a cold start's wake-up to a ready replica",
+            scaling.cold_start_seconds.clone(),
         );
         let worker = WorkerCounters::default();
         registry.register(
@@ -142,19 +240,35 @@ impl GatewayMetrics {
             queue_depth,
             queue_oldest,
             queue_in_flight,
-            totals: std::sync::Mutex::default(),
+            activity: std::sync::Mutex::default(),
+            scaling,
         }
+    }
+
+    /// The calls of `function` so far.
+    pub fn activity(&self, function: &str) -> Activity {
+        self.activity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(function)
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn touch(&self, function: &str, change: impl FnOnce(&mut Activity)) {
+        let mut all = self
+            .activity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = all.entry(function.to_string()).or_default();
+        change(entry);
+        entry.last = Some(Instant::now());
     }
 
     /// Finished calls to `function`, sync and async, whatever their status: the same count as
     /// `gateway_function_invocation_total` summed over codes.
     pub fn invocation_count(&self, function: &str) -> u64 {
-        self.totals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .get(function)
-            .copied()
-            .unwrap_or(0)
+        self.activity(function).finished
     }
 
     /// Fills in `invocationCount` of function statuses.
@@ -172,6 +286,7 @@ impl GatewayMetrics {
                 function_name: function.to_string(),
             })
             .inc();
+        self.touch(function, |a| a.in_flight += 1);
         Instant::now()
     }
 
@@ -182,12 +297,10 @@ impl GatewayMetrics {
             code,
         };
         self.invocations.get_or_create(&labels).inc();
-        *self
-            .totals
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .entry(function.to_string())
-            .or_default() += 1;
+        self.touch(function, |a| {
+            a.in_flight -= 1;
+            a.finished += 1;
+        });
         self.seconds
             .get_or_create(&labels)
             .observe(started.elapsed().as_secs_f64());

@@ -7,6 +7,7 @@
 
 pub mod asynchronous;
 pub mod auth;
+pub mod autoscaler;
 pub mod cli;
 pub mod invoke;
 pub mod logs;
@@ -122,6 +123,8 @@ pub struct GatewayConfig {
     pub read_idle_timeout: Duration,
     /// Most client connections open at once (more are answered 503).
     pub max_connections: Option<usize>,
+    /// The autoscaler's settings, when it runs.
+    pub autoscale: Option<autoscaler::AutoscalerConfig>,
     /// How long in-flight calls get on shutdown.
     pub shutdown_timeout: Duration,
     /// Largest asynchronous request body.
@@ -283,6 +286,10 @@ impl Gateway {
                 read_timeout: args.read_timeout,
                 read_idle_timeout: args.read_idle_timeout,
                 max_connections: (args.max_connections > 0).then_some(args.max_connections),
+                autoscale: args.autoscale.then_some(autoscaler::AutoscalerConfig {
+                    interval: args.autoscale_interval,
+                    scale_down_window: args.scale_down_window,
+                }),
                 shutdown_timeout: args.shutdown_timeout,
                 max_async_body: args.max_async_body,
                 callback_allowlist: args.callback_allowlist.clone(),
@@ -452,6 +459,13 @@ pub async fn run(
         Arc::clone(&gateway.queue),
         stop_worker.clone(),
     ));
+    let autoscaler = gateway.config.autoscale.map(|config| {
+        tokio::spawn(autoscaler::run(
+            Arc::clone(&gateway),
+            config,
+            stop_worker.clone(),
+        ))
+    });
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
     let accept = {
@@ -500,6 +514,9 @@ pub async fn run(
         let _ = worker.await;
     }
     let _ = expiry.await;
+    if let Some(autoscaler) = autoscaler {
+        let _ = autoscaler.await;
+    }
     gateway
         .registry
         .provider()

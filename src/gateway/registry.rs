@@ -55,6 +55,9 @@ pub enum Resolved {
         uri: http::Uri,
         /// The function's name, with `.NAMESPACE` outside the default namespace.
         label: String,
+        /// When this request woke the function from zero replicas: how long it took to get a
+        /// ready one.
+        cold_start: Option<Duration>,
     },
 }
 
@@ -277,13 +280,75 @@ impl Registry {
         let Some((key, entry)) = self.find(name, namespace) else {
             return Resolved::Unknown;
         };
+        // A function at zero replicas is woken by its first call; later calls that arrive
+        // meanwhile find it waking and wait for the same replica.
+        let woke = if entry.replicas == 0 {
+            match self.wake(&key) {
+                Ok(woke) => woke.then(std::time::Instant::now),
+                Err(e) => return Resolved::Unavailable(format!("cannot start it: {e}")),
+            }
+        } else {
+            None
+        };
         match self.provider.endpoint(&key, wait).await {
             Endpoint::Ready(uri) => Resolved::Ready {
                 uri,
                 label: display_name(&entry.spec.service, entry.spec.namespace()),
+                cold_start: woke.map(|t| t.elapsed()),
             },
             Endpoint::Unavailable(why) => Resolved::Unavailable(why),
         }
+    }
+
+    /// Starts a function at zero replicas (its minimum, at least one); whether this call did.
+    fn wake(&self, key: &str) -> Result<bool, RegistryError> {
+        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(mut entry) = self.entry(key) else {
+            return Ok(false);
+        };
+        if entry.replicas > 0 {
+            return Ok(false);
+        }
+        let policy = ScalePolicy::of(&entry.spec).unwrap_or_default();
+        entry.replicas = policy.min.max(1);
+        self.provider.apply(&entry.spec, entry.replicas)?;
+        self.persist(&entry)?;
+        tracing::info!(function = %key, replicas = entry.replicas, "cold start: woken by a call");
+        self.functions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_string(), entry);
+        Ok(true)
+    }
+
+    /// The replicas asked for of function `key`.
+    pub fn replicas(&self, key: &str) -> Option<u64> {
+        self.entry(key).map(|e| e.replicas)
+    }
+
+    /// Sets function `key` to `replicas` replicas (the autoscaler's decision, already within
+    /// the function's policy); a function deleted or changed meanwhile is left alone.
+    pub fn autoscale(
+        &self,
+        key: &str,
+        spec: &Arc<FunctionDeployment>,
+        replicas: u64,
+    ) -> Result<(), RegistryError> {
+        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(mut entry) = self.entry(key) else {
+            return Ok(());
+        };
+        if !Arc::ptr_eq(&entry.spec, spec) || entry.replicas == replicas {
+            return Ok(());
+        }
+        entry.replicas = replicas;
+        self.provider.apply(&entry.spec, replicas)?;
+        self.persist(&entry)?;
+        self.functions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_string(), entry);
+        Ok(())
     }
 
     /// Every namespace: the default one, those created through the system API, and those

@@ -6,6 +6,7 @@
     reason = "tests fail loudly and are not public API"
 )]
 
+mod autoscale;
 mod callback;
 mod examples;
 mod fuzz_corpora;

@@ -64,6 +64,13 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// become ready.
     fn endpoint<'a>(&'a self, key: &'a str, wait: Duration) -> BoxFuture<'a, Endpoint>;
 
+    /// CPU seconds used so far by the running replicas of function `key` (for the `cpu`
+    /// scaling type), when the provider can tell.
+    fn cpu_seconds(&self, key: &str) -> Option<f64> {
+        let _ = key;
+        None
+    }
+
     /// Stops everything this provider started, waiting at most `grace` for it to exit.
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()>;
 }

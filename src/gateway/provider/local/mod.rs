@@ -93,6 +93,8 @@ struct Replica {
     stop: CancellationToken,
     /// Cancelled once its supervisor has ended (its processes are gone).
     gone: CancellationToken,
+    /// The running fwatchdog's process id (0 between runs), for CPU use.
+    pid: std::sync::atomic::AtomicI32,
 }
 
 impl Replica {
@@ -216,6 +218,7 @@ impl LocalProvider {
         };
         let replica = Arc::new(Replica {
             serial,
+            pid: std::sync::atomic::AtomicI32::new(0),
             addr: Mutex::new(None),
             ready: AtomicBool::new(false),
             stop: self.stop_all.child_token(),
@@ -442,6 +445,23 @@ impl Provider for LocalProvider {
         })
     }
 
+    fn cpu_seconds(&self, key: &str) -> Option<f64> {
+        let pids: Vec<i32> = {
+            let functions = self
+                .functions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            functions
+                .get(key)?
+                .replicas
+                .iter()
+                .map(|r| r.pid.load(Ordering::SeqCst))
+                .filter(|pid| *pid > 0)
+                .collect()
+        };
+        Some(pids.into_iter().filter_map(process_cpu_seconds).sum())
+    }
+
     fn shutdown(&self, grace: Duration) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             self.stop_all.cancel();
@@ -455,6 +475,25 @@ impl Provider for LocalProvider {
             self.table.kill_all();
         })
     }
+}
+
+/// CPU time of process `pid` and of its children it has waited for (its handlers), from
+/// `/proc/PID/stat`.
+fn process_cpu_seconds(pid: i32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at the last ')'.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime, stime, cutime, cstime are fields 14 to 17 of the line: 12 to 15 after ')'.
+    let ticks: f64 = fields
+        .get(11..15)?
+        .iter()
+        .filter_map(|f| f.parse::<f64>().ok())
+        .sum();
+    let per_second = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    Some(ticks / per_second)
 }
 
 /// `name` in the directories of `PATH`.

@@ -111,7 +111,10 @@ impl Supervisor {
                 self.cwd.as_deref(),
             ) {
                 Ok(process) => {
-                    if self.supervise(process).await {
+                    self.replica.pid.store(process.pid(), Ordering::SeqCst);
+                    let stopped = self.supervise(process).await;
+                    self.replica.pid.store(0, Ordering::SeqCst);
+                    if stopped {
                         break;
                     }
                 }
