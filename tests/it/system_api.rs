@@ -570,3 +570,41 @@ async fn namespaces_hold_functions_of_the_same_name_apart() {
     );
     assert_eq!(get(gw.addr, "/system/namespace/team-a").await.status(), 404);
 }
+
+#[tokio::test]
+async fn log_lines_survive_a_replica_restart() {
+    let data = tempfile::tempdir().unwrap();
+    let gw = up(data.path(), "      com.openfaas.scale.min: \"1\"").await;
+    assert_eq!(
+        get(gw.addr, "/function/talk?before=crash").await.status(),
+        200
+    );
+    let replica = crate::harness::descendants(gw.pid())[0];
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(replica),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // The restarted replica answers, and the line written before the crash is still there.
+    eventually_async("the restarted replica to answer", DEADLINE, || async {
+        let r = get(gw.addr, "/function/talk?after=restart").await;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    let body = get(gw.addr, "/system/logs?name=talk&follow=false")
+        .await
+        .text();
+    let texts: Vec<String> = said(&body)
+        .iter()
+        .map(|l| l["text"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        texts.contains(&"said before=crash".to_string()),
+        "{texts:?}"
+    );
+    assert!(
+        texts.contains(&"said after=restart".to_string()),
+        "{texts:?}"
+    );
+    assert!(gw.log.text().contains("replica exited; restarting"));
+}
