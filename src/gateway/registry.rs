@@ -223,7 +223,7 @@ impl Registry {
             )));
         }
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        let (key, mut entry) = self
+        let (key, entry) = self
             .find(name, namespace)
             .ok_or_else(|| not_found(name, namespace))?;
         let policy = ScalePolicy::of(&entry.spec).map_err(RegistryError::Invalid)?;
@@ -232,13 +232,7 @@ impl Registry {
         } else {
             policy.clamp(replicas)
         };
-        entry.replicas = replicas;
-        self.provider.apply(&entry.spec, replicas)?;
-        self.persist(&entry)?;
-        self.functions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, entry);
+        self.set_replicas(key, entry, replicas)?;
         Ok(replicas)
     }
 
@@ -303,22 +297,33 @@ impl Registry {
     /// Starts a function at zero replicas (its minimum, at least one); whether this call did.
     fn wake(&self, key: &str) -> Result<bool, RegistryError> {
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(mut entry) = self.entry(key) else {
+        let Some(entry) = self.entry(key) else {
             return Ok(false);
         };
         if entry.replicas > 0 {
             return Ok(false);
         }
-        let policy = ScalePolicy::of(&entry.spec).unwrap_or_default();
-        entry.replicas = policy.min.max(1);
-        self.provider.apply(&entry.spec, entry.replicas)?;
+        let replicas = ScalePolicy::of(&entry.spec).unwrap_or_default().min.max(1);
+        tracing::info!(function = %key, replicas, "cold start: woken by a call");
+        self.set_replicas(key.to_string(), entry, replicas)?;
+        Ok(true)
+    }
+
+    /// Applies and records a new replica count (the caller holds `changes`).
+    fn set_replicas(
+        &self,
+        key: String,
+        mut entry: Entry,
+        replicas: u64,
+    ) -> Result<(), RegistryError> {
+        entry.replicas = replicas;
+        self.provider.apply(&entry.spec, replicas)?;
         self.persist(&entry)?;
-        tracing::info!(function = %key, replicas = entry.replicas, "cold start: woken by a call");
         self.functions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.to_string(), entry);
-        Ok(true)
+            .insert(key, entry);
+        Ok(())
     }
 
     /// The replicas asked for of function `key`.
@@ -335,20 +340,13 @@ impl Registry {
         replicas: u64,
     ) -> Result<(), RegistryError> {
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(mut entry) = self.entry(key) else {
+        let Some(entry) = self.entry(key) else {
             return Ok(());
         };
         if !Arc::ptr_eq(&entry.spec, spec) || entry.replicas == replicas {
             return Ok(());
         }
-        entry.replicas = replicas;
-        self.provider.apply(&entry.spec, replicas)?;
-        self.persist(&entry)?;
-        self.functions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.to_string(), entry);
-        Ok(())
+        self.set_replicas(key.to_string(), entry, replicas)
     }
 
     /// Every namespace: the default one, those created through the system API, and those
