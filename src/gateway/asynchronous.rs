@@ -432,6 +432,7 @@ impl Invoker for GatewayInvoker {
                     .boxed_unsync(),
                 peer: None,
                 deadline,
+                upgrade: false,
             };
             match invoke::call(&self.gateway, call).await {
                 Ok((response, _record)) => {

@@ -108,6 +108,11 @@ pub struct UpArgs {
     #[arg(long, env = "function_log_buffer", default_value = "1MiB", value_parser = size)]
     pub function_log_buffer: usize,
 
+    /// Longest life of an upgraded connection (websocket) through the gateway. Seconds or a
+    /// duration.
+    #[arg(long, env = "upgrade_timeout", default_value = "1h", value_parser = duration)]
+    pub upgrade_timeout: Duration,
+
     /// Scale functions by their com.openfaas.scale.* labels (and to zero with
     /// com.openfaas.scale.zero=true).
     #[arg(

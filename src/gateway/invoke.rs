@@ -182,6 +182,8 @@ pub struct CallRequest<'a> {
     pub peer: Option<IpAddr>,
     /// When the whole call must be over.
     pub deadline: Instant,
+    /// Whether an upgrade the request asks for (websocket) goes through to the function.
+    pub upgrade: bool,
 }
 
 /// Why a call got no response from its function.
@@ -273,8 +275,8 @@ pub async fn call(
         code: 0,
     };
     let mut headers = req.headers;
-    if proxy::forward_request_headers(&mut headers, req.peer).is_some() {
-        // Upgrades are not proxied by the gateway: the request goes through as a plain one.
+    if proxy::forward_request_headers(&mut headers, req.peer).is_some() && !req.upgrade {
+        // This caller cannot tunnel: the request goes through as a plain one.
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
@@ -344,6 +346,10 @@ pub async fn invoke(
     let now = Instant::now();
     let deadline = now + gateway.config.upstream_timeout;
     let call_id = call_id_of(req.headers());
+    let mut req = req;
+    let client_upgrade = proxy::requested_upgrade(req.headers())
+        .is_some()
+        .then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
     let mut headers = parts.headers;
     headers.insert(X_CALL_ID, call_id.clone());
@@ -370,9 +376,34 @@ pub async fn invoke(
         body,
         peer: Some(peer.ip()),
         deadline,
+        upgrade: client_upgrade.is_some(),
     };
     match call(gateway, request).await {
-        Ok((response, record)) => {
+        Ok((mut response, record)) => {
+            let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if switching {
+                let upstream_upgrade = hyper::upgrade::on(&mut response);
+                let Some(client_upgrade) = client_upgrade else {
+                    return text(
+                        StatusCode::BAD_GATEWAY,
+                        format!(
+                            "Function {} switched protocols without being asked to.\n",
+                            target.name
+                        ),
+                    );
+                };
+                gateway.tunnels.spawn(
+                    client_upgrade,
+                    upstream_upgrade,
+                    Some(gateway.config.upgrade_timeout),
+                );
+                gateway.metrics.upgrade_opened();
+                let (mut parts, _) = response.into_parts();
+                proxy::forward_response_headers(&mut parts.headers, true);
+                parts.headers.insert(X_CALL_ID, call_id);
+                drop(record);
+                return Response::from_parts(parts, body::empty());
+            }
             let (mut parts, incoming) = response.into_parts();
             proxy::forward_response_headers(&mut parts.headers, false);
             parts.headers.insert(X_CALL_ID, call_id);

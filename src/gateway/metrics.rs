@@ -64,6 +64,10 @@ pub struct GatewayMetrics {
     activity: std::sync::Mutex<std::collections::HashMap<String, Activity>>,
     /// The autoscaler's figures.
     pub scaling: ScalingMetrics,
+    /// `gateway_upgraded_connections`: websockets (and other upgrades) open now.
+    upgrades_open: Gauge,
+    /// `gateway_upgraded_connections_opened_total`.
+    upgrades_opened: Counter,
 }
 
 /// One function's calls.
@@ -196,6 +200,18 @@ impl GatewayMetrics {
             "Time from a cold start's wake-up to a ready replica",
             scaling.cold_start_seconds.clone(),
         );
+        let upgrades_open = Gauge::default();
+        let upgrades_opened = Counter::default();
+        registry.register(
+            "gateway_upgraded_connections",
+            "Upgraded connections (websockets) tunnelled to functions now",
+            upgrades_open.clone(),
+        );
+        registry.register(
+            "gateway_upgraded_connections_opened",
+            "Upgraded connections (websockets) tunnelled to functions so far",
+            upgrades_opened.clone(),
+        );
         let worker = WorkerCounters::default();
         registry.register(
             "gateway_async_retries",
@@ -242,7 +258,20 @@ impl GatewayMetrics {
             queue_in_flight,
             activity: std::sync::Mutex::default(),
             scaling,
+            upgrades_open,
+            upgrades_opened,
         }
+    }
+
+    /// Counts an upgraded connection opened.
+    pub fn upgrade_opened(&self) {
+        self.upgrades_opened.inc();
+    }
+
+    /// Sets the number of upgraded connections open.
+    pub fn upgrades_open(&self, open: usize) {
+        self.upgrades_open
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
     }
 
     /// The calls of `function` so far.

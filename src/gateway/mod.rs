@@ -123,6 +123,8 @@ pub struct GatewayConfig {
     pub read_idle_timeout: Duration,
     /// Most client connections open at once (more are answered 503).
     pub max_connections: Option<usize>,
+    /// Longest life of an upgraded connection (websocket) through the gateway.
+    pub upgrade_timeout: Duration,
     /// The autoscaler's settings, when it runs.
     pub autoscale: Option<autoscaler::AutoscalerConfig>,
     /// How long in-flight calls get on shutdown.
@@ -156,6 +158,8 @@ pub struct Gateway {
     pub logs: Arc<logs::FunctionLogs>,
     /// Secrets.
     pub secrets: Arc<secrets::SecretStore>,
+    /// Upgraded connections (websockets) tunnelled to functions.
+    pub tunnels: crate::http::tunnels::Tunnels,
 }
 
 /// Opens the queue named by `args`: the embedded one in `data_dir`, or a JetStream server
@@ -286,6 +290,7 @@ impl Gateway {
                 read_timeout: args.read_timeout,
                 read_idle_timeout: args.read_idle_timeout,
                 max_connections: (args.max_connections > 0).then_some(args.max_connections),
+                upgrade_timeout: args.upgrade_timeout,
                 autoscale: args.autoscale.then_some(autoscaler::AutoscalerConfig {
                     interval: args.autoscale_interval,
                     scale_down_window: args.scale_down_window,
@@ -305,6 +310,7 @@ impl Gateway {
             wake: Arc::new(tokio::sync::Notify::new()),
             logs: function_logs,
             secrets: secret_store,
+            tunnels: crate::http::tunnels::Tunnels::new(),
         });
         if let Some(file) = &args.file {
             for spec in stack::load(file)? {
@@ -411,6 +417,7 @@ impl Gateway {
             text(StatusCode::OK, "OK\n".into())
         } else if path == "/metrics" {
             let stats = self.queue.stats().await.unwrap_or_default();
+            self.metrics.upgrades_open(self.tunnels.open());
             match self.metrics.encode(&self.registry.list(None), &stats) {
                 Ok(text_body) => {
                     let mut resp = text(StatusCode::OK, text_body);
@@ -495,6 +502,7 @@ pub async fn run(
     stop_accepting.cancel();
     let _ = accept.await;
     connections.close();
+    let drain_end = tokio::time::Instant::now() + gateway.config.shutdown_timeout;
     tracing::info!(
         connections = connections.len(),
         limit = %humantime::format_duration(gateway.config.shutdown_timeout),
@@ -509,6 +517,11 @@ pub async fn run(
             "drain deadline reached; stopping functions anyway"
         );
     }
+    // Open websockets get what is left of the drain time, then are cut.
+    gateway
+        .tunnels
+        .drain(drain_end.saturating_duration_since(tokio::time::Instant::now()))
+        .await;
     // The worker's calls need the functions: stop those last.
     if let Some(worker) = worker {
         let _ = worker.await;

@@ -6,6 +6,8 @@
 //! - [`connection`]: what every accepted socket gets: requests framed by both `Content-Length`
 //!   and `Transfer-Encoding` refused, and a lingering close so clients read early answers.
 //! - [`egress`]: which addresses requests to caller-chosen URLs (callbacks) may reach.
+//! - [`tunnels`]: upgraded connections (websockets) joined between client and upstream, counted
+//!   and drained on shutdown.
 //! - [`proxy`]: reverse proxying: the pooled client, hop-by-hop headers, upstream URLs and
 //!   upgrade tunnels.
 
@@ -14,3 +16,4 @@ pub mod connection;
 pub mod egress;
 pub mod proxy;
 pub mod server;
+pub mod tunnels;

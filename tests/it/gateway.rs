@@ -512,3 +512,58 @@ fn bad_command_lines_exit_64() {
         );
     }
 }
+
+#[tokio::test]
+async fn websockets_tunnel_through_the_gateway_to_an_http_mode_function() {
+    let data = tempfile::tempdir().unwrap();
+    let gw = up_with_stack(&data, &[]).await;
+    let open = crate::harness::websocket_echo(gw.addr, "/function/web/ws").await;
+    let metrics = get(gw.addr, "/metrics").await.text();
+    assert!(
+        metrics.contains("gateway_upgraded_connections 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gateway_upgraded_connections_opened_total 1"),
+        "{metrics}"
+    );
+    drop(open);
+    crate::harness::eventually_async("the tunnel to close", DEADLINE, || async {
+        get(gw.addr, "/metrics")
+            .await
+            .text()
+            .contains("gateway_upgraded_connections 0")
+            .then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn open_websockets_are_drained_then_cut_on_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = tempfile::tempdir().unwrap();
+    let mut gw = up_with_stack(&data, &["--shutdown-timeout", "2s"]).await;
+    let mut open = crate::harness::websocket_echo(gw.addr, "/function/web/ws").await;
+    gw.signal(Signal::SIGTERM);
+    // Still tunnelled while the gateway drains.
+    let mask = [9u8, 8, 7, 6];
+    let message = b"during the drain";
+    let mut frame = vec![0x81, 0x80 | message.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(message.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    open.write_all(&frame).await.unwrap();
+    let mut reply = vec![0u8; 2 + message.len()];
+    tokio::time::timeout(DEADLINE, open.read_exact(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&reply[2..], message);
+    // Then cut, and the gateway exits.
+    let status = gw.wait_exit(Duration::from_secs(15)).await;
+    assert!(status.success(), "{status}\n{}", gw.log.text());
+    assert!(
+        gw.log
+            .text()
+            .contains("closing upgraded connections still open")
+    );
+}

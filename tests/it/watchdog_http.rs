@@ -6,8 +6,6 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full, StreamBody};
 use nix::sys::signal::Signal;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 use crate::harness::{
     DEADLINE, Watchdog, free_port, get, post, process_gone, send, send_streaming, start_in_repo,
@@ -188,40 +186,7 @@ async fn server_sent_events_arrive_as_they_are_sent() {
 #[tokio::test]
 async fn websocket_echo_passes_through() {
     let wd = start_http(&[]).await;
-    let mut s = TcpStream::connect(wd.addr).await.unwrap();
-    s.write_all(
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
-          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        s.read_exact(&mut byte).await.unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
-    assert!(head.starts_with("http/1.1 101"), "{head}");
-    assert!(
-        head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="),
-        "{head}"
-    );
-
-    for message in ["hello websocket", "second message"] {
-        let mask = [1u8, 2, 3, 4];
-        let mut frame = vec![0x81, 0x80 | message.len() as u8];
-        frame.extend_from_slice(&mask);
-        frame.extend(message.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        s.write_all(&frame).await.unwrap();
-        let mut reply = vec![0u8; 2 + message.len()];
-        tokio::time::timeout(DEADLINE, s.read_exact(&mut reply))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(reply[0], 0x81);
-        assert_eq!(&reply[2..], message.as_bytes());
-    }
+    let _open = crate::harness::websocket_echo(wd.addr, "/ws").await;
 }
 
 #[tokio::test]

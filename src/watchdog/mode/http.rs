@@ -20,13 +20,12 @@ use hyper::body::Incoming;
 use nix::sys::signal::Signal;
 use tokio::sync::{oneshot, watch};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::describe_exit;
 use crate::config::{WatchdogConfig, parse};
 use crate::http::body::{self, BoxError};
 use crate::http::proxy;
+use crate::http::tunnels::Tunnels;
 use crate::process::lines::{self, LineLog};
 use crate::process::{HandlerProcess, Launcher};
 use crate::watchdog::invocation::Reply;
@@ -57,9 +56,7 @@ pub struct Upstream {
     /// Asks the supervisor to stop the upstream (SIGTERM, then SIGKILL after the grace period).
     stop: std::sync::Mutex<Option<oneshot::Sender<Duration>>>,
     /// Upgraded connections (websockets) being tunnelled.
-    tunnels: TaskTracker,
-    /// Cancels the tunnels at the end of a shutdown.
-    tunnels_stop: CancellationToken,
+    tunnels: Tunnels,
 }
 
 impl Upstream {
@@ -100,8 +97,7 @@ impl Upstream {
             ready,
             exit,
             stop: std::sync::Mutex::new(Some(stop_tx)),
-            tunnels: TaskTracker::new(),
-            tunnels_stop: CancellationToken::new(),
+            tunnels: Tunnels::new(),
         });
         tokio::spawn(Arc::clone(&upstream).probe(ready_tx));
         Ok(upstream)
@@ -149,18 +145,7 @@ impl Upstream {
 
     /// Waits for tunnelled upgraded connections to end, up to `limit`, then cuts them.
     pub async fn drain_tunnels(&self, limit: Duration) {
-        self.tunnels.close();
-        if tokio::time::timeout(limit, self.tunnels.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                tunnels = self.tunnels.len(),
-                "closing upgraded connections still open"
-            );
-        }
-        self.tunnels_stop.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.tunnels.wait()).await;
+        self.tunnels.drain(limit).await;
     }
 
     /// Probes until the upstream is ready or has exited.
@@ -337,7 +322,8 @@ impl Upstream {
         if switching {
             match (client_upgrade, upstream_upgrade) {
                 (Some(client_side), Some(upstream_side)) => {
-                    self.spawn_tunnel(client_side, upstream_side, config.upgrade_timeout);
+                    self.tunnels
+                        .spawn(client_side, upstream_side, config.upgrade_timeout);
                     reply.write_bounded = false;
                 }
                 _ => {
@@ -352,25 +338,6 @@ impl Upstream {
         reply.body = incoming.map_err(BoxError::from).boxed_unsync();
         reply.abort_at = deadline;
         reply
-    }
-
-    /// Runs one upgraded connection in the background, counted for the drain.
-    fn spawn_tunnel(
-        &self,
-        client: hyper::upgrade::OnUpgrade,
-        upstream: hyper::upgrade::OnUpgrade,
-        limit: Option<Duration>,
-    ) {
-        let stop = self.tunnels_stop.clone();
-        self.tunnels.spawn(async move {
-            tokio::select! {
-                r = proxy::tunnel(client, upstream, limit) => match r {
-                    Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),
-                    Err(e) => tracing::debug!(error = %e, "upgraded connection ended"),
-                },
-                _ = stop.cancelled() => {}
-            }
-        });
     }
 }
 
