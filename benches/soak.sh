@@ -47,7 +47,7 @@ soak() {
     sent=$((sent + step))
     local rps statuses
     rps=$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")
-    statuses=$(awk '/^\s+\[[0-9]+\]/ {printf "%s%s ", $1, $2}' <<<"$out")
+    statuses=$(awk '/^[[:space:]]+\[[0-9]+\]/ {printf "%s%s ", $1, $2}' <<<"$out")
     local r f
     r=$(rss_kb "$pid")
     f=$(fds "$pid")
