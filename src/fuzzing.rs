@@ -37,6 +37,9 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("static_path", static_path),
     ("framing", framing),
     ("callback_host", callback_host),
+    ("logs_query", logs_query),
+    ("scale_labels", scale_labels),
+    ("secret_json", secret_json),
 ];
 
 /// The longest duration any parser may return (the documented cap).
@@ -272,6 +275,51 @@ pub fn callback_host(data: &[u8]) {
             let _ = policy.check_host(host);
         }
     }
+}
+
+/// `GET /system/logs`'s query string: what parses keeps its promises.
+pub fn logs_query(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Ok(q) = crate::gateway::logs::parse_query(Some(&text)) {
+        assert!(!q.name.is_empty());
+        assert!(q.tail != Some(0), "tail 0 means all lines");
+    }
+}
+
+/// `com.openfaas.scale.*` labels (`name=value` lines): a policy that parses is coherent.
+pub fn scale_labels(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let labels = text
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once('=').unwrap_or((l, ""));
+            (format!("com.openfaas.scale.{k}"), v.to_string())
+        })
+        .collect();
+    let spec = FunctionDeployment {
+        service: "f".into(),
+        labels: Some(labels),
+        ..Default::default()
+    };
+    if let Ok(p) = crate::gateway::scaling::ScalePolicy::of(&spec) {
+        assert!(p.min <= p.max && p.max <= crate::gateway::registry::MAX_REPLICAS);
+        assert!(p.target > 0.0 && p.proportion > 0.0 && p.proportion <= 1.0);
+        for n in [0, 1, 7, u64::MAX] {
+            let c = p.clamp(n);
+            assert!(c >= p.min && c <= p.max);
+        }
+    }
+}
+
+/// A secret as the system API reads it: a name that validates is never a path.
+pub fn secret_json(data: &[u8]) {
+    if let Ok(secret) = serde_json::from_slice::<crate::gateway::secrets::Secret>(data)
+        && crate::gateway::secrets::validate_secret_name(&secret.name).is_ok()
+    {
+        assert!(!secret.name.contains('/') && !secret.name.contains(".."));
+        assert!(!secret.name.starts_with('.'));
+    }
+    let _ = serde_json::from_slice::<crate::gateway::types::FunctionNamespace>(data);
 }
 
 /// A request line and header lines (`name: value`) as request parts; `None` when the first line
