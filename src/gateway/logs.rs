@@ -319,7 +319,8 @@ pub fn form_pairs(query: &str) -> Vec<(String, String)> {
 /// Reads an RFC 3339 time with any offset (`Z`, `+01:00`) and optional fractional seconds.
 pub fn parse_rfc3339(text: &str) -> Option<SystemTime> {
     let text = text.trim();
-    if text.len() < 20 {
+    // Only ASCII can be a time; it also keeps the byte offsets below on character boundaries.
+    if text.len() < 20 || !text.is_ascii() {
         return None;
     }
     let (local, offset) = if let Some(stripped) = text.strip_suffix(['Z', 'z']) {
@@ -442,6 +443,8 @@ mod tests {
             Some(base + Duration::from_millis(500))
         );
         assert_eq!(parse_rfc3339("yesterday"), None);
+        // Found by fuzzing: a multi-byte character where the offset would start.
+        assert_eq!(parse_rfc3339("2026-12-01T05:22:3\u{125}\u{64b}ail"), None);
     }
 
     #[test]
