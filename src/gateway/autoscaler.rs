@@ -71,10 +71,12 @@ fn round(gateway: &Gateway, config: &AutoscalerConfig, tracked: &mut HashMap<Str
         };
         let key = spec.key();
         let label = display_name(&spec.service, spec.namespace());
-        let Some(current) = gateway.registry.replicas(&key) else {
+        let Some((current, changed_at)) = gateway.registry.replicas(&key) else {
             continue;
         };
         let activity = gateway.metrics.activity(&label);
+        // Calls waiting for a replica (a cold start) are load too.
+        let waiting = gateway.registry.waiting(&key) as i64;
         let cpu = (policy.kind == LoadKind::Cpu)
             .then(|| gateway.registry.provider().cpu_seconds(&key))
             .flatten();
@@ -87,7 +89,7 @@ fn round(gateway: &Gateway, config: &AutoscalerConfig, tracked: &mut HashMap<Str
         });
         let elapsed = now.duration_since(state.at).as_secs_f64().max(1e-3);
         let load = match policy.kind {
-            LoadKind::Capacity => activity.in_flight.max(0) as f64,
+            LoadKind::Capacity => (activity.in_flight + waiting).max(0) as f64,
             LoadKind::Rps => activity.finished.saturating_sub(state.finished) as f64 / elapsed,
             LoadKind::Cpu => match (cpu, state.cpu) {
                 (Some(now_s), Some(before)) => (now_s - before).max(0.0) * 1000.0 / elapsed,
@@ -108,8 +110,16 @@ fn round(gateway: &Gateway, config: &AutoscalerConfig, tracked: &mut HashMap<Str
         {
             state.wanted.pop_front();
         }
-        let idle_since = activity.last.unwrap_or(state.seen).max(state.seen);
-        let idle = activity.in_flight <= 0 && now.duration_since(idle_since) >= policy.zero_after;
+        // Idle counts from the last call, and from the last change of the replica count: a
+        // function woken by a call that is still waiting for its replica is not idle.
+        let idle_since = activity
+            .last
+            .unwrap_or(state.seen)
+            .max(state.seen)
+            .max(changed_at);
+        let idle = activity.in_flight <= 0
+            && waiting == 0
+            && now.duration_since(idle_since) >= policy.zero_after;
         let desired = if current == 0 {
             // Scaled to zero (by the autoscaler or by hand): the next call wakes it.
             0
@@ -117,6 +127,9 @@ fn round(gateway: &Gateway, config: &AutoscalerConfig, tracked: &mut HashMap<Str
             0
         } else if wanted >= current {
             wanted
+        } else if now.duration_since(changed_at) < config.scale_down_window {
+            // Just changed (a cold start, a manual scale): give it the window first.
+            current
         } else {
             // Down only as far as the highest count wanted in the window.
             state

@@ -131,7 +131,7 @@ pub async fn read_body(
 ) -> Result<bytes::Bytes, ReadBodyError> {
     let (mut incoming, watch) = body::read_bounded(
         incoming,
-        Some(Instant::now() + config.read_timeout),
+        body::ReadDeadline::After(config.read_timeout),
         Some(config.read_idle_timeout),
     );
     let mut collected = bytes::BytesMut::new();
@@ -364,7 +364,7 @@ pub async fn invoke(
     };
     let (body, watch) = body::read_bounded(
         incoming,
-        Some(now + gateway.config.read_timeout),
+        body::ReadDeadline::After(gateway.config.read_timeout),
         Some(gateway.config.read_idle_timeout),
     );
     let request = CallRequest {
@@ -392,16 +392,18 @@ pub async fn invoke(
                         ),
                     );
                 };
+                // The call lasts as long as the tunnel: it counts as load for the autoscaler
+                // (and keeps a function that scales to zero from idling) until it closes.
                 gateway.tunnels.spawn(
                     client_upgrade,
                     upstream_upgrade,
                     Some(gateway.config.upgrade_timeout),
+                    record,
                 );
                 gateway.metrics.upgrade_opened();
                 let (mut parts, _) = response.into_parts();
                 proxy::forward_response_headers(&mut parts.headers, true);
                 parts.headers.insert(X_CALL_ID, call_id);
-                drop(record);
                 return Response::from_parts(parts, body::empty());
             }
             let (mut parts, incoming) = response.into_parts();

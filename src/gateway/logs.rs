@@ -25,10 +25,10 @@ use crate::http::body::{self, BoxError, ResponseBody};
 pub const MAX_LINE: usize = 16 * 1024;
 
 /// Lines a follower may fall behind before it loses some.
-pub const FOLLOW_BACKLOG: usize = 1024;
+pub const FOLLOW_BACKLOG: usize = 256;
 
-/// Bytes a line costs in a buffer beyond its text (its names and timestamp).
-const LINE_OVERHEAD: usize = 64;
+/// Bytes a line costs in a buffer beyond its text (its names, timestamp and allocations).
+const LINE_OVERHEAD: usize = 256;
 
 /// One line a replica wrote, as `GET /system/logs` returns it (faas-provider's `logs.Message`).
 #[derive(Debug, Clone, Serialize)]
@@ -173,9 +173,15 @@ impl FunctionLogs {
             Some(mut rx) => {
                 let (tx, body_rx) = mpsc::channel::<Result<Bytes, BoxError>>(16);
                 let query = query.clone();
+                let namespace = namespace.to_string();
                 tokio::spawn(async move {
                     loop {
-                        let chunk = match rx.recv().await {
+                        let received = tokio::select! {
+                            // A follower that went away ends the task even if no line comes.
+                            _ = tx.closed() => return,
+                            received = rx.recv() => received,
+                        };
+                        let chunk = match received {
                             Ok(line) if line.seq <= last_seq || !matches(&line, &query) => continue,
                             Ok(line) => {
                                 let mut out = Vec::new();
@@ -185,7 +191,7 @@ impl FunctionLogs {
                             Err(broadcast::error::RecvError::Lagged(missed)) => {
                                 let notice = LogLine {
                                     name: query.name.clone(),
-                                    namespace: query.namespace.clone().unwrap_or_default(),
+                                    namespace: namespace.clone(),
                                     instance: "fgateway".into(),
                                     timestamp: humantime::format_rfc3339_nanos(SystemTime::now())
                                         .to_string(),

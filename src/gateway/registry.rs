@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use super::provider::{Endpoint, Provider, ProviderError};
 use super::scaling::ScalePolicy;
-use super::secrets::SecretStore;
+use super::secrets::{SecretError, SecretStore};
 use super::store::{Store, StoreError, StoredFunction};
 use super::types::{
     DEFAULT_NAMESPACE, FunctionDeployment, FunctionNamespace, FunctionStatus, display_name,
@@ -70,6 +70,9 @@ struct Entry {
     replicas: u64,
     /// When it was deployed.
     created_at: String,
+    /// When its replica count last changed (a cold start, a scale): the autoscaler leaves a
+    /// function alone for a while after that.
+    changed_at: std::time::Instant,
 }
 
 /// The deployed functions and their provider.
@@ -85,6 +88,42 @@ pub struct Registry {
     changes: Mutex<()>,
     /// Secrets, copied for each function that names them.
     secrets: Arc<SecretStore>,
+    /// Calls waiting for a replica, by function key (they are load, not yet in flight).
+    waiting: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+}
+
+/// Counts a call as waiting for a replica of a function while it lives.
+struct Waiting {
+    /// The counts.
+    counts: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    /// The function.
+    key: String,
+}
+
+impl Waiting {
+    fn new(counts: &Arc<Mutex<std::collections::HashMap<String, usize>>>, key: &str) -> Self {
+        *counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key.to_string())
+            .or_default() += 1;
+        Waiting {
+            counts: Arc::clone(counts),
+            key: key.to_string(),
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = counts.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.key);
+            }
+        }
+    }
 }
 
 impl Registry {
@@ -111,6 +150,7 @@ impl Registry {
                     spec,
                     replicas: stored.replicas,
                     created_at: stored.created_at,
+                    changed_at: std::time::Instant::now(),
                 },
             );
         }
@@ -120,6 +160,7 @@ impl Registry {
             functions: RwLock::new(functions),
             changes: Mutex::new(()),
             secrets,
+            waiting: Arc::default(),
         })
     }
 
@@ -174,6 +215,7 @@ impl Registry {
             spec,
             replicas,
             created_at: now(),
+            changed_at: std::time::Instant::now(),
         };
         if let Err(e) = self.persist(&entry) {
             if is_new {
@@ -284,7 +326,10 @@ impl Registry {
         } else {
             None
         };
-        match self.provider.endpoint(&key, wait).await {
+        let waiting = Waiting::new(&self.waiting, &key);
+        let endpoint = self.provider.endpoint(&key, wait).await;
+        drop(waiting);
+        match endpoint {
             Endpoint::Ready(uri) => Resolved::Ready {
                 uri,
                 label: display_name(&entry.spec.service, entry.spec.namespace()),
@@ -317,6 +362,7 @@ impl Registry {
         replicas: u64,
     ) -> Result<(), RegistryError> {
         entry.replicas = replicas;
+        entry.changed_at = std::time::Instant::now();
         self.provider.apply(&entry.spec, replicas)?;
         self.persist(&entry)?;
         self.functions
@@ -326,9 +372,19 @@ impl Registry {
         Ok(())
     }
 
-    /// The replicas asked for of function `key`.
-    pub fn replicas(&self, key: &str) -> Option<u64> {
-        self.entry(key).map(|e| e.replicas)
+    /// Calls waiting for a replica of function `key` now.
+    pub fn waiting(&self, key: &str) -> usize {
+        self.waiting
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The replicas asked for of function `key`, and when that count was set.
+    pub fn replicas(&self, key: &str) -> Option<(u64, std::time::Instant)> {
+        self.entry(key).map(|e| (e.replicas, e.changed_at))
     }
 
     /// Sets function `key` to `replicas` replicas (the autoscaler's decision, already within
@@ -347,6 +403,25 @@ impl Registry {
             return Ok(());
         }
         self.set_replicas(key.to_string(), entry, replicas)
+    }
+
+    /// Deletes a secret unless a function names it, checked and done while no deploy runs (a
+    /// deploy copying the secret cannot slip between the check and the delete).
+    pub fn delete_secret(&self, namespace: &str, name: &str) -> Result<(), SecretError> {
+        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let users: Vec<String> = self
+            .specs()
+            .iter()
+            .filter(|s| s.namespace() == namespace && s.secrets.iter().any(|x| x == name))
+            .map(|s| s.service.clone())
+            .collect();
+        if !users.is_empty() {
+            return Err(SecretError::InUse {
+                name: name.to_string(),
+                functions: users.join(", "),
+            });
+        }
+        self.secrets.delete(namespace, name)
     }
 
     /// Every namespace: the default one, those created through the system API, and those

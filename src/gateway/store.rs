@@ -117,11 +117,14 @@ impl Store {
             out
         };
         for (old, key) in rekey {
+            // When both rows exist, the keyed one is the newer: the old one goes.
             conn.execute(
                 "UPDATE OR IGNORE functions SET name = ?2 WHERE name = ?1",
                 params![old, key],
             )
             .map_err(sql)?;
+            conn.execute("DELETE FROM functions WHERE name = ?1", params![old])
+                .map_err(sql)?;
         }
         Ok(Store {
             path,

@@ -243,26 +243,10 @@ fn change_secret(gateway: &Gateway, method: &Method, secret: &Secret) -> Respons
     let result = match *method {
         Method::POST => gateway.secrets.create(secret).map(|()| StatusCode::CREATED),
         Method::PUT => gateway.secrets.update(secret).map(|()| StatusCode::OK),
-        _ => {
-            let users: Vec<String> = gateway
-                .registry
-                .list(Some(namespace))
-                .into_iter()
-                .filter(|f| f.namespace == namespace && f.secrets.iter().any(|s| s == name))
-                .map(|f| f.name)
-                .collect();
-            if users.is_empty() {
-                gateway
-                    .secrets
-                    .delete(namespace, name)
-                    .map(|()| StatusCode::OK)
-            } else {
-                Err(SecretError::InUse {
-                    name: name.clone(),
-                    functions: users.join(", "),
-                })
-            }
-        }
+        _ => gateway
+            .registry
+            .delete_secret(namespace, name)
+            .map(|()| StatusCode::OK),
     };
     match result {
         Ok(status) => {

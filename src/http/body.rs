@@ -195,12 +195,24 @@ impl BodyWatch {
     }
 }
 
+/// When a request body must have arrived.
+#[derive(Debug, Clone, Copy)]
+pub enum ReadDeadline {
+    /// No limit.
+    None,
+    /// By this instant.
+    At(Instant),
+    /// Within this long of the first time the body is read (a gateway may wait for a replica
+    /// before it reads the body, and that wait is not the client's).
+    After(std::time::Duration),
+}
+
 /// Forwards a request body that must have arrived by `deadline`, with no gap between two
-/// pieces longer than `idle`; past either the body fails with [`ReadTimedOut`]. The returned
-/// watch says whether (and how) the client's body failed.
+/// pieces longer than `idle` (counted from the first read); past either the body fails with
+/// [`ReadTimedOut`]. The returned watch says whether (and how) the client's body failed.
 pub fn read_bounded<B>(
     inner: B,
-    deadline: Option<Instant>,
+    deadline: ReadDeadline,
     idle: Option<std::time::Duration>,
 ) -> (ResponseBody, std::sync::Arc<BodyWatch>)
 where
@@ -210,8 +222,9 @@ where
     let watch = std::sync::Arc::new(BodyWatch::default());
     let body = ReadBounded {
         inner,
-        deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-        idle: idle.map(|d| (d, Box::pin(tokio::time::sleep(d)))),
+        pending: Some((deadline, idle)),
+        deadline: None,
+        idle: None,
         watch: std::sync::Arc::clone(&watch),
     };
     (body.boxed_unsync(), watch)
@@ -221,6 +234,8 @@ where
 struct ReadBounded<B> {
     /// The client's body.
     inner: B,
+    /// The limits, until the first read starts their timers.
+    pending: Option<(ReadDeadline, Option<std::time::Duration>)>,
     /// When it must have ended.
     deadline: Option<Pin<Box<Sleep>>>,
     /// The longest gap between two pieces, and when the current gap ends.
@@ -241,6 +256,15 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some((deadline, idle)) = self.pending.take() {
+            let now = Instant::now();
+            self.deadline = match deadline {
+                ReadDeadline::None => None,
+                ReadDeadline::At(at) => Some(Box::pin(tokio::time::sleep_until(at))),
+                ReadDeadline::After(d) => Some(Box::pin(tokio::time::sleep_until(now + d))),
+            };
+            self.idle = idle.map(|d| (d, Box::pin(tokio::time::sleep_until(now + d))));
+        }
         if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
             let frame = frame.map(|f| f.map_err(Into::into));
             match &frame {

@@ -100,11 +100,13 @@ pub async fn accept_loop<M, S, B>(
             },
         };
         let conn = builder
-            .serve_connection(TokioIo::new(GuardedIo::new(stream)), make(peer))
+            .serve_connection(
+                TokioIo::new(GuardedIo::new(stream).with_slot(slot)),
+                make(peer),
+            )
             .with_upgrades();
         let stop = stop.clone();
         tracker.spawn(async move {
-            let _slot = slot;
             let mut conn = std::pin::pin!(conn);
             let result = tokio::select! {
                 r = conn.as_mut() => r,

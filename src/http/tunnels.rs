@@ -30,11 +30,18 @@ impl Tunnels {
     }
 
     /// Joins `client` and `upstream` once both upgrades complete, in the background, for at
-    /// most `limit`.
-    pub fn spawn(&self, client: OnUpgrade, upstream: OnUpgrade, limit: Option<Duration>) {
+    /// most `limit`; `hold` (a call's record, say) is kept until the tunnel ends.
+    pub fn spawn<H: Send + 'static>(
+        &self,
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+        limit: Option<Duration>,
+        hold: H,
+    ) {
         self.opened.fetch_add(1, Ordering::Relaxed);
         let stop = self.stop.clone();
         self.tracker.spawn(async move {
+            let _hold = hold;
             tokio::select! {
                 r = proxy::tunnel(client, upstream, limit) => match r {
                     Ok((up, down)) => tracing::debug!(up, down, "upgraded connection closed"),

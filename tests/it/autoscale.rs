@@ -146,3 +146,76 @@ async fn idle_functions_go_to_zero_and_the_next_calls_start_one_replica() {
     assert_eq!(r.status(), 200);
     eprintln!("cold call answered in {:?}", started.elapsed());
 }
+
+#[tokio::test]
+async fn a_slow_cold_start_is_not_scaled_back_to_zero_while_its_call_waits() {
+    let data = tempfile::tempdir().unwrap();
+    let port = crate::harness::free_port();
+    let root = env!("CARGO_MANIFEST_DIR");
+    // An http-mode function whose server takes 1.5 s to start: longer than zero-duration and
+    // many autoscaler rounds.
+    let function = format!(
+        "sleepy:\n    handler: {root}/examples/python-http\n    \
+         fprocess: sh -c 'sleep 1.5; exec python3 server.py'\n    environment:\n      \
+         mode: http\n      upstream_url: http://127.0.0.1:{port}\n      LISTEN_PORT: \"{port}\"\n      \
+         QUIET: \"1\"\n      ready_path: /ready"
+    );
+    let gw = start(
+        data.path(),
+        &function,
+        &[
+            ("com.openfaas.scale.zero", "true"),
+            ("com.openfaas.scale.zero-duration", "1s"),
+        ],
+    )
+    .await;
+    eventually_async("zero replicas after idling", DEADLINE, || async {
+        (replicas(&gw, "sleepy").await == (0, 0)).then_some(())
+    })
+    .await;
+    let r = get(gw.addr, "/function/sleepy/ready").await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn an_open_websocket_counts_as_load_and_keeps_a_function_from_idling() {
+    let data = tempfile::tempdir().unwrap();
+    let port = crate::harness::free_port();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let function = format!(
+        "web:\n    handler: {root}/examples/python-http\n    fprocess: python3 server.py\n    \
+         environment:\n      mode: http\n      upstream_url: http://127.0.0.1:{port}\n      \
+         LISTEN_PORT: \"{port}\"\n      QUIET: \"1\"\n      ready_path: /ready"
+    );
+    let gw = start(
+        data.path(),
+        &function,
+        &[
+            ("com.openfaas.scale.zero", "true"),
+            ("com.openfaas.scale.zero-duration", "1s"),
+        ],
+    )
+    .await;
+    let open = crate::harness::websocket_echo(gw.addr, "/function/web/ws").await;
+    // Well past zero-duration, the function with an open websocket still runs.
+    let metrics = eventually_async("the tunnel counted as load", DEADLINE, || async {
+        let m = get(gw.addr, "/metrics").await.text();
+        m.contains(r#"gateway_service_load{function_name="web"} 1"#)
+            .then_some(m)
+    })
+    .await;
+    assert!(metrics.contains("gateway_upgraded_connections 1"));
+    // It stays at one replica throughout, well past zero-duration.
+    let opened = Instant::now();
+    while opened.elapsed() < std::time::Duration::from_secs(2) {
+        assert_eq!(replicas(&gw, "web").await.0, 1);
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(open);
+    eventually_async(
+        "zero replicas once the websocket closed",
+        DEADLINE,
+        || async { (replicas(&gw, "web").await.0 == 0).then_some(()) },
+    )
+    .await;
+}

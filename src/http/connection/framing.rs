@@ -64,7 +64,7 @@ pub(super) fn chunk_byte(state: Framing, byte: u8) -> Framing {
                 }
             }
             _ if digits == 0 && byte != b' ' && byte != b'\t' => Framing::Off,
-            _ if usize::from(digits) > MAX_LINE => Framing::Off,
+            // Extensions are skipped byte by byte (nothing is kept); hyper bounds their length.
             _ => Framing::ChunkSize {
                 size,
                 digits,
@@ -103,7 +103,8 @@ pub(super) fn scan_head(data: &[u8]) -> HeadScan {
     let mut length: Option<u64> = None;
     let mut has_length = false;
     let mut encoding: Option<bool> = None;
-    let mut upgrade = req.method == Some("CONNECT");
+    let connect = req.method == Some("CONNECT");
+    let mut upgrade = false;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             has_length = true;
@@ -125,7 +126,9 @@ pub(super) fn scan_head(data: &[u8]) -> HeadScan {
     if has_length && encoding.is_some() {
         return HeadScan::Refuse;
     }
-    let next = match (upgrade, encoding, length) {
+    // A CONNECT tunnel starts after the head; an upgrade only once the server answers 101,
+    // which the socket sees when the answer is written.
+    let next = match (connect, encoding, length) {
         (true, _, _) | (_, Some(false), _) => Framing::Off,
         (_, Some(true), _) => Framing::ChunkSize {
             size: 0,
@@ -135,5 +138,9 @@ pub(super) fn scan_head(data: &[u8]) -> HeadScan {
         (_, None, Some(n)) if n > 0 => Framing::Fixed(n),
         _ => Framing::Head,
     };
-    HeadScan::Complete { len, next, upgrade }
+    HeadScan::Complete {
+        len,
+        next,
+        upgrade: upgrade || connect,
+    }
 }

@@ -59,6 +59,10 @@ content-length: 45\r\n\
 \r\n\
 Too many open connections; try again shortly\n";
 
+/// How long a connection refused for the connection limit lingers (short: refusals must stay
+/// cheap under a flood).
+const REFUSAL_LINGER: Duration = Duration::from_secs(1);
+
 /// Size of the buffer request heads are checked in (it grows for larger heads).
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -80,13 +84,20 @@ pub struct GuardedIo<T> {
     framing: Framing,
     /// The client closed its side.
     eof: bool,
-    /// A request asked to upgrade the connection: once it ends, it ends as the tunnel ends,
-    /// without lingering (which would swallow what the client still sends into it).
+    /// The connection was upgraded (the server answered 101, or a CONNECT): it ends as the
+    /// tunnel ends, without lingering (which would swallow what the client still sends).
     upgrade: bool,
+    /// The last request asked to upgrade; the answer decides whether it happens.
+    upgrade_asked: bool,
     /// A response to write before closing, instead of the server's.
     reply: Option<&'static [u8]>,
     /// How far closing has come.
     closing: Closing,
+    /// How long closing lingers at most, and without data.
+    linger: (Duration, Duration),
+    /// The connection's place under the server's connection limit, held as long as the
+    /// socket lives (an upgraded connection included).
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// How far closing has come.
@@ -123,17 +134,27 @@ impl<T> GuardedIo<T> {
             framing: Framing::Head,
             eof: false,
             upgrade: false,
+            upgrade_asked: false,
             reply: None,
             closing: Closing::Open,
+            slot: None,
+            linger: (LINGER_TOTAL, LINGER_IDLE),
         }
     }
 
-    /// A socket that is only closed: `reply` is written, then the close lingers (for
+    /// Holds `slot` for as long as the socket lives.
+    pub fn with_slot(mut self, slot: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        self.slot = slot;
+        self
+    }
+
+    /// A socket that is only closed: `reply` is written, then the close lingers briefly (for
     /// connections refused before any HTTP is served; shut it down to send the reply).
     pub fn refusing(io: T, reply: &'static [u8]) -> Self {
         let mut guarded = Self::new(io);
         guarded.reply = Some(reply);
         guarded.framing = Framing::Refused;
+        guarded.linger = (REFUSAL_LINGER, REFUSAL_LINGER);
         guarded
     }
 
@@ -159,7 +180,11 @@ impl<T> GuardedIo<T> {
                     HeadScan::Complete { len, next, upgrade } => {
                         self.checked += len;
                         self.framing = next;
-                        self.upgrade |= upgrade;
+                        self.upgrade_asked = upgrade;
+                        if next == Framing::Off && upgrade {
+                            // CONNECT: the tunnel starts right after the head.
+                            self.upgrade = true;
+                        }
                     }
                 },
                 Framing::Fixed(left) | Framing::ChunkData(left) => {
@@ -185,6 +210,17 @@ impl<T> GuardedIo<T> {
                     }
                 }
             }
+        }
+    }
+
+    /// Notes an answer that switches protocols after a request asked to upgrade: from then on
+    /// the bytes are the tunnel's, not HTTP.
+    fn watch_answer(&mut self, data: &[u8]) {
+        if self.upgrade_asked && data.starts_with(b"HTTP/1.1 101") {
+            self.upgrade_asked = false;
+            self.upgrade = true;
+            self.framing = Framing::Off;
+            self.checked = self.end;
         }
     }
 
@@ -314,7 +350,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
+        let this = self.get_mut();
+        this.watch_answer(data);
+        Pin::new(&mut this.io).poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -322,7 +360,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+            this.watch_answer(first);
+        }
+        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -358,14 +400,16 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
                 }
                 Closing::ShutWrite => {
                     let shut = ready!(Pin::new(&mut this.io).poll_shutdown(cx));
-                    this.discard_buffer();
+                    if !this.upgrade {
+                        this.discard_buffer();
+                    }
                     this.closing = if shut.is_err() || this.eof || this.upgrade {
                         Closing::Done
                     } else {
                         let now = Instant::now();
                         Closing::Drain {
-                            total: Box::pin(tokio::time::sleep_until(now + LINGER_TOTAL)),
-                            idle: Box::pin(tokio::time::sleep_until(now + LINGER_IDLE)),
+                            total: Box::pin(tokio::time::sleep_until(now + this.linger.0)),
+                            idle: Box::pin(tokio::time::sleep_until(now + this.linger.1)),
                             discarded: 0,
                         }
                     };
@@ -384,7 +428,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
                                 if *discarded >= LINGER_BYTES {
                                     break;
                                 }
-                                idle.as_mut().reset(Instant::now() + LINGER_IDLE);
+                                idle.as_mut().reset(Instant::now() + this.linger.1);
                             }
                             Poll::Ready(_) => break,
                             Poll::Pending => {

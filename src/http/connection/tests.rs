@@ -111,3 +111,34 @@ fn refusal_bodies_match_their_lengths() {
         assert_eq!(length, body.len(), "{head}");
     }
 }
+
+#[tokio::test]
+async fn an_upgrade_request_the_server_declines_does_not_switch_the_check_off() {
+    let declined: &[u8] = b"GET / HTTP/1.1\r\nUpgrade: h2c\r\nConnection: upgrade\r\n\r\n";
+    let bad: &[u8] =
+        b"POST /x HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+    let (seen, framing) = served(&[declined, bad].concat(), 4096).await;
+    assert_eq!(seen, declined);
+    assert_eq!(framing, Framing::Refused);
+}
+
+#[tokio::test]
+async fn after_a_101_the_bytes_are_the_tunnels() {
+    let (mut client, server) = tokio::io::duplex(1 << 16);
+    let mut guarded = GuardedIo::new(server);
+    let head: &[u8] = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+    client.write_all(head).await.unwrap();
+    let mut got = vec![0u8; head.len()];
+    guarded.read_exact(&mut got).await.unwrap();
+    guarded
+        .write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
+        .await
+        .unwrap();
+    // Tunnel bytes that would look like a refused request to the framing check.
+    let inside: &[u8] =
+        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    client.write_all(inside).await.unwrap();
+    let mut got = vec![0u8; inside.len()];
+    guarded.read_exact(&mut got).await.unwrap();
+    assert_eq!(got, inside);
+}

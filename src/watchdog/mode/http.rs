@@ -275,7 +275,11 @@ impl Upstream {
                 Err(text) => return Reply::text(text),
             }
         } else {
-            let (body, flag) = body::read_bounded(incoming, read_deadline, None);
+            let (body, flag) = body::read_bounded(
+                incoming,
+                read_deadline.map_or(body::ReadDeadline::None, body::ReadDeadline::At),
+                None,
+            );
             (body, Some(flag))
         };
 
@@ -323,7 +327,7 @@ impl Upstream {
             match (client_upgrade, upstream_upgrade) {
                 (Some(client_side), Some(upstream_side)) => {
                     self.tunnels
-                        .spawn(client_side, upstream_side, config.upgrade_timeout);
+                        .spawn(client_side, upstream_side, config.upgrade_timeout, ());
                     reply.write_bounded = false;
                 }
                 _ => {
