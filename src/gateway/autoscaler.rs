@@ -131,7 +131,8 @@ fn round(gateway: &Gateway, config: &AutoscalerConfig, tracked: &mut HashMap<Str
             // Just changed (a cold start, a manual scale): give it the window first.
             current
         } else {
-            // Down only as far as the highest count wanted in the window.
+            // Down only as far as the highest count wanted in the window, and never to zero:
+            // only an idle function with com.openfaas.scale.zero goes there.
             state
                 .wanted
                 .iter()
@@ -139,6 +140,7 @@ fn round(gateway: &Gateway, config: &AutoscalerConfig, tracked: &mut HashMap<Str
                 .max()
                 .unwrap_or(wanted)
                 .min(current)
+                .max(1)
         };
         gateway
             .metrics

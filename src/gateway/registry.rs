@@ -313,30 +313,44 @@ impl Registry {
     /// Where a request for `name` (in `namespace`, when the caller named one) goes, waiting up
     /// to `wait` for a replica to become ready.
     pub async fn resolve(&self, name: &str, namespace: Option<&str>, wait: Duration) -> Resolved {
-        let Some((key, entry)) = self.find(name, namespace) else {
-            return Resolved::Unknown;
-        };
-        // A function at zero replicas is woken by its first call; later calls that arrive
-        // meanwhile find it waking and wait for the same replica.
-        let woke = if entry.replicas == 0 {
-            match self.wake(&key) {
-                Ok(woke) => woke.then(std::time::Instant::now),
-                Err(e) => return Resolved::Unavailable(format!("cannot start it: {e}")),
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut woke = None;
+        // Twice at most: the autoscaler may scale the function to zero between the lookup and
+        // the wait for a replica; the call then wakes it like any call to a function at zero.
+        for _ in 0..2 {
+            let Some((key, entry)) = self.find(name, namespace) else {
+                return Resolved::Unknown;
+            };
+            let label = display_name(&entry.spec.service, entry.spec.namespace());
+            let cold = entry.replicas == 0;
+            // A cold call is counted as waiting before it wakes the function, so no autoscaler
+            // round sees the function idle in between; later calls share the same replica.
+            let waiting = cold.then(|| Waiting::new(&self.waiting, &key));
+            if cold {
+                match self.wake(&key) {
+                    Ok(true) => woke = Some(std::time::Instant::now()),
+                    Ok(false) => {}
+                    Err(e) => return Resolved::Unavailable(format!("cannot start it: {e}")),
+                }
             }
-        } else {
-            None
-        };
-        let waiting = Waiting::new(&self.waiting, &key);
-        let endpoint = self.provider.endpoint(&key, wait).await;
-        drop(waiting);
-        match endpoint {
-            Endpoint::Ready(uri) => Resolved::Ready {
-                uri,
-                label: display_name(&entry.spec.service, entry.spec.namespace()),
-                cold_start: woke.map(|t| t.elapsed()),
-            },
-            Endpoint::Unavailable(why) => Resolved::Unavailable(why),
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let endpoint = self.provider.endpoint(&key, left).await;
+            drop(waiting);
+            match endpoint {
+                Endpoint::Ready(uri) => {
+                    return Resolved::Ready {
+                        uri,
+                        label,
+                        cold_start: woke.map(|t| t.elapsed()),
+                    };
+                }
+                Endpoint::Unavailable(_) if self.replicas(&key).is_some_and(|(n, _)| n == 0) => {
+                    continue;
+                }
+                Endpoint::Unavailable(why) => return Resolved::Unavailable(why),
+            }
         }
+        Resolved::Unavailable(format!("function {name} was scaled to zero while starting"))
     }
 
     /// Starts a function at zero replicas (its minimum, at least one); whether this call did.
@@ -400,6 +414,10 @@ impl Registry {
             return Ok(());
         };
         if !Arc::ptr_eq(&entry.spec, spec) || entry.replicas == replicas {
+            return Ok(());
+        }
+        if replicas == 0 && self.waiting(key) > 0 {
+            // A call is waiting for this function: not idle after all.
             return Ok(());
         }
         self.set_replicas(key.to_string(), entry, replicas)

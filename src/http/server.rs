@@ -8,6 +8,9 @@
 //! answers 503 to connections beyond it.
 
 use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -99,11 +102,16 @@ pub async fn accept_loop<M, S, B>(
                 }
             },
         };
+        let switched = Arc::new(AtomicBool::new(false));
+        let io = GuardedIo::new(stream)
+            .with_slot(slot)
+            .with_upgrade_flag(Arc::clone(&switched));
+        let service = WatchUpgrades {
+            inner: make(peer),
+            switched,
+        };
         let conn = builder
-            .serve_connection(
-                TokioIo::new(GuardedIo::new(stream).with_slot(slot)),
-                make(peer),
-            )
+            .serve_connection(TokioIo::new(io), service)
             .with_upgrades();
         let stop = stop.clone();
         tracker.spawn(async move {
@@ -119,6 +127,40 @@ pub async fn accept_loop<M, S, B>(
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
+    }
+}
+
+/// A service that tells the connection's socket when it answers an upgrade (101, or 2xx to
+/// CONNECT), so the socket's framing check stops at the right byte.
+struct WatchUpgrades<S> {
+    /// The service.
+    inner: S,
+    /// Shared with the socket.
+    switched: Arc<AtomicBool>,
+}
+
+impl<S, B> Service<Request<Incoming>> for WatchUpgrades<S>
+where
+    S: Service<Request<Incoming>, Response = Response<B>>,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<B>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<B>, S::Error>> + Send>>;
+
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
+        let connect = req.method() == http::Method::CONNECT;
+        let answer = self.inner.call(req);
+        let switched = Arc::clone(&self.switched);
+        Box::pin(async move {
+            let resp = answer.await?;
+            let status = resp.status();
+            if status == http::StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()) {
+                switched.store(true, Ordering::Release);
+            }
+            Ok(resp)
+        })
     }
 }
 

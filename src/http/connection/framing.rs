@@ -29,13 +29,8 @@ pub(super) enum Framing {
 pub(super) enum HeadScan {
     /// The head is not complete yet.
     Partial,
-    /// The head is complete (`len` bytes) and the stream goes on as `next`; `upgrade` when
-    /// it asks to upgrade the connection.
-    Complete {
-        len: usize,
-        next: Framing,
-        upgrade: bool,
-    },
+    /// The head is complete (`len` bytes) and the stream goes on as `next`.
+    Complete { len: usize, next: Framing },
     /// Both `Content-Length` and `Transfer-Encoding`.
     Refuse,
     /// Something this check does not follow; the server will judge it.
@@ -103,8 +98,7 @@ pub(super) fn scan_head(data: &[u8]) -> HeadScan {
     let mut length: Option<u64> = None;
     let mut has_length = false;
     let mut encoding: Option<bool> = None;
-    let connect = req.method == Some("CONNECT");
-    let mut upgrade = false;
+
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("content-length") {
             has_length = true;
@@ -119,28 +113,22 @@ pub(super) fn scan_head(data: &[u8]) -> HeadScan {
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             let last = h.value.rsplit(|&b| b == b',').next().unwrap_or_default();
             encoding = Some(last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("upgrade") {
-            upgrade = true;
         }
     }
     if has_length && encoding.is_some() {
         return HeadScan::Refuse;
     }
-    // A CONNECT tunnel starts after the head; an upgrade only once the server answers 101,
-    // which the socket sees when the answer is written.
-    let next = match (connect, encoding, length) {
-        (true, _, _) | (_, Some(false), _) => Framing::Off,
-        (_, Some(true), _) => Framing::ChunkSize {
+    // An upgrade (or CONNECT) becomes a tunnel only when the server answers it, which the
+    // server tells the socket (`GuardedIo::with_upgrade_flag`); until then, HTTP goes on.
+    let next = match (encoding, length) {
+        (Some(false), _) => Framing::Off,
+        (Some(true), _) => Framing::ChunkSize {
             size: 0,
             digits: 0,
             ext: false,
         },
-        (_, None, Some(n)) if n > 0 => Framing::Fixed(n),
+        (None, Some(n)) if n > 0 => Framing::Fixed(n),
         _ => Framing::Head,
     };
-    HeadScan::Complete {
-        len,
-        next,
-        upgrade: upgrade || connect,
-    }
+    HeadScan::Complete { len, next }
 }

@@ -22,6 +22,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -84,11 +87,12 @@ pub struct GuardedIo<T> {
     framing: Framing,
     /// The client closed its side.
     eof: bool,
-    /// The connection was upgraded (the server answered 101, or a CONNECT): it ends as the
-    /// tunnel ends, without lingering (which would swallow what the client still sends).
+    /// The connection was upgraded: it ends as the tunnel ends, without lingering (which would
+    /// swallow what the client still sends).
     upgrade: bool,
-    /// The last request asked to upgrade; the answer decides whether it happens.
-    upgrade_asked: bool,
+    /// Set by the server when it answers an upgrade (101, or 2xx to CONNECT): from then on the
+    /// bytes are the tunnel's, not HTTP.
+    switched: Option<Arc<AtomicBool>>,
     /// A response to write before closing, instead of the server's.
     reply: Option<&'static [u8]>,
     /// How far closing has come.
@@ -134,7 +138,7 @@ impl<T> GuardedIo<T> {
             framing: Framing::Head,
             eof: false,
             upgrade: false,
-            upgrade_asked: false,
+            switched: None,
             reply: None,
             closing: Closing::Open,
             slot: None,
@@ -177,14 +181,9 @@ impl<T> GuardedIo<T> {
                         // The server answers 431.
                         self.framing = Framing::Off;
                     }
-                    HeadScan::Complete { len, next, upgrade } => {
+                    HeadScan::Complete { len, next } => {
                         self.checked += len;
                         self.framing = next;
-                        self.upgrade_asked = upgrade;
-                        if next == Framing::Off && upgrade {
-                            // CONNECT: the tunnel starts right after the head.
-                            self.upgrade = true;
-                        }
                     }
                 },
                 Framing::Fixed(left) | Framing::ChunkData(left) => {
@@ -213,14 +212,25 @@ impl<T> GuardedIo<T> {
         }
     }
 
-    /// Notes an answer that switches protocols after a request asked to upgrade: from then on
-    /// the bytes are the tunnel's, not HTTP.
-    fn watch_answer(&mut self, data: &[u8]) {
-        if self.upgrade_asked && data.starts_with(b"HTTP/1.1 101") {
-            self.upgrade_asked = false;
+    /// Watches `switched`, which the server sets when it answers an upgrade.
+    pub fn with_upgrade_flag(mut self, switched: Arc<AtomicBool>) -> Self {
+        self.switched = Some(switched);
+        self
+    }
+
+    /// Once the server has answered an upgrade, every byte is the tunnel's: stop checking
+    /// (bytes already buffered after the upgrade request are the tunnel's too).
+    fn note_upgrade(&mut self) {
+        if !self.upgrade
+            && self
+                .switched
+                .as_ref()
+                .is_some_and(|s| s.load(Ordering::Acquire))
+        {
             self.upgrade = true;
             self.framing = Framing::Off;
             self.checked = self.end;
+            self.reply = None;
         }
     }
 
@@ -243,6 +253,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
         if out.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        this.note_upgrade();
         loop {
             // Checked bytes first.
             if this.checked > this.start {
@@ -350,9 +361,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        this.watch_answer(data);
-        Pin::new(&mut this.io).poll_write(cx, data)
+        Pin::new(&mut self.get_mut().io).poll_write(cx, data)
     }
 
     fn poll_write_vectored(
@@ -360,11 +369,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncWrite for GuardedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
-            this.watch_answer(first);
-        }
-        Pin::new(&mut this.io).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {

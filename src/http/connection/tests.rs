@@ -123,17 +123,20 @@ async fn an_upgrade_request_the_server_declines_does_not_switch_the_check_off() 
 }
 
 #[tokio::test]
-async fn after_a_101_the_bytes_are_the_tunnels() {
+async fn after_the_server_answers_an_upgrade_the_bytes_are_the_tunnels() {
     let (mut client, server) = tokio::io::duplex(1 << 16);
-    let mut guarded = GuardedIo::new(server);
+    let switched = Arc::new(AtomicBool::new(false));
+    let mut guarded = GuardedIo::new(server).with_upgrade_flag(Arc::clone(&switched));
     let head: &[u8] = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
     client.write_all(head).await.unwrap();
     let mut got = vec![0u8; head.len()];
     guarded.read_exact(&mut got).await.unwrap();
+    // A body that merely looks like an answer changes nothing; the server's word does.
     guarded
         .write_all(b"HTTP/1.1 101 Switching Protocols\r\n\r\n")
         .await
         .unwrap();
+    switched.store(true, Ordering::Release);
     // Tunnel bytes that would look like a refused request to the framing check.
     let inside: &[u8] =
         b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
