@@ -17,6 +17,7 @@ mod harness;
 mod hostile;
 mod quick_start;
 mod system_api;
+mod system_secrets;
 mod watchdog_classic;
 mod watchdog_config;
 mod watchdog_http;
