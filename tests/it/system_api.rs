@@ -60,6 +60,12 @@ async fn scale(gw: &Gateway, name: &str, replicas: u64) -> crate::harness::Reply
 async fn logs_answer_tail_since_instance_and_follow() {
     let data = tempfile::tempdir().unwrap();
     let gw = up(data.path(), "      com.openfaas.scale.min: \"2\"").await;
+    // Both replicas ready, so the calls below are spread over the two.
+    eventually_async("two ready replicas", DEADLINE, || async {
+        let v = json(&get(gw.addr, "/system/function/talk").await.text());
+        (v["availableReplicas"] == 2).then_some(())
+    })
+    .await;
     for i in 0..6 {
         let r = get(gw.addr, &format!("/function/talk?n={i}")).await;
         assert_eq!(r.status(), 200, "{}", r.text());
