@@ -79,11 +79,15 @@ fn zombie_children(parent: i32) -> Vec<i32> {
         .collect()
 }
 
+/// The fields of a `/proc/PID/stat` line after the command name (which is in parentheses and
+/// may itself contain spaces or parentheses): the state first, as field 3 of `proc(5)`.
+pub fn stat_fields(stat: &str) -> Option<std::str::SplitWhitespace<'_>> {
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace())
+}
+
 /// Parses the state and parent pid out of a `/proc/PID/stat` line.
 fn parse_stat(stat: &str) -> Option<(char, i32)> {
-    // The command name is in parentheses and may itself contain spaces or parentheses.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let mut fields = rest.split_whitespace();
+    let mut fields = stat_fields(stat)?;
     let state = fields.next()?.chars().next()?;
     let ppid = fields.next()?.parse().ok()?;
     Some((state, ppid))

@@ -127,7 +127,7 @@ impl Program {
 }
 
 /// Finds `name` in the directories of `path_var`, as a shell would.
-fn resolve(name: &str, path_var: Option<&OsStr>) -> Option<PathBuf> {
+pub fn resolve(name: &str, path_var: Option<&OsStr>) -> Option<PathBuf> {
     if name.contains('/') {
         return Some(PathBuf::from(name));
     }

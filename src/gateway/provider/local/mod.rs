@@ -176,14 +176,7 @@ impl LocalProvider {
             .as_ref()
             .map(|exe| exe.with_file_name("fwatchdog"))
             .filter(|p| p.is_file());
-        let on_path = || {
-            std::env::var_os("PATH").and_then(|paths| {
-                std::env::split_paths(&paths)
-                    .map(|dir| dir.join("fwatchdog"))
-                    .find(|p| p.is_file())
-            })
-        };
-        match sibling.or_else(on_path) {
+        match sibling.or_else(|| on_path("fwatchdog")) {
             Some(path) => vec![path.display().to_string()],
             None => match exe {
                 Some(exe) => vec![exe.display().to_string(), "watchdog".to_string()],
@@ -481,8 +474,7 @@ impl Provider for LocalProvider {
 /// `/proc/PID/stat`.
 fn process_cpu_seconds(pid: i32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start at the last ')'.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let fields: Vec<&str> = crate::process::reaper::stat_fields(&stat)?.collect();
     // utime, stime, cutime, cstime are fields 14 to 17 of the line: 12 to 15 after ')'.
     let ticks: f64 = fields
         .get(11..15)?
@@ -496,11 +488,9 @@ fn process_cpu_seconds(pid: i32) -> Option<f64> {
     Some(ticks / per_second)
 }
 
-/// `name` in the directories of `PATH`.
+/// The executable `name` in the directories of `PATH`.
 fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
+    spawn::resolve(name, std::env::var_os("PATH").as_deref())
 }
 
 #[cfg(test)]
