@@ -1,0 +1,116 @@
+//! Publishing a call's request message, idempotency and duplicates, and undoing an enqueue that
+//! failed half-way.
+
+use super::*;
+
+/// Deletes a record if it is still at `revision`, and then the idempotency key entry if it is
+/// still at its revision.
+pub(super) async fn undo(
+    kv: &kv::Store,
+    record: &str,
+    revision: u64,
+    key: Option<&(String, u64)>,
+) -> Result<(), kv::DeleteError> {
+    kv.delete_expect_revision(record, Some(revision)).await?;
+    if let Some((key, revision)) = key {
+        kv.delete_expect_revision(key, Some(*revision)).await?;
+    }
+    Ok(())
+}
+
+impl JetStreamQueue {
+    /// Publishes a request message (deduplicated by `msg_id` inside the window).
+    pub(super) async fn publish_request(
+        &self,
+        function: &str,
+        msg_id: &str,
+        payload: Bytes,
+    ) -> Result<jetstream::publish::PublishAck, QueueError> {
+        self.js
+            .send_publish(
+                format!("{}.{}", self.names.requests, subject_token(function)),
+                Publish::build().payload(payload).message_id(msg_id),
+            )
+            .await
+            .map_err(unavailable)?
+            .await
+            .map_err(unavailable)
+    }
+
+    /// Removes the record a failed enqueue stored, and then the idempotency key it claimed,
+    /// in the background (the caller hears "unavailable" at once; a server that is down gets
+    /// the removal after reconnecting). Each is removed only while it is still at the revision
+    /// the enqueue wrote, and the key only once the record is gone: a call that landed after
+    /// all and was taken by a worker, or that a later request was told about (see
+    /// [`Self::duplicate`]), is never undone.
+    pub(super) fn forget(&self, call_id: &str, revision: u64, key: Option<(String, u64)>) {
+        let kv = self.kv.clone();
+        let record = record_key(call_id);
+        tokio::spawn(async move {
+            let undo = undo(&kv, &record, revision, key.as_ref());
+            match tokio::time::timeout(FORGET_WITHIN, undo).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
+                    tracing::debug!(key = record, "a failed enqueue's record is in use; kept");
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(key = record, error = %e, "cannot remove what a failed enqueue stored")
+                }
+                Err(_) => {
+                    tracing::warn!(
+                        key = record,
+                        "timed out removing what a failed enqueue stored"
+                    )
+                }
+            }
+        });
+    }
+
+    /// A call id seen before: the call it names. A call that no worker has taken yet is
+    /// published again under its record's message id: the server drops the copy inside its
+    /// duplicate window, and later a worker drops whichever of the two messages it sees second
+    /// (the record names the live one), so an enqueue that failed half-way cannot leave a
+    /// record without a message. The copy carries this request's body and headers, and the
+    /// record's callback URL.
+    pub(super) async fn duplicate(
+        &self,
+        call_id: &str,
+        request: &QueueRequest,
+    ) -> Result<Enqueued, QueueError> {
+        for _ in 0..CAS_ATTEMPTS {
+            let Some(v) = self.read(call_id).await? else {
+                // The first enqueue failed and removed its record meanwhile: not a call to
+                // point at.
+                return Err(unavailable(Vanished(call_id.to_string())));
+            };
+            let unseen = v.record.state == CallState::Queued
+                && v.record.attempts == 0
+                && v.record.seq.is_none();
+            if !unseen {
+                return Ok(Enqueued::Duplicate(call_id.to_string()));
+            }
+            // Store the record again, unchanged: a failed first enqueue removes it only at
+            // the revision it wrote, so the call this answer names cannot be undone after it.
+            if self.write(&v.record, v.revision).await?.is_none() {
+                continue;
+            }
+            let mut again = request.clone();
+            again.call_id = call_id.to_string();
+            again.enqueued_at = v.record.enqueued_at;
+            again.callback_url.clone_from(&v.record.callback_url);
+            again
+                .header
+                .insert("X-Call-Id".into(), vec![call_id.to_string()]);
+            let payload = serde_json::to_vec(&again).map_err(|source| QueueError::Corrupt {
+                call_id: call_id.to_string(),
+                source,
+            })?;
+            // The server drops this copy if the record's message landed within the window
+            // (a message of this record is never dropped by a worker while it is unseen).
+            self.publish_request(&again.function, v.record.msg_id(), payload.into())
+                .await?;
+            return Ok(Enqueued::Duplicate(call_id.to_string()));
+        }
+        Err(unavailable(Contended(call_id.to_string())))
+    }
+}

@@ -1,0 +1,133 @@
+//! Finishing a call: recording its final outcome and queueing its callback in one step.
+
+use super::*;
+
+impl JetStreamQueue {
+    /// Records the final outcome of a call `owner` holds, queues its callback, and acks (or,
+    /// for a dead letter, terms) its message.
+    pub(super) async fn finalize(
+        &self,
+        call_id: &str,
+        owner: &str,
+        outcome: Outcome,
+        claim: Duration,
+        dead: bool,
+    ) -> Result<bool, QueueError> {
+        let Some(Held {
+            message,
+            current,
+            lease,
+            ..
+        }) = self.take_held(call_id, owner)
+        else {
+            return Ok(false);
+        };
+        // Keep the lease while a slow outcome is stored (a large body, a dead-letter copy); a
+        // small one takes two round trips, well inside the two thirds of the lease that are
+        // left at least.
+        if (dead || outcome.body.len() > self.max_payload() / 2)
+            && let Err(e) = message.ack_with(self.renewal(lease)).await
+        {
+            tracing::debug!(call_id, error = %e, "cannot extend the lease before finishing");
+        }
+        let copy = if dead {
+            // The copy first: a dead letter must never exist without its request.
+            let ack = self
+                .js
+                .send_publish(
+                    self.dead_subject(call_id),
+                    Publish::build().payload(message.payload.clone()),
+                )
+                .await
+                .map_err(unavailable)?
+                .await
+                .map_err(unavailable)?;
+            Some(ack.sequence)
+        } else {
+            None
+        };
+        let callback = match &current.record.callback_url {
+            Some(url) => Some(
+                self.publish_callback(&current.record, url, &outcome)
+                    .await?,
+            ),
+            None => None,
+        };
+        let (head, truncated) = cap(&outcome.body, self.result_cap());
+        let now = unix_ms();
+        let state = if !dead && outcome.succeeded() {
+            CallState::Succeeded
+        } else {
+            CallState::Failed
+        };
+        let attempts = current.record.attempts;
+        let settled = self
+            .modify_from(call_id, Some(current), |record| {
+                if !record.held_by(owner) || record.attempts != attempts {
+                    return Step::Keep(false);
+                }
+                record.state = state;
+                record.dead = dead;
+                record.owner = None;
+                record.finished_at = Some(now);
+                record.status_code = Some(outcome.status);
+                record.last_error = outcome.error.clone();
+                record.result = Some(base64::engine::general_purpose::STANDARD.encode(head));
+                record.result_truncated = truncated;
+                match &callback {
+                    Some((seq, object)) => {
+                        record.callback = "pending".into();
+                        record.callback_due = Some(now.saturating_add(ms(claim)));
+                        record.callback_seq = Some(*seq);
+                        record.callback_object = object.clone();
+                    }
+                    None => record.callback = "none".into(),
+                }
+                Step::Write(true)
+            })
+            .await?;
+        let settled = match settled {
+            Some((true, v)) => v,
+            lost => {
+                lease_lost(call_id);
+                if let Some((seq, object)) = &callback {
+                    self.remove_callback(*seq, object.as_deref()).await;
+                }
+                // Remove the copy, unless the call's new owner has dead-lettered it meanwhile
+                // or is doing so (the stream keeps one copy per call: a later one may have
+                // replaced it, or replace it in a moment).
+                if let Some(seq) = copy {
+                    let _ = match lost {
+                        Some((_, now)) => self.purge_left_over_copy(&now.record, seq).await,
+                        None => self.purge_dead_copy(call_id, seq).await,
+                    };
+                }
+                return Ok(false);
+            }
+        };
+        if callback.is_some() {
+            // The first delivery is this process's: its result saves a read.
+            self.settled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(call_id.to_string(), settled);
+        }
+        // A dead letter's term is confirmed (it is rare, and the message must not come back);
+        // a success's ack is not waited for (a redelivery is dropped: the record is final).
+        let acked = if dead {
+            message.double_ack_with(AckKind::Term).await
+        } else {
+            message.ack().await
+        };
+        if let Err(e) = acked {
+            tracing::warn!(call_id, error = %e, "cannot ack a finished call's message");
+        }
+        Ok(true)
+    }
+
+    /// Result bytes a status record keeps: the configured cap, within what one record can carry.
+    pub(super) fn result_cap(&self) -> usize {
+        let room = self.max_payload().saturating_sub(FRAMING * 4) / 4 * 3;
+        self.config.result_cap.min(room)
+    }
+}

@@ -1,0 +1,783 @@
+//! The NATS JetStream backend: many gateways and workers, on many machines, share one queue.
+//!
+//! Layout on the server (names derive from the stream name, `faas-request` by default):
+//!
+//! - stream `faas-request` (work queue, file storage), subjects `faas-request.<function>`: one
+//!   message per call, published with `Nats-Msg-Id` = call id and a tag of its status record
+//!   (`<id>#<tag>`), so the server drops a repeat inside its duplicate window, and a call id
+//!   used again after its first enqueue failed and was undone is not taken for a repeat of
+//!   the undone message (which the workers drop). One durable pull consumer, `faas-workers`,
+//!   is shared by every worker: explicit acks, `ack_wait` = the lease.
+//! - key-value bucket `faas-request-calls`: one status record per call (`c.<id>`, or
+//!   `x.<hex id>` for ids with characters keys cannot hold) and one entry per idempotency key
+//!   (`i.<sha256>`), kept for the retention period. Every change to a record is a
+//!   compare-and-set on its revision, and every ack or nak of a message follows a successful
+//!   one: JetStream acks are not tied to one delivery, so a worker that lost its lease must
+//!   not be able to ack the call away from its new owner.
+//! - stream `faas-request-dlq`: a copy of each dead-lettered request (subject per call), kept
+//!   until it is redriven or purged.
+//! - stream `faas-request-callback` (work queue) with consumer `faas-callbacks`: one message
+//!   per pending callback carrying the call's outcome; bodies too large for one message go to
+//!   the object store `faas-request-results`.
+//!
+//! Leases: a fetched message is the worker's until the consumer's `ack_wait`; `in_progress`
+//! acks extend it while the call runs. A caller asking for another lease length gets it with
+//! a delayed nak, which the server treats the same way (redelivery when it runs out). Retries
+//! are delayed naks (the delay the worker chose, `Retry-After` included); attempts are counted
+//! in the status record, and the worker dead-letters a call itself (term + a copy in the
+//! dead-letter stream) when its retries are exhausted, so the consumer has no `max_deliver`
+//! (hand-backs and lease take-overs count as deliveries too) and no server-side backoff (on
+//! NATS 2.9 it would replace `ack_wait`, the lease, with its first step).
+//!
+//! A record also names its call's live message (its stream sequence, once a worker has seen
+//! it): a second message for the same call (republished by a retried enqueue after the
+//! duplicate window, or a redrive published twice) is dropped, never run beside the first.
+//! Calls fetched for a function at its concurrency limit are handed back for
+//! 100 ms, and a lease whose whole fetch was handed back fetches again, in growing batches (up
+//! to 1024 messages), so that a backlog of one function cannot fill every fetch and
+//! starve the others. The hand-back is short because other workers, with room for that
+//! function, do not see those calls meanwhile.
+//!
+//! The code, by concern: `setup` (names, streams and consumer created or checked, connecting),
+//! `record` (status records, their keys, compare-and-set), `enqueue` (request messages,
+//! idempotency, undoing a failed enqueue), `lease` (fetching, taking and handing back calls),
+//! `finish` (final outcomes with their callback), `callbacks` (pending callbacks and stored
+//! bodies), `dead_letters` (the dead-letter stream, purge and redrive); this file holds the
+//! queue itself and the [`Queue`] implementation that ties them together.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use async_nats::jetstream::{
+    self, AckKind, Message,
+    consumer::{self, PullConsumer},
+    kv,
+    message::PublishMessage as Publish,
+    object_store::ObjectStore,
+    stream::{self, DiscardPolicy, RetentionPolicy, StorageType},
+};
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncReadExt;
+
+use super::{
+    BoxFuture, CallState, CallStatus, CallbackJob, Cancelled, Enqueued, Leased, Outcome, Queue,
+    QueueError, QueueRequest, QueueStats, unix_ms,
+};
+
+mod callbacks;
+mod dead_letters;
+mod enqueue;
+mod finish;
+mod lease;
+mod record;
+mod setup;
+#[cfg(test)]
+mod tests;
+
+use lease::*;
+use record::*;
+pub use setup::SetupError;
+use setup::*;
+
+/// Settings of the JetStream queue.
+#[derive(Debug, Clone)]
+pub struct JetStreamConfig {
+    /// Server URL(s), comma-separated: `nats://host:4222`.
+    pub url: String,
+    /// Name of the request stream; the other names derive from it.
+    pub stream: String,
+    /// Stream replicas (1 for a single server, 3 or 5 in a cluster).
+    pub replicas: usize,
+    /// How long status records and idempotency keys are kept.
+    pub retention: Duration,
+    /// Most result bytes a status record shows.
+    pub result_cap: usize,
+    /// The consumer's `ack_wait` when this process creates it: the workers' lease.
+    pub lease: Duration,
+    /// How long start-up waits for the server.
+    pub connect_timeout: Duration,
+}
+
+/// Most dead letters listed at once (the oldest).
+const DEAD_LETTER_PAGE: usize = 1000;
+
+/// Longest delay handed to the server (its durations are signed 64-bit nanoseconds).
+const MAX_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Compare-and-set attempts before an update gives up.
+const CAS_ATTEMPTS: usize = 32;
+
+/// How long a call for a function at its limit is handed back for, so the next fetch reaches
+/// other functions' calls first.
+const HAND_BACK: Duration = Duration::from_millis(100);
+
+/// Largest batch a lease fetches while looking past handed-back calls.
+const SCAN_BATCH: usize = 128;
+
+/// Most messages one lease looks at while looking past handed-back calls.
+const SCAN_LIMIT: usize = 1024;
+
+/// Longest a fetch of waiting messages may take (it normally ends within milliseconds: the
+/// server answers a no-wait pull at once).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the clean-up of a failed enqueue may wait for the server.
+const FORGET_WITHIN: Duration = Duration::from_secs(60);
+
+/// Room left in a message for headers and JSON framing.
+const FRAMING: usize = 4096;
+
+/// The server failed or cannot be reached.
+fn unavailable(e: impl std::error::Error + Send + Sync + 'static) -> QueueError {
+    QueueError::Unavailable(Box::new(e))
+}
+
+/// An error from the client's boxed error type.
+fn boxed(e: async_nats::Error) -> QueueError {
+    QueueError::Unavailable(e)
+}
+
+/// The JetStream queue.
+pub struct JetStreamQueue {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    names: Names,
+    requests: stream::Stream,
+    workers: PullConsumer,
+    dlq: stream::Stream,
+    callbacks: stream::Stream,
+    dispatchers: PullConsumer,
+    kv: kv::Store,
+    results: ObjectStore,
+    config: JetStreamConfig,
+    /// The consumer's `ack_wait`.
+    ack_wait: Duration,
+    /// Request messages leased by this process, by call id.
+    held: Mutex<HashMap<String, Held>>,
+    /// Callback messages claimed by this process, by call id.
+    claimed: Mutex<HashMap<String, Message>>,
+    /// Records of calls this process finished whose first callback it is delivering.
+    settled: Mutex<HashMap<String, Versioned>>,
+}
+
+impl std::fmt::Debug for JetStreamQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JetStreamQueue")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JetStreamQueue {
+    /// Most bytes a message may carry, from the server.
+    fn max_payload(&self) -> usize {
+        self.client.max_payload()
+    }
+
+    /// Fails fast while the connection is down: publishing would only be buffered, and the
+    /// caller must hear "unavailable" rather than wait for a timeout.
+    fn connected(&self) -> Result<(), QueueError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(unavailable(NotConnected(format!("{state:?}")))),
+        }
+    }
+
+    /// Takes (lease) or claims (callback) each fetched message side by side, each a few round
+    /// trips to the server. The ones taken are returned even when others failed (their
+    /// failures are logged; the messages come back after their ack wait); an error with
+    /// nothing taken is returned.
+    async fn each<T, F>(
+        &self,
+        messages: Vec<Message>,
+        what: &str,
+        f: impl Fn(Message) -> F,
+    ) -> Result<Vec<T>, QueueError>
+    where
+        F: std::future::Future<Output = Result<Option<T>, QueueError>>,
+    {
+        let results = futures_util::future::join_all(messages.into_iter().map(f)).await;
+        let mut out = Vec::new();
+        let mut failed = None;
+        for r in results {
+            match r {
+                Ok(Some(t)) => out.push(t),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %crate::http::proxy::error_chain(&e), "{what}");
+                    failed = Some(e);
+                }
+            }
+        }
+        match failed {
+            Some(e) if out.is_empty() => Err(e),
+            _ => Ok(out),
+        }
+    }
+}
+
+/// A nak that makes the message deliverable again after `delay` (at once when zero).
+fn nak(delay: Duration) -> AckKind {
+    if delay.is_zero() {
+        AckKind::Nak(None)
+    } else {
+        AckKind::Nak(Some(delay.min(MAX_DELAY)))
+    }
+}
+
+/// `bytes` cut at `cap`, and whether it was cut.
+fn cap(bytes: &[u8], cap: usize) -> (&[u8], bool) {
+    (&bytes[..bytes.len().min(cap)], bytes.len() > cap)
+}
+
+/// A function name as one subject token (names are DNS labels, possibly with a namespace).
+fn subject_token(function: &str) -> String {
+    function
+        .chars()
+        .map(|c| match c {
+            '.' | '*' | '>' | ' ' | '\t' | '\r' | '\n' => '_',
+            c => c,
+        })
+        .collect()
+}
+
+/// The connection is down.
+#[derive(Debug, thiserror::Error)]
+#[error("not connected to NATS (connection {0})")]
+struct NotConnected(String);
+
+/// A fetch did not end in time.
+#[derive(Debug, thiserror::Error)]
+#[error("fetching from the consumer timed out")]
+struct FetchTimedOut;
+
+/// A call id's record disappeared while it was being looked at.
+#[derive(Debug, thiserror::Error)]
+#[error("call {0} was being stored and is gone; try again")]
+struct Vanished(String);
+
+/// Too many writers at once on one record.
+#[derive(Debug, thiserror::Error)]
+#[error("call {0}: too many concurrent updates")]
+struct Contended(String);
+
+/// The request does not fit in one message.
+#[derive(Debug, thiserror::Error)]
+#[error("request of {size} bytes exceeds the NATS max_payload of {limit} bytes")]
+struct TooLarge {
+    size: usize,
+    limit: usize,
+}
+
+impl Queue for JetStreamQueue {
+    fn enqueue(
+        &self,
+        request: QueueRequest,
+        idempotency_key: Option<String>,
+    ) -> BoxFuture<'_, Result<Enqueued, QueueError>> {
+        Box::pin(async move {
+            let call_id = request.call_id.clone();
+            let payload = serde_json::to_vec(&request).map_err(|source| QueueError::Corrupt {
+                call_id: call_id.clone(),
+                source,
+            })?;
+            let limit = self.max_payload().saturating_sub(FRAMING);
+            if payload.len() > limit {
+                return Err(QueueError::TooLarge {
+                    limit: limit / 4 * 3,
+                    source: Box::new(TooLarge {
+                        size: payload.len(),
+                        limit: self.max_payload(),
+                    }),
+                });
+            }
+            self.connected()?;
+            let record = Record::queued(&request);
+            let Some(revision) = self.write(&record, 0).await? else {
+                return self.duplicate(&call_id, &request).await;
+            };
+            let forget = || self.forget(&call_id, revision, None);
+            let mut key_revision = None;
+            if let Some(key) = &idempotency_key {
+                let ik = idem_key(key);
+                let value = Bytes::from(call_id.clone());
+                match self.kv.create(&ik, value.clone()).await {
+                    Ok(r) => key_revision = Some(r),
+                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                        let (first, held_at) = match self.entry(&ik).await {
+                            Ok(Stored::Found((value, at))) => {
+                                (String::from_utf8_lossy(&value).into_owned(), at)
+                            }
+                            Ok(_) => {
+                                forget();
+                                return Err(unavailable(Vanished(call_id)));
+                            }
+                            Err(e) => {
+                                forget();
+                                return Err(e);
+                            }
+                        };
+                        if first == call_id {
+                            // Our own create landed although its answer was lost.
+                            key_revision = Some(held_at);
+                        } else {
+                            match self.read(&first).await {
+                                Ok(Some(_)) => {
+                                    forget();
+                                    return self.duplicate(&first, &request).await;
+                                }
+                                // The first call's enqueue failed and was undone: the key is
+                                // this call's now.
+                                Ok(None) => match self.kv.update(&ik, value, held_at).await {
+                                    Ok(r) => key_revision = Some(r),
+                                    Err(e) => {
+                                        forget();
+                                        return Err(unavailable(e));
+                                    }
+                                },
+                                Err(e) => {
+                                    forget();
+                                    return Err(e);
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        forget();
+                        return Err(unavailable(e));
+                    }
+                }
+            }
+            match self
+                .publish_request(&request.function, record.msg_id(), payload.into())
+                .await
+            {
+                Ok(_) => Ok(Enqueued::New(call_id)),
+                Err(e) => {
+                    let key = idempotency_key.as_deref().map(idem_key).zip(key_revision);
+                    self.forget(&call_id, revision, key);
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    fn lease<'a>(
+        &'a self,
+        owner: &'a str,
+        max: usize,
+        lease: Duration,
+        busy: &'a [String],
+    ) -> BoxFuture<'a, Result<Vec<Leased>, QueueError>> {
+        Box::pin(async move {
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            let slots = AtomicUsize::new(max);
+            let started = tokio::time::Instant::now();
+            let mut batch = max;
+            let mut scanned = 0;
+            loop {
+                let messages = fetch(&self.workers, batch).await?;
+                let fetched = messages.len();
+                scanned += fetched;
+                let mut leased = self
+                    .each(messages, "cannot lease a call", |m| {
+                        self.take(m, owner, lease, busy, &slots)
+                    })
+                    .await?;
+                // A full batch with nothing taken was handed back (a busy function's backlog)
+                // or left over; either is out of the way now, so look further at once, in
+                // larger batches, rather than meet the same calls again at the next lease.
+                if leased.is_empty()
+                    && fetched == batch
+                    && scanned < SCAN_LIMIT
+                    && started.elapsed() < HAND_BACK / 2
+                {
+                    batch = (batch * 2).min(SCAN_BATCH.max(max));
+                    continue;
+                }
+                leased.sort_by_key(|l| l.request.enqueued_at);
+                return Ok(leased);
+            }
+        })
+    }
+
+    fn extend<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        lease: Duration,
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
+        Box::pin(async move {
+            let Some(message) = self.held_message(call_id, owner) else {
+                return Ok(false);
+            };
+            // Extend first: a slow or failing read must not cost the lease.
+            message.ack_with(self.renewal(lease)).await.map_err(boxed)?;
+            let holds = self
+                .read(call_id)
+                .await?
+                .is_some_and(|v| v.record.held_by(owner));
+            if !holds {
+                self.take_held(call_id, owner);
+            }
+            Ok(holds)
+        })
+    }
+
+    fn finish<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        outcome: Outcome,
+        claim: Duration,
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
+        Box::pin(self.finalize(call_id, owner, outcome, claim, false))
+    }
+
+    fn retry_later<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        delay: Duration,
+        outcome: Outcome,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let Some(Held {
+                message, current, ..
+            }) = self.take_held(call_id, owner)
+            else {
+                return Ok(());
+            };
+            let next = unix_ms().saturating_add(ms(delay));
+            let done = self
+                .modify_from(call_id, Some(current), |record| {
+                    if !record.held_by(owner) {
+                        return Step::Keep(false);
+                    }
+                    record.state = CallState::Retrying;
+                    record.owner = None;
+                    record.next_attempt_at = Some(next);
+                    record.status_code = Some(outcome.status);
+                    record.last_error = outcome.error.clone();
+                    Step::Write(true)
+                })
+                .await?
+                .is_some_and(|(ok, _)| ok);
+            if done {
+                // Should this nak be lost, the message comes back after its lease and is
+                // handed back until `next_attempt_at`.
+                message.double_ack_with(nak(delay)).await.map_err(boxed)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn dead_letter<'a>(
+        &'a self,
+        call_id: &'a str,
+        owner: &'a str,
+        outcome: Outcome,
+        claim: Duration,
+    ) -> BoxFuture<'a, Result<bool, QueueError>> {
+        Box::pin(self.finalize(call_id, owner, outcome, claim, true))
+    }
+
+    fn release<'a>(
+        &'a self,
+        call_ids: &'a [String],
+        owner: &'a str,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let mut failed = None;
+            for call_id in call_ids {
+                let Some(Held {
+                    message, current, ..
+                }) = self.take_held(call_id, owner)
+                else {
+                    continue;
+                };
+                let released = self
+                    .modify_from(call_id, Some(current), |record| {
+                        if !record.held_by(owner) {
+                            return Step::Keep(false);
+                        }
+                        record.attempts = record.attempts.saturating_sub(1);
+                        record.state = if record.attempts > 0 {
+                            CallState::Retrying
+                        } else {
+                            CallState::Queued
+                        };
+                        record.owner = None;
+                        Step::Write(true)
+                    })
+                    .await;
+                let result = match released {
+                    Ok(Some((true, _))) => {
+                        message.double_ack_with(nak(HAND_BACK)).await.map_err(boxed)
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(call_id, error = %crate::http::proxy::error_chain(&e), "cannot hand a call back; it returns after its lease");
+                    failed = Some(e);
+                }
+            }
+            failed.map_or(Ok(()), Err)
+        })
+    }
+
+    fn cancel<'a>(&'a self, call_id: &'a str) -> BoxFuture<'a, Result<Cancelled, QueueError>> {
+        Box::pin(async move {
+            self.connected()?;
+            let now = unix_ms();
+            let result = self
+                .modify(call_id, |record| match record.state {
+                    CallState::Queued | CallState::Retrying => {
+                        record.state = CallState::Cancelled;
+                        record.finished_at = Some(now);
+                        Step::Write(Cancelled::Yes)
+                    }
+                    state => Step::Keep(Cancelled::TooLate(state)),
+                })
+                .await?;
+            Ok(match result {
+                None => Cancelled::NotFound,
+                Some((Cancelled::Yes, record)) => {
+                    // A call a worker has seen has a known message: remove it now rather than
+                    // when its next delivery is dropped.
+                    if let Some(seq) = record.record.seq {
+                        let _ = self.requests.delete_message(seq).await;
+                    }
+                    Cancelled::Yes
+                }
+                Some((other, _)) => other,
+            })
+        })
+    }
+
+    fn status<'a>(
+        &'a self,
+        call_id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<CallStatus>, QueueError>> {
+        Box::pin(async move { Ok(self.read(call_id).await?.map(|v| v.record.status())) })
+    }
+
+    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<CallStatus>, QueueError>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            for call_id in self.dead_letter_ids().await? {
+                match self.read(&call_id).await? {
+                    Some(v) if v.record.dead => out.push(v.record.status()),
+                    Some(_) => {
+                        // Left over from a redrive whose clean-up failed (the copy is read
+                        // first: a later copy, of a death after it, is kept).
+                        if let Some((_, seq)) = self.dead_request(&call_id).await?
+                            && let Some(v) = self.read(&call_id).await?
+                        {
+                            let _ = self.purge_left_over_copy(&v.record, seq).await;
+                        }
+                    }
+                    None => {
+                        // The record expired; the copy remains a dead letter.
+                        if let Some((request, _)) = self.dead_request(&call_id).await? {
+                            let mut record = Record::queued(&request);
+                            record.state = CallState::Failed;
+                            record.dead = true;
+                            out.push(record.status());
+                        }
+                    }
+                }
+            }
+            out.sort_by(|a, b| a.enqueued_at.cmp(&b.enqueued_at));
+            out.truncate(DEAD_LETTER_PAGE);
+            Ok(out)
+        })
+    }
+
+    fn redrive<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>> {
+        Box::pin(async move {
+            self.connected()?;
+            let ids = match call_id {
+                Some(id) => vec![id.to_string()],
+                None => self.dead_letter_ids().await?,
+            };
+            let mut n = 0;
+            for id in ids {
+                if self.redrive_one(&id).await? {
+                    n += 1;
+                }
+            }
+            Ok(n)
+        })
+    }
+
+    fn purge<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>> {
+        Box::pin(async move {
+            self.connected()?;
+            let ids = match call_id {
+                Some(id) => vec![id.to_string()],
+                None => self.dead_letter_ids().await?,
+            };
+            let mut n = 0;
+            for id in ids {
+                // The record first: a copy newer than it (the call redriven and dead again
+                // since) comes with a newer revision, and the record's removal below fails.
+                let found = self.read(&id).await?;
+                let copy = self.dead_request(&id).await?.map(|(_, seq)| seq);
+                let Some(Versioned { record, revision }) = found else {
+                    if let Some(seq) = copy {
+                        self.purge_dead_copy(&id, seq).await?;
+                        n += 1;
+                    }
+                    continue;
+                };
+                if !record.dead {
+                    continue;
+                }
+                match self
+                    .kv
+                    .purge_expect_revision(record_key(&id), Some(revision))
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == kv::PurgeErrorKind::WrongLastRevision => continue,
+                    Err(e) => return Err(unavailable(e)),
+                }
+                if let Some(seq) = copy {
+                    self.purge_dead_copy(&id, seq).await?;
+                }
+                n += 1;
+            }
+            Ok(n)
+        })
+    }
+
+    fn due_callbacks(
+        &self,
+        max: usize,
+        claim: Duration,
+    ) -> BoxFuture<'_, Result<Vec<CallbackJob>, QueueError>> {
+        Box::pin(async move {
+            if max == 0 {
+                return Ok(Vec::new());
+            }
+            let messages = fetch(&self.dispatchers, max).await?;
+            self.each(messages, "cannot claim a callback", |m| {
+                self.claim_callback(m, claim)
+            })
+            .await
+        })
+    }
+
+    fn callback_result<'a>(
+        &'a self,
+        call_id: &'a str,
+        delivered: bool,
+        retry_in: Option<Duration>,
+        error: Option<&'a str>,
+    ) -> BoxFuture<'a, Result<(), QueueError>> {
+        Box::pin(async move {
+            let claimed = self
+                .claimed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(call_id);
+            let settled = self
+                .settled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(call_id);
+            let now = unix_ms();
+            let (state, due) = match (delivered, retry_in) {
+                (true, _) => ("delivered", None),
+                (false, Some(d)) => ("pending", Some(now.saturating_add(ms(d)))),
+                (false, None) => ("failed", None),
+            };
+            // The callback this process delivered: a record whose pending callback is another
+            // one (the call was redriven and finished again meanwhile) is not touched.
+            let delivered_seq = claimed
+                .as_ref()
+                .and_then(|m| m.info().ok().map(|i| i.stream_sequence))
+                .or_else(|| settled.as_ref().and_then(|v| v.record.callback_seq));
+            let changed = self
+                .modify_from(call_id, settled, |record| {
+                    if record.callback != "pending"
+                        || delivered_seq.is_some_and(|s| record.callback_seq != Some(s))
+                    {
+                        return Step::Keep(None);
+                    }
+                    record.callback = state.into();
+                    record.callback_attempts += 1;
+                    record.callback_error = error.map(str::to_string);
+                    record.callback_due = due;
+                    Step::Write(
+                        record
+                            .callback_seq
+                            .map(|seq| (seq, record.callback_object.clone())),
+                    )
+                })
+                .await?;
+            let Some((Some((seq, object)), _)) = changed else {
+                return Ok(());
+            };
+            match (delivered, retry_in) {
+                (false, Some(d)) => {
+                    // A claimed message comes back when the retry is due; one never fetched
+                    // (the first, inline attempt failed) is handed back until then by
+                    // whichever dispatcher fetches it.
+                    if let Some(message) = claimed {
+                        message.double_ack_with(nak(d)).await.map_err(boxed)?;
+                    }
+                }
+                // Done with, delivered or not: remove the message (held here, elsewhere, or
+                // never fetched) and its stored body.
+                _ => self.remove_callback(seq, object.as_deref()).await,
+            }
+            Ok(())
+        })
+    }
+
+    fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
+        Box::pin(async move {
+            let info = self
+                .requests
+                .consumer_info(&self.names.workers)
+                .await
+                .map_err(unavailable)?;
+            let stream = self.requests.get_info().await.map_err(unavailable)?;
+            let in_flight = self
+                .held
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .len() as u64;
+            let unfinished = info.num_pending + info.num_ack_pending as u64;
+            let oldest_age = if stream.state.messages == 0 {
+                0.0
+            } else {
+                let first = stream.state.first_timestamp.unix_timestamp_nanos() / 1_000_000;
+                let now = i128::from(unix_ms());
+                (now - first).max(0) as f64 / 1000.0
+            };
+            Ok(QueueStats {
+                depth: unfinished.saturating_sub(in_flight),
+                oldest_age,
+                in_flight,
+            })
+        })
+    }
+
+    fn expire(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
+        // The bucket's max_age drops records and idempotency keys after the retention
+        // period, and the object store's drops stored bodies: nothing to do here.
+        Box::pin(async { Ok(0) })
+    }
+}
