@@ -45,8 +45,8 @@ fn main() -> ExitCode {
         }
     };
     let result = match command {
-        Command::Up(args) => runtime.block_on(up(args)),
-        Command::Worker(args) => runtime.block_on(worker(args)),
+        Command::Up(args) => runtime.block_on(up(*args)),
+        Command::Worker(args) => runtime.block_on(worker(*args)),
         Command::Watchdog(_) => Ok(()),
     };
     match result {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::parse;
+use crate::gateway::provider::docker::{OnExit, PullPolicy};
 
 /// fgateway: a lightweight function gateway.
 #[derive(Debug, Parser)]
@@ -22,9 +23,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the gateway with its function provider and an asynchronous-call worker.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Run only a worker for asynchronous calls, calling functions through a gateway.
-    Worker(WorkerCmdArgs),
+    Worker(Box<WorkerCmdArgs>),
     /// Run as fwatchdog (what the local provider starts when no fwatchdog executable is found).
     #[command(hide = true)]
     Watchdog(WatchdogCmdArgs),
@@ -43,6 +44,9 @@ pub struct WatchdogCmdArgs {
 pub enum ProviderKind {
     /// Each function runs as fwatchdog child processes of the gateway, on loopback ports.
     Local,
+    /// Each function runs as containers of its image, through the Docker Engine API (Docker,
+    /// or Podman's API service).
+    Docker,
     /// Functions run elsewhere, at a fixed URL (stack file `upstream:`) or at the URL made from
     /// --upstream-template.
     Static,
@@ -87,6 +91,21 @@ pub struct UpArgs {
     /// else fgateway itself, which can run as fwatchdog].
     #[arg(long, env = "fwatchdog", value_name = "PATH")]
     pub fwatchdog: Option<PathBuf>,
+
+    /// Docker provider: the engine's API address, unix:///PATH or tcp://HOST:PORT (a Podman
+    /// socket works the same way) [default: DOCKER_HOST, else unix:///var/run/docker.sock].
+    #[arg(long, env = "DOCKER_HOST", value_name = "URL")]
+    pub docker_host: Option<String>,
+
+    /// Docker provider: when a function's image is pulled (checked at every deployment).
+    #[arg(long, env = "image_pull", value_enum, default_value_t = PullPolicy::IfNotPresent)]
+    pub image_pull: PullPolicy,
+
+    /// Docker provider: what happens to the function containers when the gateway exits. `keep`
+    /// leaves them serving, and the next gateway with the same data directory adopts them;
+    /// `stop` stops and removes them.
+    #[arg(long, env = "docker_on_exit", value_enum, default_value_t = OnExit::Keep)]
+    pub docker_on_exit: OnExit,
 
     /// Longest a function call may take, response body included; past it the caller gets 504
     /// (or, once the response started, an aborted body). Seconds ("60") or a duration ("90s").

@@ -89,6 +89,9 @@ pub enum GatewayError {
         #[source]
         source: std::io::Error,
     },
+    /// The container engine cannot be used.
+    #[error("docker provider: {0}")]
+    Provider(String),
     /// The listener has no address.
     #[error("cannot read the listening address")]
     LocalAddr(#[source] std::io::Error),
@@ -278,6 +281,20 @@ impl Gateway {
                     })?,
                 )
             }
+            ProviderKind::Docker => Arc::new(
+                provider::docker::DockerProvider::connect(
+                    provider::docker::DockerConfig {
+                        host: args.docker_host.clone(),
+                        pull: args.image_pull,
+                        on_exit: args.docker_on_exit,
+                        data_dir: data_dir.clone(),
+                        secrets_dir: data_dir.join(secrets::MOUNTS_DIR),
+                    },
+                    Arc::clone(&function_logs),
+                )
+                .await
+                .map_err(GatewayError::Provider)?,
+            ),
             ProviderKind::Static => {
                 Arc::new(UpstreamsProvider::new(args.upstream_template.clone()))
             }
@@ -318,12 +335,16 @@ impl Gateway {
                 gateway
                     .registry
                     .deploy(spec, false)
+                    .await
                     .map_err(|source| GatewayError::Deploy {
                         function: name,
                         source,
                     })?;
             }
         }
+        // Replicas left running by a previous gateway and not adopted by now belong to
+        // functions no longer deployed.
+        gateway.registry.provider().restored().await;
         for spec in gateway.registry.specs() {
             gateway.warn_timeouts(&spec);
         }

@@ -171,12 +171,13 @@ impl Registry {
 
     /// Deploys `spec`, replacing a function of the same name. `replace_only` makes a missing
     /// function an error (the `PUT` semantics).
-    pub fn deploy(
+    pub async fn deploy(
         &self,
         spec: FunctionDeployment,
         replace_only: bool,
     ) -> Result<(), RegistryError> {
         spec.validate().map_err(RegistryError::Invalid)?;
+        self.provider.prepare(&spec).await?;
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
         let key = spec.key();
         let existing = self.entry(&key);

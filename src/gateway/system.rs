@@ -37,7 +37,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
                 Ok(spec) => {
                     let name = spec.service.clone();
                     let deployed = spec.clone();
-                    match gateway.registry.deploy(spec, replace_only) {
+                    match gateway.registry.deploy(spec, replace_only).await {
                         Ok(()) => {
                             gateway.warn_timeouts(&deployed);
                             tracing::info!(function = %name, "deployed");
@@ -376,6 +376,7 @@ fn failure(e: &RegistryError) -> Response<ResponseBody> {
         }
         RegistryError::NotFound(_) | RegistryError::NoNamespace(_) => StatusCode::NOT_FOUND,
         RegistryError::Conflict(_) => StatusCode::CONFLICT,
+        RegistryError::Provider(ProviderError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
         RegistryError::Provider(ProviderError::Start { .. }) | RegistryError::Store(_) => {
             tracing::error!(error = %crate::http::proxy::error_chain(e), "system API call failed");
             StatusCode::INTERNAL_SERVER_ERROR

@@ -2,10 +2,14 @@
 //! deployed; a provider makes it so and says where to send a function's requests.
 //!
 //! - [`local`]: each function runs as `fwatchdog` child processes on loopback ports.
+//! - [`docker`]: each function runs as containers of its image, through the Docker Engine API
+//!   (Docker or Podman).
 //! - [`upstreams`]: functions that already run elsewhere, at a fixed URL or at a URL made from a
 //!   template such as `http://{name}.{namespace}.svc.cluster.local:8080`.
 
+pub mod docker;
 pub mod local;
+pub mod replicas;
 pub mod upstreams;
 
 use std::future::Future;
@@ -24,6 +28,9 @@ pub enum ProviderError {
     /// The deployment lacks something this provider needs, or has a bad value.
     #[error("{0}")]
     Invalid(String),
+    /// What the provider relies on (the container engine) cannot be reached now.
+    #[error("{0}")]
+    Unavailable(String),
     /// Starting the function failed.
     #[error("cannot start function {name}")]
     Start {
@@ -48,6 +55,23 @@ pub enum Endpoint {
 pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The provider's name, for `/system/info` and logs.
     fn name(&self) -> &'static str;
+
+    /// Checks, before `spec` is stored, what the provider needs in place to run it (for
+    /// containers: the image, pulled according to the pull policy). An error refuses the
+    /// deployment and leaves nothing behind.
+    fn prepare<'a>(
+        &'a self,
+        spec: &'a FunctionDeployment,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        let _ = spec;
+        Box::pin(async { Ok(()) })
+    }
+
+    /// Called once at start-up, after every stored function was applied: a provider whose
+    /// replicas outlive the gateway removes those of functions no longer deployed.
+    fn restored(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
 
     /// Makes `spec` run with `replicas` replicas: starts it, or reconfigures it when it already
     /// runs (a changed spec replaces every replica; a new count adds or stops replicas).

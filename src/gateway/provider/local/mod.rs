@@ -8,22 +8,19 @@
 //! Stopping a replica is SIGTERM to its group (fwatchdog drains), then SIGKILL after a grace
 //! period.
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 mod supervisor;
 
-use supervisor::{Supervisor, stop_grace};
+use supervisor::Supervisor;
 
+use super::replicas::{NewReplica, ReplicaSets, stop_grace};
 use super::{BoxFuture, Endpoint, Provider, ProviderError};
 use crate::gateway::logs::FunctionLogs;
 use crate::gateway::types::{FunctionDeployment, HANDLER_ANNOTATION};
@@ -44,8 +41,8 @@ pub struct LocalProvider {
     run_dir: PathBuf,
     /// Client for readiness probes.
     client: proxy::Client,
-    /// The functions, by name.
-    functions: Mutex<HashMap<String, LocalFunction>>,
+    /// The functions' replicas.
+    sets: ReplicaSets,
     /// Every replica supervisor.
     tasks: TaskTracker,
     /// Numbers replica directories, unique for the provider's life (a redeployed function
@@ -64,45 +61,6 @@ pub struct LocalProvider {
 
 /// Where the OpenFaaS convention puts a function's secrets.
 pub const SECRETS_MOUNT: &str = "/var/openfaas/secrets";
-
-/// One function's replicas.
-#[derive(Debug)]
-struct LocalFunction {
-    /// The deployed spec.
-    spec: Arc<FunctionDeployment>,
-    /// Its replicas, in start order.
-    replicas: Vec<Arc<Replica>>,
-    /// Round-robin position.
-    next: Arc<AtomicUsize>,
-    /// Woken whenever a replica of this function becomes ready.
-    ready_changed: Arc<Notify>,
-    /// Number for the next replica (names its temp directory and log lines).
-    serial: u64,
-}
-
-/// One replica's state, shared between its supervisor and the request path.
-#[derive(Debug)]
-struct Replica {
-    /// Its number within the function.
-    serial: u64,
-    /// Where it listens, once known.
-    addr: Mutex<Option<SocketAddr>>,
-    /// Whether it takes traffic.
-    ready: AtomicBool,
-    /// Stops this replica.
-    stop: CancellationToken,
-    /// Cancelled once its supervisor has ended (its processes are gone).
-    gone: CancellationToken,
-    /// The running fwatchdog's process id (0 between runs), for CPU use.
-    pid: std::sync::atomic::AtomicI32,
-}
-
-impl Replica {
-    fn uri(&self) -> Option<http::Uri> {
-        let addr = (*self.addr.lock().unwrap_or_else(PoisonError::into_inner))?;
-        format!("http://{addr}").parse().ok()
-    }
-}
 
 impl LocalProvider {
     /// A provider that runs `fwatchdog` (a command: the executable, then its arguments) for
@@ -128,16 +86,17 @@ impl LocalProvider {
             tracing::warn!(dir = %run_dir.display(), error = %e, "cannot clear old run directory");
         }
         std::fs::create_dir_all(&run_dir)?;
+        let stop_all = CancellationToken::new();
         Ok(LocalProvider {
             fwatchdog: Arc::new(program),
             base_env: Arc::new(BaseEnv::capture()),
             table: ProcessTable::new(),
             run_dir,
             client: proxy::client(),
-            functions: Mutex::new(HashMap::new()),
+            sets: ReplicaSets::new(stop_all.clone()),
             tasks: TaskTracker::new(),
             next_dir: std::sync::atomic::AtomicU64::new(0),
-            stop_all: CancellationToken::new(),
+            stop_all,
             logs,
             secrets_dir,
             unshare: nix::unistd::geteuid()
@@ -185,72 +144,50 @@ impl LocalProvider {
         }
     }
 
-    /// Starts one more replica of `function`.
-    fn start_replica(
-        &self,
-        name: &str,
-        function: &mut LocalFunction,
-        after: Vec<Arc<Replica>>,
-    ) -> Result<(), ProviderError> {
-        let serial = function.serial;
-        function.serial += 1;
-        let unique = self.next_dir.fetch_add(1, Ordering::Relaxed);
-        let dir = self.run_dir.join(format!("{name}-{unique}"));
-        std::fs::create_dir_all(&dir).map_err(|source| ProviderError::Start {
+    /// Starts the supervisor of one new replica.
+    fn start_replica(&self, new: NewReplica) -> Result<(), ProviderError> {
+        let NewReplica {
+            spec,
+            replica,
+            replaced,
+            ..
+        } = new;
+        let name = spec.service.as_str();
+        let start_error = |source| ProviderError::Start {
             name: name.to_string(),
             source,
-        })?;
-        let cwd = match handler_dir(&function.spec) {
-            None => None,
-            Some(dir) => Some(
-                spawn::directory(&dir).map_err(|source| ProviderError::Start {
-                    name: name.to_string(),
-                    source,
-                })?,
-            ),
         };
-        let replica = Arc::new(Replica {
-            serial,
-            pid: std::sync::atomic::AtomicI32::new(0),
-            addr: Mutex::new(None),
-            ready: AtomicBool::new(false),
-            stop: self.stop_all.child_token(),
-            gone: CancellationToken::new(),
-        });
-        let secrets = (!function.spec.secrets.is_empty()).then(|| {
-            self.secrets_dir
-                .join(function.spec.namespace())
-                .join(&function.spec.service)
-        });
+        let unique = self.next_dir.fetch_add(1, Ordering::Relaxed);
+        let dir = self.run_dir.join(format!("{name}-{unique}"));
+        std::fs::create_dir_all(&dir).map_err(start_error)?;
+        let cwd = match handler_dir(&spec) {
+            None => None,
+            Some(dir) => Some(spawn::directory(&dir).map_err(start_error)?),
+        };
+        let secrets = (!spec.secrets.is_empty())
+            .then(|| self.secrets_dir.join(spec.namespace()).join(&spec.service));
         let fwatchdog = match (&secrets, &self.unshare) {
             (Some(dir), Some(unshare)) => {
-                Arc::new(self.in_mount_namespace(unshare, dir).map_err(|source| {
-                    ProviderError::Start {
-                        name: name.to_string(),
-                        source,
-                    }
-                })?)
+                Arc::new(self.in_mount_namespace(unshare, dir).map_err(start_error)?)
             }
             _ => Arc::clone(&self.fwatchdog),
         };
         let supervisor = Supervisor {
             name: name.to_string(),
-            namespace: function.spec.namespace().to_string(),
+            namespace: spec.namespace().to_string(),
             logs: Arc::clone(&self.logs),
-            env: child_env(&function.spec, &dir, secrets.as_deref()),
+            env: child_env(&spec, &dir, secrets.as_deref()),
             cwd,
-            replica: Arc::clone(&replica),
-            ready_changed: Arc::clone(&function.ready_changed),
+            replica,
             fwatchdog,
             base_env: Arc::clone(&self.base_env),
             table: Arc::clone(&self.table),
             client: self.client.clone(),
             dir,
-            after,
-            stop_grace: stop_grace(&function.spec),
+            after: replaced,
+            stop_grace: stop_grace(&spec),
         };
         self.tasks.spawn(supervisor.run());
-        function.replicas.push(replica);
         Ok(())
     }
 }
@@ -327,131 +264,30 @@ impl Provider for LocalProvider {
                 dir.display()
             )));
         }
-        let replicas = usize::try_from(replicas).unwrap_or(usize::MAX);
-        let mut functions = self
-            .functions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let key = spec.key();
-        let function = functions.entry(key).or_insert_with(|| LocalFunction {
-            spec: Arc::clone(spec),
-            replicas: Vec::new(),
-            next: Arc::new(AtomicUsize::new(0)),
-            ready_changed: Arc::new(Notify::new()),
-            serial: 0,
-        });
-        let mut replaced = Vec::new();
-        if function.spec != *spec {
-            // A new spec replaces every replica at once: no request after the update is served
-            // by the old configuration. The new replicas start once the old ones are gone.
-            for old in function.replicas.drain(..) {
-                old.ready.store(false, Ordering::SeqCst);
-                old.stop.cancel();
-                replaced.push(old);
-            }
-            function.spec = Arc::clone(spec);
-        }
-        while function.replicas.len() > replicas {
-            if let Some(extra) = function.replicas.pop() {
-                extra.ready.store(false, Ordering::SeqCst);
-                extra.stop.cancel();
-            }
-        }
-        while function.replicas.len() < replicas {
-            self.start_replica(&spec.service, function, replaced.clone())?;
-        }
-        Ok(())
+        self.sets
+            .apply(spec, replicas, |new| self.start_replica(new))
     }
 
-    fn remove(&self, name: &str) {
-        let removed = self
-            .functions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(name);
-        if let Some(function) = removed {
-            for replica in function.replicas {
-                replica.ready.store(false, Ordering::SeqCst);
-                replica.stop.cancel();
-            }
-        }
+    fn remove(&self, key: &str) {
+        self.sets.remove(key);
     }
 
-    fn available(&self, name: &str) -> u64 {
-        let functions = self
-            .functions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        functions.get(name).map_or(0, |f| {
-            f.replicas
-                .iter()
-                .filter(|r| r.ready.load(Ordering::SeqCst))
-                .count() as u64
-        })
+    fn available(&self, key: &str) -> u64 {
+        self.sets.available(key)
     }
 
-    fn endpoint<'a>(&'a self, name: &'a str, wait: Duration) -> BoxFuture<'a, Endpoint> {
-        Box::pin(async move {
-            let deadline = Instant::now() + wait;
-            loop {
-                let (pick, notify) = {
-                    let functions = self
-                        .functions
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner);
-                    let Some(function) = functions.get(name) else {
-                        return Endpoint::Unavailable(format!("function {name} was removed"));
-                    };
-                    if function.replicas.is_empty() {
-                        return Endpoint::Unavailable(format!(
-                            "function {name} is scaled to zero replicas"
-                        ));
-                    }
-                    let ready: Vec<&Arc<Replica>> = function
-                        .replicas
-                        .iter()
-                        .filter(|r| r.ready.load(Ordering::SeqCst))
-                        .collect();
-                    let pick = if ready.is_empty() {
-                        None
-                    } else {
-                        let i = function.next.fetch_add(1, Ordering::Relaxed) % ready.len();
-                        ready[i].uri()
-                    };
-                    (pick, Arc::clone(&function.ready_changed))
-                };
-                if let Some(uri) = pick {
-                    return Endpoint::Ready(uri);
-                }
-                let notified = notify.notified();
-                // Re-check in a while even without a notification (a replica may have become
-                // ready between the check and the registration).
-                let wake = (Instant::now() + Duration::from_millis(50)).min(deadline);
-                if Instant::now() >= deadline {
-                    return Endpoint::Unavailable(format!(
-                        "no replica of {name} became ready within {}",
-                        humantime::format_duration(wait)
-                    ));
-                }
-                let _ = tokio::time::timeout_at(wake, notified).await;
-            }
-        })
+    fn endpoint<'a>(&'a self, key: &'a str, wait: Duration) -> BoxFuture<'a, Endpoint> {
+        self.sets.endpoint(key, wait)
     }
 
     fn cpu_seconds(&self, key: &str) -> Option<f64> {
-        let pids: Vec<i32> = {
-            let functions = self
-                .functions
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            functions
-                .get(key)?
-                .replicas
-                .iter()
-                .map(|r| r.pid.load(Ordering::SeqCst))
-                .filter(|pid| *pid > 0)
-                .collect()
-        };
+        let pids: Vec<i32> = self
+            .sets
+            .replicas(key)
+            .iter()
+            .map(|r| r.pid.load(Ordering::SeqCst))
+            .filter(|pid| *pid > 0)
+            .collect();
         Some(pids.into_iter().filter_map(process_cpu_seconds).sum())
     }
 

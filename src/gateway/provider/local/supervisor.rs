@@ -7,21 +7,16 @@ use std::ffi::CString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::PoisonError;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
 use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
-use super::Replica;
 use crate::gateway::logs::FunctionLogs;
-use crate::gateway::types::FunctionDeployment;
+use crate::gateway::provider::replicas::{self, Replica};
 use crate::http::proxy;
 use crate::process::spawn::{BaseEnv, Program};
 use crate::process::{HandlerProcess, ProcessTable};
@@ -31,15 +26,6 @@ const RESTART_BACKOFF: (Duration, Duration) = (Duration::from_millis(100), Durat
 
 /// A replica that ran this long before exiting restarts without delay growth.
 const HEALTHY_RUN: Duration = Duration::from_secs(30);
-
-/// Pauses between readiness probes while a replica starts.
-const PROBE_DELAYS: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(200));
-
-/// How often a ready replica is probed again.
-const RECHECK: Duration = Duration::from_secs(2);
-
-/// Extra time a stopping replica gets beyond its own drain.
-const STOP_MARGIN: Duration = Duration::from_secs(2);
 
 /// Everything one replica's supervisor needs.
 pub(super) struct Supervisor {
@@ -55,8 +41,6 @@ pub(super) struct Supervisor {
     pub(super) cwd: Option<CString>,
     /// Its shared state.
     pub(super) replica: Arc<Replica>,
-    /// Woken when it becomes ready.
-    pub(super) ready_changed: Arc<Notify>,
     /// The executable.
     pub(super) fwatchdog: Arc<Program>,
     /// The inherited environment.
@@ -72,18 +56,6 @@ pub(super) struct Supervisor {
     pub(super) after: Vec<Arc<Replica>>,
     /// How long it may take to exit after SIGTERM.
     pub(super) stop_grace: Duration,
-}
-
-/// How long a replica gets to exit after SIGTERM: its fwatchdog drains for up to its
-/// `write_timeout` (30 s by default) and then stops an http-mode upstream (5 s).
-pub(super) fn stop_grace(spec: &FunctionDeployment) -> Duration {
-    let write = spec
-        .env_vars
-        .get("write_timeout")
-        .and_then(|v| crate::config::parse::duration(v).ok())
-        .flatten()
-        .unwrap_or(crate::config::DEFAULT_IO_TIMEOUT);
-    write + crate::watchdog::UPSTREAM_STOP_GRACE + STOP_MARGIN
 }
 
 impl Supervisor {
@@ -190,49 +162,11 @@ impl Supervisor {
         let Ok(addr) = addr_rx.await else {
             return std::future::pending().await;
         };
-        *self
-            .replica
-            .addr
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(addr);
-        let mut delay = PROBE_DELAYS.0;
-        loop {
-            let ready = self.probe(addr).await;
-            self.set_ready(ready);
-            if ready {
-                tokio::time::sleep(RECHECK).await;
-            } else {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(PROBE_DELAYS.1);
-            }
-        }
-    }
-
-    /// Whether `/_/ready` says the replica can take traffic (200, or 429: busy but alive).
-    async fn probe(&self, addr: SocketAddr) -> bool {
-        let Ok(uri) = format!("http://{addr}/_/ready").parse::<http::Uri>() else {
-            return false;
-        };
-        let Ok(req) =
-            Request::get(uri).body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync())
-        else {
-            return false;
-        };
-        match tokio::time::timeout(Duration::from_secs(2), self.client.request(req)).await {
-            Ok(Ok(resp)) => matches!(
-                resp.status(),
-                StatusCode::OK | StatusCode::TOO_MANY_REQUESTS
-            ),
-            _ => false,
-        }
+        replicas::watch_readiness(&self.client, &self.name, &self.replica, addr).await;
     }
 
     fn set_ready(&self, ready: bool) {
-        let was = self.replica.ready.swap(ready, Ordering::SeqCst);
-        if ready && !was {
-            tracing::info!(function = %self.name, replica = self.replica.serial, "replica ready");
-            self.ready_changed.notify_waiters();
-        }
+        self.replica.set_ready(&self.name, ready);
     }
 }
 
