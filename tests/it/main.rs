@@ -15,6 +15,8 @@ mod gateway_async;
 mod gateway_jetstream;
 mod harness;
 mod hostile;
+mod podman;
+mod provider_docker;
 mod quick_start;
 mod system_api;
 mod system_secrets;

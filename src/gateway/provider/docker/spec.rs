@@ -195,7 +195,7 @@ pub fn container_body(
     let tmpfs = spec
         .read_only_root_filesystem
         // Podman adds a writable /tmp to read-only containers, Docker does not: ask for it.
-        .then(|| HashMap::from([("/tmp".to_string(), "rw,nosuid,nodev".to_string())]));
+        .then(|| HashMap::from([("/tmp".to_string(), "rw,nosuid,nodev,mode=1777".to_string())]));
     let binds = secrets.map(|dir| vec![format!("{}:{SECRETS_MOUNT}:ro", dir.display())]);
     ContainerCreateBody {
         image: Some(spec.image.clone()),
