@@ -99,7 +99,10 @@ impl UpError {
                     fwatchdog::queue::jetstream::SetupError::Name(_)
                     | fwatchdog::queue::jetstream::SetupError::Conflict { .. },
                 )
-                | gateway::GatewayError::Secret { .. },
+                | gateway::GatewayError::Secret { .. }
+                | gateway::GatewayError::Provider(
+                    fwatchdog::gateway::provider::docker::ConnectError::Host(_),
+                ),
             ) => EXIT_CONFIG,
             _ => 1,
         }

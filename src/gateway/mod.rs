@@ -90,8 +90,8 @@ pub enum GatewayError {
         source: std::io::Error,
     },
     /// The container engine cannot be used.
-    #[error("docker provider: {0}")]
-    Provider(String),
+    #[error("docker provider")]
+    Provider(#[source] provider::docker::ConnectError),
     /// The listener has no address.
     #[error("cannot read the listening address")]
     LocalAddr(#[source] std::io::Error),

@@ -52,6 +52,17 @@ pub enum OnExit {
     Stop,
 }
 
+/// Why the provider cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// `--docker-host` is not an address the client understands.
+    #[error("{0}")]
+    Host(String),
+    /// The engine (or the data directory) cannot be used.
+    #[error("{0}")]
+    Engine(String),
+}
+
 /// How to reach the engine and run containers.
 #[derive(Debug, Clone)]
 pub struct DockerConfig {
@@ -126,19 +137,22 @@ impl DockerProvider {
     pub async fn connect(
         config: DockerConfig,
         logs: Arc<FunctionLogs>,
-    ) -> Result<DockerProvider, String> {
+    ) -> Result<DockerProvider, ConnectError> {
         let host = config
             .host
             .clone()
             .or_else(|| std::env::var("DOCKER_HOST").ok())
             .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string());
-        let docker = Docker::connect_with_host(&host)
-            .map_err(|e| format!("--docker-host {host}: {e} (accepted: unix:///PATH, tcp://HOST:PORT, http://HOST:PORT)"))?;
+        let docker = Docker::connect_with_host(&host).map_err(|e| {
+            ConnectError::Host(format!(
+                "invalid --docker-host (DOCKER_HOST) {host:?}: {e}; accepted: unix:///PATH, tcp://HOST:PORT, http://HOST:PORT"
+            ))
+        })?;
         let version = docker.version().await.map_err(|e| {
-            format!(
+            ConnectError::Engine(format!(
                 "cannot reach the container engine at {host} (--docker-host, DOCKER_HOST): {}; start Docker, or `podman system service --time=0 unix:///run/podman/podman.sock`",
                 images::reason(&e)
-            )
+            ))
         })?;
         tracing::info!(
             %host,
@@ -147,8 +161,12 @@ impl DockerProvider {
             api = version.api_version.unwrap_or_default(),
             "docker provider"
         );
-        let gateway_id = gateway_id(&config.data_dir)
-            .map_err(|e| format!("{}: {e}", config.data_dir.join(GATEWAY_ID_FILE).display()))?;
+        let gateway_id = gateway_id(&config.data_dir).map_err(|e| {
+            ConnectError::Engine(format!(
+                "{}: {e}",
+                config.data_dir.join(GATEWAY_ID_FILE).display()
+            ))
+        })?;
         let stop_all = CancellationToken::new();
         let provider = DockerProvider {
             shared: Arc::new(Shared {
@@ -166,7 +184,7 @@ impl DockerProvider {
             on_exit: config.on_exit,
             found: Mutex::new(HashMap::new()),
         };
-        let found = provider.list_ours().await?;
+        let found = provider.list_ours().await.map_err(ConnectError::Engine)?;
         let count: usize = found.values().map(Vec::len).sum();
         if count > 0 {
             tracing::info!(
