@@ -184,11 +184,26 @@ async fn containers_are_called_scaled_restarted_updated_adopted_and_removed() {
         gw.log.text()
     );
 
+    // Scaling down removes containers.
+    let r = system(
+        &gw,
+        "POST",
+        "/system/scale-function/echo",
+        json!({"serviceName": "echo", "replicas": 1}),
+    )
+    .await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    eventually("two containers removed", DEADLINE, || {
+        (all_containers_of(&data).len() == 1).then_some(())
+    })
+    .await;
+    let left = containers_of(&data);
+
     // With --docker-on-exit stop, SIGTERM stops and removes them.
     drop(gw);
     let mut gw = up(&service, &data, &["--docker-on-exit", "stop"]).await;
-    wait_available(&gw, "echo", 3).await;
-    assert_eq!(containers_of(&data), updated);
+    wait_available(&gw, "echo", 1).await;
+    assert_eq!(containers_of(&data), left);
     gw.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(gw.wait_exit(Duration::from_secs(60)).await.success());
     assert!(
