@@ -232,7 +232,8 @@ pub struct CallbackJob {
 }
 
 /// Queue figures for metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct QueueStats {
     /// Calls waiting (queued or retrying).
     pub depth: u64,
@@ -240,6 +241,126 @@ pub struct QueueStats {
     pub oldest_age: f64,
     /// Calls leased and running.
     pub in_flight: u64,
+    /// Calls waiting for a retry (a subset of `depth`), when the backend counts them apart.
+    pub retrying: Option<u64>,
+    /// Calls in the dead-letter set.
+    pub dead_letters: u64,
+}
+
+/// Which calls a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct CallFilter {
+    /// Only this function's calls (its queue name: `NAME`, or `NAME.NAMESPACE` outside the
+    /// default namespace).
+    pub function: Option<String>,
+    /// Only calls in this state.
+    pub state: Option<CallState>,
+}
+
+/// One page of a listing: at most `limit` entries after the position `after` (the `next` of
+/// the previous page).
+#[derive(Debug, Clone)]
+pub struct PageQuery {
+    /// Most entries to return (at least 1).
+    pub limit: usize,
+    /// Where the previous page ended.
+    pub after: Option<Cursor>,
+}
+
+impl Default for PageQuery {
+    fn default() -> Self {
+        PageQuery {
+            limit: DEFAULT_PAGE,
+            after: None,
+        }
+    }
+}
+
+/// Entries per page unless asked otherwise.
+pub const DEFAULT_PAGE: usize = 100;
+
+/// Most entries one page may hold.
+pub const MAX_PAGE: usize = 1000;
+
+/// A position in a listing ordered by enqueue time, then call id: `MS:CALL_ID` in text.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cursor {
+    /// Enqueue time of the last entry shown, Unix milliseconds.
+    pub enqueued_ms: u64,
+    /// Its call id.
+    pub call_id: String,
+}
+
+impl Cursor {
+    /// Reads `MS:CALL_ID`.
+    pub fn parse(text: &str) -> Option<Cursor> {
+        let (ms, id) = text.split_once(':')?;
+        Some(Cursor {
+            enqueued_ms: ms.parse().ok()?,
+            call_id: id.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.enqueued_ms, self.call_id)
+    }
+}
+
+/// A page of calls.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CallPage {
+    /// The calls.
+    pub calls: Vec<CallStatus>,
+    /// Where the next page starts (`after=`), when there may be one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+    /// Set when the backend looked at only part of what it holds (see its docs).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub partial: bool,
+}
+
+impl CallPage {
+    /// A page cut from `entries` (each with its cursor), already filtered: sorted newest
+    /// first (`newest_first`) or oldest first, entries past `page.after` only, at most
+    /// `page.limit`.
+    pub fn cut(
+        mut entries: Vec<(Cursor, CallStatus)>,
+        page: &PageQuery,
+        newest_first: bool,
+    ) -> CallPage {
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        if newest_first {
+            entries.reverse();
+        }
+        let limit = page.limit.clamp(1, MAX_PAGE);
+        let mut calls = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        for (cursor, status) in entries {
+            let past = match &page.after {
+                None => true,
+                Some(after) if newest_first => cursor < *after,
+                Some(after) => cursor > *after,
+            };
+            if !past {
+                continue;
+            }
+            if calls.len() == limit {
+                more = true;
+                break;
+            }
+            last = Some(cursor);
+            calls.push(status);
+        }
+        CallPage {
+            calls,
+            next: more.then(|| last.map(|c| c.to_string())).flatten(),
+            partial: false,
+        }
+    }
 }
 
 /// A durable queue of calls. Every method is safe to call from many workers at once.
@@ -316,8 +437,18 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
         call_id: &'a str,
     ) -> BoxFuture<'a, Result<Option<CallStatus>, QueueError>>;
 
-    /// The dead-letter set.
-    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<CallStatus>, QueueError>>;
+    /// Calls still within the retention period, newest first, filtered.
+    fn list_calls<'a>(
+        &'a self,
+        filter: &'a CallFilter,
+        page: &'a PageQuery,
+    ) -> BoxFuture<'a, Result<CallPage, QueueError>>;
+
+    /// The dead-letter set, oldest first.
+    fn dead_letters<'a>(
+        &'a self,
+        page: &'a PageQuery,
+    ) -> BoxFuture<'a, Result<CallPage, QueueError>>;
 
     /// Queues dead letters again (one, or all when `call_id` is `None`); how many.
     fn redrive<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>>;

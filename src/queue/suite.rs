@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use super::{CallState, Cancelled, Enqueued, Outcome, Queue, QueueRequest};
+use super::{
+    CallFilter, CallState, Cancelled, Cursor, Enqueued, Outcome, PageQuery, Queue, QueueRequest,
+};
 
 /// A request for `function` with call id `id`.
 pub fn request(id: &str, function: &str, callback: Option<&str>) -> QueueRequest {
@@ -157,13 +159,19 @@ pub async fn run(q: &dyn Queue) {
     q.dead_letter("b", "w2", ok(503), Duration::ZERO)
         .await
         .unwrap();
-    let dead = q.dead_letters().await.unwrap();
+    let dead = q.dead_letters(&PageQuery::default()).await.unwrap().calls;
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].call_id, "b");
     assert_eq!(dead[0].state, CallState::Failed);
     assert!(dead[0].dead_letter);
     assert_eq!(q.redrive(Some("b")).await.unwrap(), 1);
-    assert!(q.dead_letters().await.unwrap().is_empty());
+    assert!(
+        q.dead_letters(&PageQuery::default())
+            .await
+            .unwrap()
+            .calls
+            .is_empty()
+    );
     let again = q.lease("w2", 10, lease, &[]).await.unwrap();
     assert_eq!(again[0].request.call_id, "b");
     q.dead_letter("b", "w2", ok(500), Duration::ZERO)
@@ -262,4 +270,89 @@ async fn enqueue_request(q: &dyn Queue, id: &str) {
         q.enqueue(request(id, "f", None), None).await.unwrap(),
         Enqueued::New(id.to_string())
     );
+}
+
+/// Listing calls (newest first, filtered, paged) and dead letters (oldest first, paged) on an
+/// empty queue.
+pub async fn listing(q: &dyn Queue) {
+    let mut at = 1_000_000;
+    for (id, function) in [
+        ("l1", "f"),
+        ("l2", "g"),
+        ("l3", "f"),
+        ("l4", "f"),
+        ("l5", "g"),
+    ] {
+        let mut r = request(id, function, None);
+        at += 10;
+        r.enqueued_at = at;
+        q.enqueue(r, None).await.unwrap();
+    }
+    let ids = |page: &super::CallPage| -> Vec<String> {
+        page.calls.iter().map(|c| c.call_id.clone()).collect()
+    };
+    let all = CallFilter::default();
+    let mut page = PageQuery {
+        limit: 2,
+        after: None,
+    };
+    let mut seen = Vec::new();
+    loop {
+        let got = q.list_calls(&all, &page).await.unwrap();
+        seen.extend(ids(&got));
+        match got.next {
+            Some(next) => page.after = Some(Cursor::parse(&next).unwrap()),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["l5", "l4", "l3", "l2", "l1"]);
+    let only_f = CallFilter {
+        function: Some("f".into()),
+        state: None,
+    };
+    let got = q.list_calls(&only_f, &PageQuery::default()).await.unwrap();
+    assert_eq!(ids(&got), ["l4", "l3", "l1"]);
+    assert!(got.next.is_none());
+
+    // One runs, one fails for good into the dead-letter set.
+    let mut leased = Vec::new();
+    while leased.len() < 5 {
+        let more = lease_soon(q, "w", 10, Duration::from_secs(30)).await;
+        assert!(!more.is_empty(), "every call can be leased");
+        leased.extend(more);
+    }
+    for l in &leased {
+        let id = l.request.call_id.as_str();
+        if id == "l1" || id == "l2" {
+            q.dead_letter(id, "w", ok(500), Duration::ZERO)
+                .await
+                .unwrap();
+        } else if id != "l3" {
+            q.release(&[id.to_string()], "w").await.unwrap();
+        }
+    }
+    let running = CallFilter {
+        function: None,
+        state: Some(CallState::Running),
+    };
+    let got = q.list_calls(&running, &PageQuery::default()).await.unwrap();
+    assert_eq!(ids(&got), ["l3"]);
+    let first = q
+        .dead_letters(&PageQuery {
+            limit: 1,
+            after: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&first), ["l1"]);
+    let rest = q
+        .dead_letters(&PageQuery {
+            limit: 1,
+            after: first.next.as_deref().and_then(Cursor::parse),
+        })
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest), ["l2"]);
+    assert!(rest.next.is_none());
+    assert_eq!(q.stats().await.unwrap().dead_letters, 2);
 }

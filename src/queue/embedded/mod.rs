@@ -18,13 +18,14 @@ use std::time::{Duration, UNIX_EPOCH};
 use base64::Engine;
 use rusqlite::{OptionalExtension, Transaction, params};
 
+mod listing;
 mod writer;
 
 use writer::{Cached, Job};
 
 use super::{
-    BoxFuture, CallState, CallStatus, CallbackJob, Cancelled, Enqueued, Leased, Outcome, Queue,
-    QueueError, QueueRequest, QueueStats,
+    BoxFuture, CallFilter, CallPage, CallState, CallStatus, CallbackJob, Cancelled, Enqueued,
+    Leased, Outcome, PageQuery, Queue, QueueError, QueueRequest, QueueStats,
 };
 
 /// Settings of the embedded queue.
@@ -82,9 +83,6 @@ fn rfc3339(ms: i64) -> String {
 const STATUS_COLUMNS: &str = "call_id, function, state, attempts, dead, status_code, last_error,
     enqueued_at, started_at, finished_at, visible_at, cb_state, cb_attempts, cb_error,
     substr(result, 1, ?2) AS result_head, length(result) AS result_len";
-
-/// Most dead letters listed at once (the oldest).
-const DEAD_LETTER_PAGE: usize = 1000;
 
 /// Reads a status record row.
 fn status_row(row: &rusqlite::Row<'_>, cap: usize) -> rusqlite::Result<CallStatus> {
@@ -456,20 +454,23 @@ impl Queue for EmbeddedQueue {
         })
     }
 
-    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<CallStatus>, QueueError>> {
+    fn list_calls<'a>(
+        &'a self,
+        filter: &'a CallFilter,
+        page: &'a PageQuery,
+    ) -> BoxFuture<'a, Result<CallPage, QueueError>> {
+        let (filter, page) = (filter.clone(), page.clone());
         let cap = self.config.result_cap;
-        self.submit(move |txn| {
-            let mut stmt = txn
-                .prepare_cached(&format!(
-                    "SELECT {STATUS_COLUMNS} FROM calls WHERE dead = ?1
-                     ORDER BY enqueued_at LIMIT {DEAD_LETTER_PAGE}"
-                ))
-                .map_err(unavailable)?;
-            let rows = stmt
-                .query_map(params![1, cap as i64], |row| status_row(row, cap))
-                .map_err(unavailable)?;
-            rows.collect::<Result<Vec<_>, _>>().map_err(unavailable)
-        })
+        self.submit(move |txn| listing::calls(txn, &filter, &page, cap))
+    }
+
+    fn dead_letters<'a>(
+        &'a self,
+        page: &'a PageQuery,
+    ) -> BoxFuture<'a, Result<CallPage, QueueError>> {
+        let page = page.clone();
+        let cap = self.config.result_cap;
+        self.submit(move |txn| listing::dead_letters(txn, &page, cap))
     }
 
     fn redrive<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>> {
@@ -585,11 +586,21 @@ impl Queue for EmbeddedQueue {
                     |row| row.get(0),
                 )
                 .map_err(unavailable)?;
+            let (retrying, dead): (i64, i64) = txn
+                .query_row_cached(
+                    "SELECT (SELECT count(*) FROM calls WHERE state = 'retrying'),
+                            (SELECT count(*) FROM calls WHERE dead = 1)",
+                    [],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .map_err(unavailable)?;
             let oldest_age = oldest.map_or(0.0, |t| (now_ms() - t).max(0) as f64 / 1000.0);
             Ok(QueueStats {
                 depth: u64::try_from(depth).unwrap_or(0),
                 oldest_age,
                 in_flight: u64::try_from(in_flight).unwrap_or(0),
+                retrying: Some(u64::try_from(retrying).unwrap_or(0)),
+                dead_letters: u64::try_from(dead).unwrap_or(0),
             })
         })
     }
@@ -619,6 +630,15 @@ mod tests {
             super::EmbeddedQueue::open(&dir.path().join("q.db"), super::EmbeddedConfig::default())
                 .unwrap();
         crate::queue::suite::run(&queue).await;
+    }
+
+    #[tokio::test]
+    async fn lists_calls_and_dead_letters_by_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue =
+            super::EmbeddedQueue::open(&dir.path().join("q.db"), super::EmbeddedConfig::default())
+                .unwrap();
+        crate::queue::suite::listing(&queue).await;
     }
 
     #[tokio::test]

@@ -66,6 +66,10 @@ CREATE INDEX IF NOT EXISTS calls_waiting ON calls(state, visible_at);
 CREATE INDEX IF NOT EXISTS calls_leases ON calls(state, lease_until);
 CREATE INDEX IF NOT EXISTS calls_callbacks ON calls(cb_state, cb_next_at);
 CREATE INDEX IF NOT EXISTS calls_finished ON calls(finished_at);
+CREATE INDEX IF NOT EXISTS calls_by_time ON calls(enqueued_at, call_id);
+CREATE INDEX IF NOT EXISTS calls_by_function ON calls(function, enqueued_at, call_id);
+CREATE INDEX IF NOT EXISTS calls_by_state ON calls(state, enqueued_at, call_id);
+CREATE INDEX IF NOT EXISTS calls_dead ON calls(dead, enqueued_at, call_id);
 ";
 
 impl EmbeddedQueue {

@@ -66,8 +66,8 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use super::{
-    BoxFuture, CallState, CallStatus, CallbackJob, Cancelled, Enqueued, Leased, Outcome, Queue,
-    QueueError, QueueRequest, QueueStats, unix_ms,
+    BoxFuture, CallFilter, CallPage, CallState, CallStatus, CallbackJob, Cancelled, Enqueued,
+    Leased, Outcome, PageQuery, Queue, QueueError, QueueRequest, QueueStats, unix_ms,
 };
 
 mod callbacks;
@@ -75,12 +75,14 @@ mod dead_letters;
 mod enqueue;
 mod finish;
 mod lease;
+mod listing;
 mod record;
 mod setup;
 #[cfg(test)]
 mod tests;
 
 use lease::*;
+use listing::entry;
 use record::*;
 pub use setup::SetupError;
 use setup::*;
@@ -103,9 +105,6 @@ pub struct JetStreamConfig {
     /// How long start-up waits for the server.
     pub connect_timeout: Duration,
 }
-
-/// Most dead letters listed at once (the oldest).
-const DEAD_LETTER_PAGE: usize = 1000;
 
 /// Longest delay handed to the server (its durations are signed 64-bit nanoseconds).
 const MAX_DELAY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -571,12 +570,23 @@ impl Queue for JetStreamQueue {
         Box::pin(async move { Ok(self.read(call_id).await?.map(|v| v.record.status())) })
     }
 
-    fn dead_letters(&self) -> BoxFuture<'_, Result<Vec<CallStatus>, QueueError>> {
+    fn list_calls<'a>(
+        &'a self,
+        filter: &'a CallFilter,
+        page: &'a PageQuery,
+    ) -> BoxFuture<'a, Result<CallPage, QueueError>> {
+        Box::pin(self.list_records(filter, page))
+    }
+
+    fn dead_letters<'a>(
+        &'a self,
+        page: &'a PageQuery,
+    ) -> BoxFuture<'a, Result<CallPage, QueueError>> {
         Box::pin(async move {
             let mut out = Vec::new();
             for call_id in self.dead_letter_ids().await? {
                 match self.read(&call_id).await? {
-                    Some(v) if v.record.dead => out.push(v.record.status()),
+                    Some(v) if v.record.dead => out.push(entry(&v.record)),
                     Some(_) => {
                         // Left over from a redrive whose clean-up failed (the copy is read
                         // first: a later copy, of a death after it, is kept).
@@ -592,14 +602,12 @@ impl Queue for JetStreamQueue {
                             let mut record = Record::queued(&request);
                             record.state = CallState::Failed;
                             record.dead = true;
-                            out.push(record.status());
+                            out.push(entry(&record));
                         }
                     }
                 }
             }
-            out.sort_by(|a, b| a.enqueued_at.cmp(&b.enqueued_at));
-            out.truncate(DEAD_LETTER_PAGE);
-            Ok(out)
+            Ok(CallPage::cut(out, page, false))
         })
     }
 
@@ -767,10 +775,14 @@ impl Queue for JetStreamQueue {
                 let now = i128::from(unix_ms());
                 (now - first).max(0) as f64 / 1000.0
             };
+            let dead = self.dlq.get_info().await.map_err(unavailable)?;
             Ok(QueueStats {
                 depth: unfinished.saturating_sub(in_flight),
                 oldest_age,
                 in_flight,
+                // Retries wait as delayed naks inside the consumer: not counted apart.
+                retrying: None,
+                dead_letters: dead.state.messages,
             })
         })
     }

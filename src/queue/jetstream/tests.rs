@@ -69,6 +69,13 @@ async fn passes_the_shared_suite() {
 }
 
 #[tokio::test]
+async fn lists_calls_and_dead_letters_by_page() {
+    let server = NatsServer::start();
+    let queue = server.queue("faas-request").await;
+    crate::queue::suite::listing(&queue).await;
+}
+
+#[tokio::test]
 async fn a_conflicting_stream_is_refused_and_a_big_request_is_too_large() {
     let server = NatsServer::start();
     let queue = server.queue("faas-request").await;
@@ -176,7 +183,14 @@ async fn dead_letters_keep_their_request_and_big_results_reach_the_callback() {
     };
     assert_eq!(count(&q.requests).await, 0);
     assert_eq!(count(&q.dlq).await, 1);
-    assert_eq!(q.dead_letters().await.unwrap()[0].call_id, "dl");
+    assert_eq!(
+        q.dead_letters(&crate::queue::PageQuery::default())
+            .await
+            .unwrap()
+            .calls[0]
+            .call_id,
+        "dl"
+    );
     assert_eq!(q.redrive(None).await.unwrap(), 1);
     assert_eq!(count(&q.requests).await, 1);
     assert_eq!(count(&q.dlq).await, 0);
@@ -340,7 +354,13 @@ async fn a_dead_letter_copy_of_a_running_call_is_kept() {
     .await
     .unwrap();
     // Listing (or redriving) meanwhile does not take the copy for a left-over.
-    assert!(q.dead_letters().await.unwrap().is_empty());
+    assert!(
+        q.dead_letters(&crate::queue::PageQuery::default())
+            .await
+            .unwrap()
+            .calls
+            .is_empty()
+    );
     assert_eq!(q.redrive(Some("dying")).await.unwrap(), 0);
     assert_eq!(q.dlq.get_info().await.unwrap().state.messages, 1);
     // Once the record says it is dead, it is a dead letter.
@@ -356,7 +376,11 @@ async fn a_dead_letter_copy_of_a_running_call_is_kept() {
             .await
             .unwrap()
     );
-    let dead = q.dead_letters().await.unwrap();
+    let dead = q
+        .dead_letters(&crate::queue::PageQuery::default())
+        .await
+        .unwrap()
+        .calls;
     assert_eq!(dead.len(), 1);
     assert_eq!(q.redrive(Some("dying")).await.unwrap(), 1);
     assert_eq!(q.dlq.get_info().await.unwrap().state.messages, 0);
