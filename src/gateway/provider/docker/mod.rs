@@ -3,8 +3,8 @@
 //! publishing its port 8080 on a free loopback port of the gateway's host.
 //!
 //! - [`spec`]: what a spec becomes (environment, labels, limits, secrets, read-only root).
-//! - [`images`]: the pull policy, checked before a deployment is stored.
-//! - [`replica`]: one replica's task (create or adopt, start, log, readiness, restart, stop).
+//! - `images`: the pull policy, checked before a deployment is stored.
+//! - `replica`: one replica's task (create or adopt, start, log, readiness, restart, stop).
 //!
 //! The replica sets themselves (counts, updates, round-robin, waiting for a ready replica) are
 //! [`super::replicas`], shared with the local provider.
