@@ -9,6 +9,7 @@ pub mod asynchronous;
 pub mod auth;
 pub mod autoscaler;
 pub mod cli;
+pub mod csrf;
 pub mod invoke;
 pub mod logs;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod stack;
 pub mod store;
 pub mod system;
 pub mod types;
+pub mod ui;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -397,7 +399,21 @@ impl Gateway {
         peer: SocketAddr,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let path = req.uri().path().to_string();
-        let resp = if let Some(tail) = path.strip_prefix("/async-function/") {
+        let system_write = path.starts_with("/system/")
+            || (path.starts_with("/async-function/") && req.method() == http::Method::DELETE);
+        let resp = if system_write && csrf::refused(req.method(), req.headers()) {
+            text(
+                StatusCode::FORBIDDEN,
+                "Cross-site request refused: the system API changes state only for requests from the gateway's own pages or from non-browser clients.\n".into(),
+            )
+        } else if path == "/" && ui::wants_html(req.headers()) {
+            ui::redirect("/ui/")
+        } else if path == "/ui" || path.starts_with("/ui/") {
+            match &self.auth {
+                Some(auth) if !auth.allows(req.headers()) => unauthorized(),
+                _ => ui::serve(&path),
+            }
+        } else if let Some(tail) = path.strip_prefix("/async-function/") {
             match (req.method(), tail.strip_prefix("status/")) {
                 // Reading a result or cancelling a call needs the same credentials as the
                 // system API: call ids can be chosen by callers, so they may be guessable.
