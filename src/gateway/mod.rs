@@ -5,6 +5,7 @@
 //! future; on shutdown it stops accepting, drains in-flight calls (bounded), then stops the
 //! provider's functions.
 
+pub mod async_api;
 pub mod asynchronous;
 pub mod auth;
 pub mod autoscaler;
@@ -445,9 +446,7 @@ impl Gateway {
         } else if path.starts_with("/system/") {
             match &self.auth {
                 Some(auth) if !auth.allows(req.headers()) => unauthorized(),
-                _ if path.starts_with("/system/async/") => {
-                    asynchronous::dead_letters(&self, req).await
-                }
+                _ if path.starts_with("/system/async/") => async_api::handle(&self, req).await,
                 _ => system::handle(&self, req).await,
             }
         } else if path == "/healthz" {

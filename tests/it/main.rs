@@ -6,6 +6,7 @@
     reason = "tests fail loudly and are not public API"
 )]
 
+mod async_listing;
 mod autoscale;
 mod callback;
 mod examples;

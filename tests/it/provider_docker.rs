@@ -25,6 +25,29 @@ fn echo_image() -> String {
     )
 }
 
+/// A Podman service and a gateway data directory whose containers are removed at the end
+/// (fields drop in order: containers first, the service last).
+struct Engine {
+    _cleanup: Cleanup,
+    data: std::path::PathBuf,
+    service: Service,
+    tmp: tempfile::TempDir,
+}
+
+impl Engine {
+    async fn start() -> Engine {
+        let tmp = tempfile::tempdir().unwrap();
+        let service = Service::start(tmp.path()).await;
+        let data = tmp.path().join("data");
+        Engine {
+            _cleanup: Cleanup(data.clone()),
+            data,
+            service,
+            tmp,
+        }
+    }
+}
+
 async fn up(service: &Service, data: &Path, extra: &[&str]) -> Gateway {
     let host = service.host();
     let mut args = vec!["--provider", "docker", "--docker-host", host.as_str()];
@@ -61,11 +84,9 @@ fn inspect(id: &str, format: &str) -> String {
 #[tokio::test]
 async fn containers_are_called_scaled_restarted_updated_adopted_and_removed() {
     let image = echo_image();
-    let tmp = tempfile::tempdir().unwrap();
-    let service = Service::start(tmp.path()).await;
-    let data = tmp.path().join("data");
-    let _cleanup = Cleanup(data.clone());
-    let mut gw = up(&service, &data, &[]).await;
+    let engine = Engine::start().await;
+    let (service, data) = (&engine.service, engine.data.clone());
+    let mut gw = up(service, &data, &[]).await;
 
     let r = system(
         &gw,
@@ -172,7 +193,7 @@ async fn containers_are_called_scaled_restarted_updated_adopted_and_removed() {
     assert!(gw.wait_exit(DEADLINE).await.success());
     assert_eq!(containers_of(&data), updated);
     drop(gw);
-    let gw = up(&service, &data, &[]).await;
+    let gw = up(service, &data, &[]).await;
     wait_available(&gw, "echo", 3).await;
     let r = post(gw.addr, "/function/echo", "x").await;
     assert_eq!((r.status(), r.text().trim()), (200, "v2:hi"));
@@ -201,7 +222,7 @@ async fn containers_are_called_scaled_restarted_updated_adopted_and_removed() {
 
     // With --docker-on-exit stop, SIGTERM stops and removes them.
     drop(gw);
-    let mut gw = up(&service, &data, &["--docker-on-exit", "stop"]).await;
+    let mut gw = up(service, &data, &["--docker-on-exit", "stop"]).await;
     wait_available(&gw, "echo", 1).await;
     assert_eq!(containers_of(&data), left);
     gw.signal(nix::sys::signal::Signal::SIGTERM);
@@ -215,11 +236,9 @@ async fn containers_are_called_scaled_restarted_updated_adopted_and_removed() {
 #[tokio::test]
 async fn containers_of_functions_no_longer_deployed_are_removed_at_start() {
     let image = echo_image();
-    let tmp = tempfile::tempdir().unwrap();
-    let service = Service::start(tmp.path()).await;
-    let data = tmp.path().join("data");
-    let _cleanup = Cleanup(data.clone());
-    let gw = up(&service, &data, &[]).await;
+    let engine = Engine::start().await;
+    let (service, data) = (&engine.service, engine.data.clone());
+    let gw = up(service, &data, &[]).await;
     let r = system(
         &gw,
         "POST",
@@ -233,10 +252,10 @@ async fn containers_of_functions_no_longer_deployed_are_removed_at_start() {
     assert_eq!(containers_of(&data).len(), 1);
 
     // A gateway with the same id but no functions deployed removes it.
-    let fresh = tmp.path().join("fresh");
+    let fresh = engine.tmp.path().join("fresh");
     std::fs::create_dir_all(&fresh).unwrap();
     std::fs::copy(data.join("gateway-id"), fresh.join("gateway-id")).unwrap();
-    let _gw = up(&service, &fresh, &[]).await;
+    let _gw = up(service, &fresh, &[]).await;
     assert!(
         all_containers_of(&data).is_empty(),
         "removed before the gateway listens"
@@ -245,11 +264,9 @@ async fn containers_of_functions_no_longer_deployed_are_removed_at_start() {
 
 #[tokio::test]
 async fn a_missing_image_is_refused_and_leaves_nothing() {
-    let tmp = tempfile::tempdir().unwrap();
-    let service = Service::start(tmp.path()).await;
-    let data = tmp.path().join("data");
-    let _cleanup = Cleanup(data.clone());
-    let gw = up(&service, &data, &["--image-pull", "never"]).await;
+    let engine = Engine::start().await;
+    let (service, data) = (&engine.service, engine.data.clone());
+    let gw = up(service, &data, &["--image-pull", "never"]).await;
 
     let r = system(
         &gw,
@@ -293,11 +310,9 @@ async fn secrets_read_only_root_limits_labels_and_logs_reach_the_container() {
         "fgw-test-user:2",
         &["USER 1000".to_string(), r#"CMD ["fwatchdog"]"#.to_string()],
     );
-    let tmp = tempfile::tempdir().unwrap();
-    let service = Service::start(tmp.path()).await;
-    let data = tmp.path().join("data");
-    let _cleanup = Cleanup(data.clone());
-    let gw = up(&service, &data, &[]).await;
+    let engine = Engine::start().await;
+    let (service, data) = (&engine.service, engine.data.clone());
+    let gw = up(service, &data, &[]).await;
 
     let r = system(
         &gw,
@@ -396,11 +411,9 @@ fn template_lines() -> Vec<String> {
 #[tokio::test]
 async fn an_image_from_the_dockerfile_template_is_healthy_drains_and_reaps() {
     let image = build_image("fgw-test-template:2", &template_lines());
-    let tmp = tempfile::tempdir().unwrap();
-    let service = Service::start(tmp.path()).await;
-    let data = tmp.path().join("data");
-    let _cleanup = Cleanup(data.clone());
-    let gw = up(&service, &data, &[]).await;
+    let engine = Engine::start().await;
+    let (service, data) = (&engine.service, engine.data.clone());
+    let gw = up(service, &data, &[]).await;
     // The template's fprocess runs Python; this image has busybox: the deployment says what to
     // run, as faas-cli's `fprocess` override does. The handler leaves an orphan behind.
     let r = system(
