@@ -8,6 +8,9 @@
 # Prints req/s and p50 of each, and each one's share of (a)'s rate and multiple of its p50.
 #
 #   bash benches/proxy_hop.sh [SECONDS]
+#
+# FAST_UPSTREAM=/path/to/server swaps in another upstream (any server that reads its port from
+# LISTEN_PORT, binds 127.0.0.1 and answers POST with 2xx), e.g. one written in Go, to compare.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-10}"
@@ -18,7 +21,7 @@ cargo build --release --quiet --bin fwatchdog --bin fgateway --example fast-upst
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
-upstream_bin=$PWD/target/release/examples/fast-upstream
+upstream_bin=${FAST_UPSTREAM:-$PWD/target/release/examples/fast-upstream}
 cat >"$work/post.lua" <<'LUA'
 wrk.method = "POST"
 wrk.body = "hello world"
