@@ -4,7 +4,10 @@
 #   (a) the upstream alone,
 #   (b) behind fwatchdog mode=http,
 #   (c) behind fgateway --provider static,
-#   (d) behind fgateway -> fwatchdog mode=http (local provider) -> upstream, the full local path.
+#   (d) behind fgateway -> fwatchdog mode=http (local provider) -> upstream, the full local path;
+#   (f) behind examples/bare-proxy: hyper and nothing of ours (an upstream connection per client
+#       connection, no timeouts, metrics or header rewriting), the floor a proxy hop costs on
+#       this machine, so (b) and (c) can be read against it as well as against (a).
 # Prints req/s and p50 of each, and each one's share of (a)'s rate and multiple of its p50.
 #
 #   bash benches/proxy_hop.sh [SECONDS]
@@ -16,7 +19,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-10}"
 source benches/common.sh
 ensure_wrk
-cargo build --release --quiet --bin fwatchdog --bin fgateway --example fast-upstream
+cargo build --release --quiet --bin fwatchdog --bin fgateway --example fast-upstream --example bare-proxy
 
 work=$(mktemp -d)
 pids=()
@@ -37,6 +40,11 @@ TMPDIR="$work" mode=http port="$wd_port" metrics_port=0 upstream_url="http://127
   fprocess="sleep 1000000" RUST_LOG=warn ./target/release/fwatchdog 2>"$work/wd.log" &
 pids+=($!)
 wait_for "http://127.0.0.1:$wd_port/_/health"
+
+bare_port=$(free_port)
+LISTEN_PORT=$bare_port UPSTREAM="127.0.0.1:$up_port" ./target/release/examples/bare-proxy 2>/dev/null &
+pids+=($!)
+wait_for "http://127.0.0.1:$bare_port/"
 
 gw_port=$(free_port)
 local_port=$(free_port)
@@ -71,7 +79,8 @@ to_us() {
 declare -A rps p50
 for c in 1 16; do
   for path in "a http://127.0.0.1:$up_port/" "b http://127.0.0.1:$wd_port/" \
-    "c http://127.0.0.1:$gs_port/function/fast" "d http://127.0.0.1:$gw_port/function/local"; do
+    "c http://127.0.0.1:$gs_port/function/fast" "d http://127.0.0.1:$gw_port/function/local" \
+    "f http://127.0.0.1:$bare_port/"; do
     read -r name url <<<"$path"
     read -r r p _ <<<"$(load "$url" "$c" -s "$work/post.lua")"
     rps[$name$c]=$r
@@ -79,12 +88,13 @@ for c in 1 16; do
   done
 done
 printf '\n%-44s | %-26s | %-26s\n' "" "1 connection: req/s, p50" "16 connections: req/s, p50"
-for name in a b c d; do
+for name in a b c d f; do
   case $name in
     a) label="(a) upstream alone" ;;
     b) label="(b) fwatchdog mode=http" ;;
     c) label="(c) fgateway, static provider" ;;
     d) label="(d) fgateway -> fwatchdog -> upstream" ;;
+    f) label="(f) bare hyper proxy (the floor)" ;;
   esac
   share1=$(awk -v a="${rps[a1]}" -v b="${rps[${name}1]}" 'BEGIN {printf "%.2f", b/a}')
   share16=$(awk -v a="${rps[a16]}" -v b="${rps[${name}16]}" 'BEGIN {printf "%.2f", b/a}')

@@ -9,6 +9,7 @@ fwatchdog (mode=http) starts it once and proxies every request to it:
     ANY  /echo               streams the request body back
     ANY  /status/NNN         answers with status NNN (?retry_after=S adds Retry-After: S)
     GET  /sleep?s=2          answers after s seconds
+    ANY  /close              answers, then closes the connection
     POST /crash              exits with status 3 (to see the watchdog restart policy)
     ANY  anything else       JSON describing the request
 
@@ -131,6 +132,17 @@ class Handler(BaseHTTPRequestHandler):
             if self.command != "HEAD":
                 self.wfile.write(body)
             return
+        if path == "/close":
+            # Answers, then closes the connection (as a server with a short idle limit would).
+            for _ in self.body_chunks():
+                pass
+            self.send_response(200)
+            self.send_header("Content-Length", "7")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(b"closed\n")
+            self.close_connection = True
+            return
         if path == "/sleep":
             time.sleep(float(query.get("s", ["1"])[0]))
             return self.send_bytes(200, b"slept\n")
@@ -145,6 +157,7 @@ class Handler(BaseHTTPRequestHandler):
             "query": url.query,
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body_bytes": size,
+            "peer_port": self.client_address[1],
         }
         self.send_bytes(200, json.dumps(reply).encode(), "application/json")
 

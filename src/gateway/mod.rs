@@ -40,6 +40,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::parse;
 use crate::http::body::ResponseBody;
 use crate::http::egress::EgressPolicy;
+use crate::http::pinned::Pinned;
 use crate::http::proxy;
 use crate::http::server;
 use crate::queue::Queue;
@@ -398,6 +399,7 @@ impl Gateway {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        pinned: Arc<Pinned>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let path = req.uri().path().to_string();
         let system_write = path.starts_with("/system/")
@@ -437,7 +439,7 @@ impl Gateway {
             }
         } else if let Some(tail) = path.strip_prefix("/function/") {
             match invoke::parse_path(tail) {
-                Some(target) => invoke::invoke(&self, req, peer, target).await,
+                Some(target) => invoke::invoke(&self, req, peer, target, &pinned).await,
                 None => text(
                     StatusCode::NOT_FOUND,
                     "No function named in the path.\n".into(),
@@ -523,7 +525,11 @@ pub async fn run(
             },
             move |peer| {
                 let gateway = Arc::clone(&gateway);
-                hyper::service::service_fn(move |req| Arc::clone(&gateway).handle(req, peer))
+                // The upstream connections this client connection's calls use.
+                let pinned = Arc::new(Pinned::default());
+                hyper::service::service_fn(move |req| {
+                    Arc::clone(&gateway).handle(req, peer, Arc::clone(&pinned))
+                })
             },
         ))
     };

@@ -10,10 +10,13 @@
 //!   and drained on shutdown.
 //! - [`proxy`]: reverse proxying: the pooled client, hop-by-hop headers, upstream URLs and
 //!   upgrade tunnels.
+//! - [`pinned`]: upstream connections kept with one client connection, so its requests after
+//!   the first skip the shared pool.
 
 pub mod body;
 pub mod connection;
 pub mod egress;
+pub mod pinned;
 pub mod proxy;
 pub mod server;
 pub mod tunnels;

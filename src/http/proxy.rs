@@ -16,6 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::http::body::ResponseBody;
 use crate::http::egress::{CheckedResolver, EgressPolicy};
+use crate::http::pinned::Pinned;
 
 /// A pooled keep-alive HTTP/1.1 client whose request bodies are [`ResponseBody`]s (any boxed
 /// body, so a request body can stream straight through).
@@ -24,10 +25,10 @@ pub type Client = hyper_util::client::legacy::Client<HttpConnector, ResponseBody
 /// How long an idle pooled connection is kept: shorter than the idle limits of common
 /// upstream servers (Node closes after 5 s), so a request rarely meets a connection the server
 /// is closing. A pool timer closes idle connections on time, not only when the pool is used.
-const POOL_IDLE: Duration = Duration::from_secs(4);
+pub const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// How long connecting to an upstream may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A client for proxying to upstreams: keep-alive pool, `TCP_NODELAY`, bounded connect time.
 pub fn client() -> Client {
@@ -133,14 +134,18 @@ pub fn forward_request_headers(
         headers.insert(header::UPGRADE, protocol.clone());
     }
     if let Some(ip) = peer {
-        let mut chain: Vec<&str> = headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let ip = ip.to_string();
-        chain.push(&ip);
-        let value = chain.join(", ");
+        let value = if headers.contains_key(&X_FORWARDED_FOR) {
+            let mut chain: Vec<&str> = headers
+                .get_all(&X_FORWARDED_FOR)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let ip = ip.to_string();
+            chain.push(&ip);
+            chain.join(", ")
+        } else {
+            ip.to_string()
+        };
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(X_FORWARDED_FOR, v);
         }
@@ -190,14 +195,17 @@ pub fn forward_response_headers(headers: &mut HeaderMap, switching_protocols: bo
 /// then the request's own path and query.
 pub fn upstream_uri(base: &Uri, request: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
     let prefix = base.path().trim_end_matches('/');
-    let tail = request.map_or("/", PathAndQuery::as_str);
-    let path_and_query = if prefix.is_empty() {
-        tail.to_string()
-    } else {
-        format!("{prefix}{tail}")
+    let path_and_query = match request {
+        // The request's own path, shared rather than copied and parsed again.
+        Some(pq) if prefix.is_empty() => pq.clone(),
+        None if prefix.is_empty() => PathAndQuery::from_static("/"),
+        _ => {
+            let tail = request.map_or("/", PathAndQuery::as_str);
+            format!("{prefix}{tail}").parse()?
+        }
     };
     let mut parts = base.clone().into_parts();
-    parts.path_and_query = Some(path_and_query.parse()?);
+    parts.path_and_query = Some(path_and_query);
     Ok(Uri::from_parts(parts)?)
 }
 
@@ -212,31 +220,30 @@ pub enum SendError {
     Failed(String),
 }
 
-/// Sends `req` and waits for the response headers until `deadline`.
+/// Sends `req` and waits for the response headers until `deadline`: on the client
+/// connection's own upstream connection when `pinned` is given (see [`super::pinned`]), else
+/// through the pool.
 pub async fn send<C>(
     client: &hyper_util::client::legacy::Client<C, ResponseBody>,
     req: http::Request<ResponseBody>,
     deadline: Option<tokio::time::Instant>,
+    pinned: Option<&Pinned>,
 ) -> Result<http::Response<hyper::body::Incoming>, SendError>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
-    let sent = client.request(req);
-    let result = match deadline {
+    let sent = async {
+        match pinned {
+            Some(pinned) => pinned.send(client, req).await,
+            None => super::pinned::pooled(client, req).await,
+        }
+    };
+    match deadline {
         Some(d) => tokio::time::timeout_at(d, sent)
             .await
             .map_err(|_| SendError::TimedOut)?,
         None => sent.await,
-    };
-    result.map_err(|e| {
-        if e.is_connect() {
-            SendError::Connect(
-                std::error::Error::source(&e).map_or_else(|| e.to_string(), error_chain),
-            )
-        } else {
-            SendError::Failed(error_chain(&e))
-        }
-    })
+    }
 }
 
 /// An error and its sources, joined with `: `.

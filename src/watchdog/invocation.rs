@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::request::Parts;
-use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -76,8 +76,12 @@ impl Reply {
 
     /// Sets `X-Duration-Seconds` (seconds with six decimals, as OpenFaaS writes it).
     pub fn set_duration(&mut self, d: Duration) {
-        if let Ok(v) = HeaderValue::from_str(&format!("{:.6}", d.as_secs_f64())) {
-            self.headers.insert("x-duration-seconds", v);
+        // Whole seconds and microseconds as integers: the same text as `{:.6}` of the seconds
+        // (truncated, not rounded, in the last digit), without float formatting per request.
+        let text = format!("{}.{:06}", d.as_secs(), d.subsec_micros());
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            self.headers
+                .insert(HeaderName::from_static("x-duration-seconds"), v);
         }
     }
 

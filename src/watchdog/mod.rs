@@ -30,6 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{DEFAULT_IO_TIMEOUT, Mode, WatchdogConfig};
 use crate::http::body::{self, ResponseBody};
+use crate::http::pinned::Pinned;
 use crate::http::server;
 use crate::process::{Launcher, ProcessTable, reaper};
 use health::Health;
@@ -142,11 +143,12 @@ impl Watchdog {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        pinned: Arc<Pinned>,
     ) -> Result<Response<ResponseBody>, Infallible> {
         let reply = match req.uri().path() {
             "/_/health" => self.health_reply(),
             "/_/ready" => self.ready_reply().await,
-            _ => return Ok(self.invoke(req, peer).await),
+            _ => return Ok(self.invoke(req, peer, &pinned).await),
         };
         Ok(reply.into_response())
     }
@@ -180,6 +182,7 @@ impl Watchdog {
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
+        pinned: &Pinned,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let mut measure = self.metrics.start(req.method());
@@ -200,7 +203,7 @@ impl Watchdog {
             (Mode::Http, _) => match self.upstream.get() {
                 Some(upstream) => {
                     upstream
-                        .serve(&self.config, req, Some(peer.ip()), start)
+                        .serve(&self.config, req, Some(peer.ip()), start, pinned)
                         .await
                 }
                 None => Reply::new(StatusCode::SERVICE_UNAVAILABLE, body::empty()),
@@ -303,7 +306,11 @@ pub async fn run(
             },
             move |peer| {
                 let watchdog = Arc::clone(&watchdog);
-                hyper::service::service_fn(move |req| Arc::clone(&watchdog).handle(req, peer))
+                // The upstream connections this client connection's requests use (http mode).
+                let pinned = Arc::new(Pinned::default());
+                hyper::service::service_fn(move |req| {
+                    Arc::clone(&watchdog).handle(req, peer, Arc::clone(&pinned))
+                })
             },
         ))
     };

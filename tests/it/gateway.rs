@@ -12,8 +12,8 @@ use http_body_util::{BodyExt, Full};
 use nix::sys::signal::Signal;
 
 use crate::harness::{
-    DEADLINE, Gateway, Reply, descendants, free_port, get, process_gone, send, send_streaming,
-    wait_status,
+    DEADLINE, Gateway, KeepAlive, Reply, descendants, free_port, get, process_gone, send,
+    send_streaming, wait_status,
 };
 
 /// A stack file with an http-mode function (`web`, the python-http example on its own port)
@@ -64,6 +64,32 @@ async fn call(gw: &Gateway, method: &str, path: &str, body: &'static str) -> Rep
 
 fn json(r: &Reply) -> serde_json::Value {
     serde_json::from_str(&r.text()).unwrap_or_else(|e| panic!("{e}: {}", r.text()))
+}
+
+#[tokio::test]
+async fn keep_alive_clients_keep_their_own_connections_down_the_chain() {
+    // Client → fgateway → fwatchdog (http mode) → the example server, which reports the port
+    // of the connection each request came in on. From their second request on, two keep-alive
+    // clients each stay on connections of their own, at every hop.
+    let data = tempfile::tempdir().unwrap();
+    let gw = up_with_stack(&data, &[]).await;
+    let port = |r: &Reply| {
+        assert_eq!(r.status(), 200, "{}", r.text());
+        json(r)["peer_port"].as_u64().unwrap()
+    };
+    let mut first = KeepAlive::open(gw.addr).await;
+    let mut second = KeepAlive::open(gw.addr).await;
+    for _ in 0..2 {
+        port(&first.post("/function/web/", "a").await);
+        port(&second.post("/function/web/", "a").await);
+    }
+    let mine = port(&first.post("/function/web/", "b").await);
+    let theirs = port(&second.post("/function/web/", "b").await);
+    assert_ne!(mine, theirs);
+    for _ in 0..5 {
+        assert_eq!(port(&first.post("/function/web/x", "c").await), mine);
+        assert_eq!(port(&second.post("/function/web/y", "c").await), theirs);
+    }
 }
 
 #[tokio::test]

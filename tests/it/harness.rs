@@ -366,6 +366,51 @@ where
         .unwrap_or_else(|e| panic!("request: {e}"))
 }
 
+/// One keep-alive client connection: requests go one after another on the same socket.
+pub struct KeepAlive {
+    /// Sends on the connection.
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl KeepAlive {
+    /// Opens a connection to `addr`.
+    pub async fn open(addr: SocketAddr) -> KeepAlive {
+        let stream = TcpStream::connect(addr)
+            .await
+            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap_or_else(|e| panic!("handshake: {e}"));
+        tokio::spawn(conn);
+        KeepAlive { sender }
+    }
+
+    /// POSTs `body` to `path` on this connection and collects the response.
+    pub async fn post(&mut self, path: &str, body: &'static str) -> Reply {
+        self.sender
+            .ready()
+            .await
+            .unwrap_or_else(|e| panic!("connection not ready: {e}"));
+        let req = Request::post(path)
+            .header("host", "localhost")
+            .body(Full::new(Bytes::from_static(body.as_bytes())))
+            .unwrap_or_else(|e| panic!("request: {e}"));
+        let (head, body) = self
+            .sender
+            .send_request(req)
+            .await
+            .unwrap_or_else(|e| panic!("request: {e}"))
+            .into_parts();
+        let body = body
+            .collect()
+            .await
+            .unwrap_or_else(|e| panic!("body: {e}"))
+            .to_bytes();
+        Reply { head, body }
+    }
+}
+
 /// Sends `req` and collects the whole response.
 pub async fn send<B>(addr: SocketAddr, req: Request<B>) -> Reply
 where

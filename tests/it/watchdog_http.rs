@@ -8,8 +8,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use nix::sys::signal::Signal;
 
 use crate::harness::{
-    DEADLINE, Watchdog, free_port, get, post, process_gone, send, send_streaming, start_in_repo,
-    wait_gone, wait_status,
+    DEADLINE, KeepAlive, Watchdog, free_port, get, post, process_gone, send, send_streaming,
+    start_in_repo, wait_gone, wait_status,
 };
 
 /// An http-mode watchdog in front of the example server; returns once it is healthy.
@@ -74,6 +74,46 @@ async fn proxies_method_path_query_headers_body_and_status() {
 
     let head = Request::head("/").body(Full::new(Bytes::new())).unwrap();
     assert_eq!(send(wd.addr, head).await.status(), 200);
+}
+
+/// The upstream port a request arrived from, as the example server saw it.
+fn upstream_peer_port(r: &crate::harness::Reply) -> u64 {
+    assert_eq!(r.status(), 200, "{}", r.text());
+    let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    v["peer_port"].as_u64().unwrap()
+}
+
+#[tokio::test]
+async fn a_keep_alive_client_keeps_one_upstream_connection_of_its_own() {
+    let wd = start_http(&[]).await;
+    let mut first = KeepAlive::open(wd.addr).await;
+    let mut second = KeepAlive::open(wd.addr).await;
+    // The first request of a connection goes through the shared pool; from the second on,
+    // each client connection has an upstream connection of its own.
+    upstream_peer_port(&first.post("/", "a").await);
+    upstream_peer_port(&second.post("/", "a").await);
+    let mine = upstream_peer_port(&first.post("/", "b").await);
+    let theirs = upstream_peer_port(&second.post("/", "b").await);
+    assert_ne!(
+        mine, theirs,
+        "two client connections share an upstream connection"
+    );
+    for _ in 0..5 {
+        assert_eq!(upstream_peer_port(&first.post("/", "c").await), mine);
+        assert_eq!(upstream_peer_port(&second.post("/", "c").await), theirs);
+    }
+
+    // The upstream closes the connection after answering: the next request gets a new one,
+    // and no client sees an error.
+    let r = first.post("/close", "").await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    assert_eq!(r.text(), "closed\n");
+    let fresh = upstream_peer_port(&first.post("/", "d").await);
+    assert_ne!(fresh, mine, "a closed upstream connection was used again");
+    assert_eq!(upstream_peer_port(&first.post("/", "e").await), fresh);
+
+    // One request per connection (through the pool) still works alongside.
+    upstream_peer_port(&get(wd.addr, "/").await);
 }
 
 #[tokio::test]

@@ -75,7 +75,8 @@ pub struct GuardedIo<T> {
     /// The socket.
     io: T,
     /// Bytes read from the socket that the server has not taken yet; empty (and unallocated)
-    /// most of the time.
+    /// most of the time. Its length is always `end`: reads go into its spare capacity, which
+    /// is never zeroed.
     buf: Vec<u8>,
     /// Where the untaken bytes start in `buf`.
     start: usize,
@@ -264,6 +265,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                     this.start = 0;
                     this.checked = 0;
                     this.end = 0;
+                    this.buf.clear();
                 }
                 return Poll::Ready(Ok(()));
             }
@@ -314,25 +316,25 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                 }
             }
             // Read into our buffer and check.
-            if this.buf.is_empty() {
-                this.buf = vec![0; READ_CHUNK];
+            if this.buf.capacity() == 0 {
+                this.buf = Vec::with_capacity(READ_CHUNK);
             }
-            if this.end == this.buf.len() {
+            if this.end == this.buf.capacity() {
                 if this.start > 0 {
                     this.buf.copy_within(this.start..this.end, 0);
                     this.checked -= this.start;
                     this.end -= this.start;
                     this.start = 0;
-                } else if this.buf.len() <= MAX_HEAD {
-                    let grown = this.buf.len() * 2;
-                    this.buf.resize(grown, 0);
+                    this.buf.truncate(this.end);
+                } else if this.buf.capacity() <= MAX_HEAD {
+                    this.buf.reserve_exact(this.buf.capacity());
                 } else {
                     this.framing = Framing::Off;
                     this.checked = this.end;
                     continue;
                 }
             }
-            let mut space = ReadBuf::new(&mut this.buf[this.end..]);
+            let mut space = ReadBuf::uninit(this.buf.spare_capacity_mut());
             match Pin::new(&mut this.io).poll_read(cx, &mut space) {
                 Poll::Pending => {
                     if this.start == this.end {
@@ -346,6 +348,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for GuardedIo<T> {
                     if n == 0 {
                         this.eof = true;
                     } else {
+                        // SAFETY: the read initialised the first `n` bytes of the spare
+                        // capacity, which starts at `end` (the buffer's length).
+                        unsafe { this.buf.set_len(this.end + n) };
                         this.end += n;
                         this.check();
                     }

@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use super::describe_exit;
 use crate::config::{WatchdogConfig, parse};
 use crate::http::body::{self, BoxError};
+use crate::http::pinned::Pinned;
 use crate::http::proxy;
 use crate::http::tunnels::Tunnels;
 use crate::process::lines::{self, LineLog};
@@ -222,6 +223,7 @@ impl Upstream {
         mut req: Request<Incoming>,
         peer: Option<IpAddr>,
         start: Instant,
+        pinned: &Pinned,
     ) -> Reply {
         let limit = match request_limit(config.exec_timeout, req.headers().get(X_TIMEOUT)) {
             Ok(limit) => limit,
@@ -283,7 +285,13 @@ impl Upstream {
             (body, Some(flag))
         };
 
-        let sent = proxy::send(&self.client, Request::from_parts(parts, body), deadline).await;
+        let sent = proxy::send(
+            &self.client,
+            Request::from_parts(parts, body),
+            deadline,
+            Some(pinned),
+        )
+        .await;
         let response = match sent {
             Ok(resp) => resp,
             Err(_) if let Some(failure) = read_timed_out.as_ref().and_then(|w| w.failure()) => {
