@@ -174,6 +174,10 @@ impl Mode {
 /// Accepted form of `mode`.
 const MODE_FORM: &str = "unset, serializing, streaming, http or static";
 
+/// How long the http-mode upstream may take to exit after SIGTERM before its group is killed
+/// (a gateway stopping a replica waits this long on top of `write_timeout`).
+pub const UPSTREAM_STOP_GRACE: Duration = Duration::from_secs(5);
+
 /// The default for `read_timeout` and `write_timeout`.
 pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// The default `exec_timeout` in of-watchdog modes.

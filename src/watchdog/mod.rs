@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{DEFAULT_IO_TIMEOUT, Mode, WatchdogConfig};
+use crate::config::{DEFAULT_IO_TIMEOUT, Mode, UPSTREAM_STOP_GRACE, WatchdogConfig};
 use crate::http::body::{self, ResponseBody};
 use crate::http::pinned::Pinned;
 use crate::http::server;
@@ -38,9 +38,6 @@ use invocation::{Invocation, Reply};
 use metrics::{Metrics, RequestMeasure};
 use mode::http::Upstream;
 use mode::static_files::StaticFiles;
-
-/// How long the http-mode upstream may take to exit after SIGTERM before its group is killed.
-pub const UPSTREAM_STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Errors that stop the watchdog.
 #[derive(Debug, thiserror::Error)]

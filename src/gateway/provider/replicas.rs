@@ -45,7 +45,7 @@ pub fn stop_grace(spec: &FunctionDeployment) -> Duration {
         .and_then(|v| crate::config::parse::duration(v).ok())
         .flatten()
         .unwrap_or(crate::config::DEFAULT_IO_TIMEOUT);
-    write + crate::watchdog::UPSTREAM_STOP_GRACE + STOP_MARGIN
+    write + crate::config::UPSTREAM_STOP_GRACE + STOP_MARGIN
 }
 
 /// One replica's state, shared between the provider's task that runs it and the request path.
