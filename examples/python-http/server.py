@@ -158,6 +158,7 @@ class Handler(BaseHTTPRequestHandler):
             "headers": {k.lower(): v for k, v in self.headers.items()},
             "body_bytes": size,
             "peer_port": self.client_address[1],
+            "target": self.path,
         }
         self.send_bytes(200, json.dumps(reply).encode(), "application/json")
 

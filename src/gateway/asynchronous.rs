@@ -443,7 +443,7 @@ impl Invoker for RemoteInvoker {
             *req.uri_mut() = uri;
             *req.headers_mut() = headers_of(request);
             req.headers_mut().remove(header::HOST);
-            match proxy::send(&self.client, req, Some(deadline), None).await {
+            match proxy::send(&self.client, req, Some(deadline)).await {
                 Ok(resp) => outcome_of(resp, started, deadline, self.max_result).await,
                 Err(proxy::SendError::TimedOut) => failed("timed out".into(), 504),
                 Err(proxy::SendError::Connect(why) | proxy::SendError::Failed(why)) => {

@@ -309,7 +309,7 @@ pub async fn call(
     *forwarded.method_mut() = req.method;
     *forwarded.uri_mut() = uri;
     *forwarded.headers_mut() = headers;
-    match proxy::send(&gateway.client, forwarded, Some(req.deadline), req.pinned).await {
+    match proxy::send_via(&gateway.client, forwarded, Some(req.deadline), req.pinned).await {
         Ok(resp) => {
             record.code = resp.status().as_u16();
             Ok((resp, record))

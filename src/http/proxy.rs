@@ -224,24 +224,37 @@ pub enum SendError {
     Failed(String),
 }
 
-/// Sends `req` and waits for the response headers until `deadline`: on the client
-/// connection's own upstream connection when `pinned` is given (see [`super::pinned`]), else
-/// through the pool.
+/// Sends `req` through the pool and waits for the response headers until `deadline`.
 pub async fn send<C>(
     client: &hyper_util::client::legacy::Client<C, ResponseBody>,
     req: http::Request<ResponseBody>,
     deadline: Option<tokio::time::Instant>,
-    pinned: Option<&Pinned>,
 ) -> Result<http::Response<hyper::body::Incoming>, SendError>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
-    let sent = async {
-        match pinned {
-            Some(pinned) => pinned.send(client, req).await,
-            None => super::pinned::pooled(client, req).await,
-        }
-    };
+    within(deadline, super::pinned::pooled(client, req)).await
+}
+
+/// Like [`send`], on the client connection's own upstream connection when `pinned` is given
+/// (see [`super::pinned`]).
+pub async fn send_via(
+    client: &Client,
+    req: http::Request<ResponseBody>,
+    deadline: Option<tokio::time::Instant>,
+    pinned: Option<&Pinned>,
+) -> Result<http::Response<hyper::body::Incoming>, SendError> {
+    match pinned {
+        Some(pinned) => within(deadline, pinned.send(client, req)).await,
+        None => send(client, req, deadline).await,
+    }
+}
+
+/// Runs `sent` until `deadline`.
+async fn within<T>(
+    deadline: Option<tokio::time::Instant>,
+    sent: impl Future<Output = Result<T, SendError>>,
+) -> Result<T, SendError> {
     match deadline {
         Some(d) => tokio::time::timeout_at(d, sent)
             .await

@@ -69,26 +69,36 @@ fn json(r: &Reply) -> serde_json::Value {
 #[tokio::test]
 async fn keep_alive_clients_keep_their_own_connections_down_the_chain() {
     // Client → fgateway → fwatchdog (http mode) → the example server, which reports the port
-    // of the connection each request came in on. From their second request on, two keep-alive
-    // clients each stay on connections of their own, at every hop.
+    // of the connection each request came in on. From their third request on, two keep-alive
+    // clients each stay on connections of their own, at every hop; every request line carries
+    // the path alone and the client's Host comes through.
     let data = tempfile::tempdir().unwrap();
     let gw = up_with_stack(&data, &[]).await;
-    let port = |r: &Reply| {
+    let port = |r: &Reply, target: &str| {
         assert_eq!(r.status(), 200, "{}", r.text());
-        json(r)["peer_port"].as_u64().unwrap()
+        let v = json(r);
+        assert_eq!(v["target"], target, "{v}");
+        assert_eq!(v["headers"]["host"], "localhost", "{v}");
+        v["peer_port"].as_u64().unwrap()
     };
     let mut first = KeepAlive::open(gw.addr).await;
     let mut second = KeepAlive::open(gw.addr).await;
     for _ in 0..2 {
-        port(&first.post("/function/web/", "a").await);
-        port(&second.post("/function/web/", "a").await);
+        port(&first.post("/function/web/", "a").await, "/");
+        port(&second.post("/function/web/", "a").await, "/");
     }
-    let mine = port(&first.post("/function/web/", "b").await);
-    let theirs = port(&second.post("/function/web/", "b").await);
+    let mine = port(&first.post("/function/web/", "b").await, "/");
+    let theirs = port(&second.post("/function/web/", "b").await, "/");
     assert_ne!(mine, theirs);
     for _ in 0..5 {
-        assert_eq!(port(&first.post("/function/web/x", "c").await), mine);
-        assert_eq!(port(&second.post("/function/web/y", "c").await), theirs);
+        assert_eq!(
+            port(&first.post("/function/web/x?q=1", "c").await, "/x?q=1"),
+            mine
+        );
+        assert_eq!(
+            port(&second.post("/function/web/y", "c").await, "/y"),
+            theirs
+        );
     }
 }
 

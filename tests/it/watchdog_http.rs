@@ -76,10 +76,13 @@ async fn proxies_method_path_query_headers_body_and_status() {
     assert_eq!(send(wd.addr, head).await.status(), 200);
 }
 
-/// The upstream port a request arrived from, as the example server saw it.
+/// The upstream port a request arrived from, as the example server saw it; checks that its
+/// request line had the path alone (origin form) and that the client's Host came through.
 fn upstream_peer_port(r: &crate::harness::Reply) -> u64 {
     assert_eq!(r.status(), 200, "{}", r.text());
     let v: serde_json::Value = serde_json::from_str(&r.text()).unwrap();
+    assert_eq!(v["target"], "/", "{v}");
+    assert_eq!(v["headers"]["host"], "localhost", "{v}");
     v["peer_port"].as_u64().unwrap()
 }
 

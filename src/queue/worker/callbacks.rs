@@ -174,7 +174,7 @@ impl Worker {
             .boxed_unsync();
         let req = req.body(body).map_err(|e| e.to_string())?;
         let deadline = tokio::time::Instant::now() + self.config.callback_timeout;
-        match proxy::send(&self.client, req, Some(deadline), None).await {
+        match proxy::send(&self.client, req, Some(deadline)).await {
             Ok(resp) if resp.status().is_success() => {
                 // Read the (small) reply so the connection can be reused.
                 let _ = tokio::time::timeout_at(deadline, resp.into_body().collect()).await;

@@ -285,7 +285,7 @@ impl Upstream {
             (body, Some(flag))
         };
 
-        let sent = proxy::send(
+        let sent = proxy::send_via(
             &self.client,
             Request::from_parts(parts, body),
             deadline,
