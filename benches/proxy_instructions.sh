@@ -4,9 +4,13 @@
 # and fgateway --provider static, both in front of examples/fast-upstream, it counts the
 # instructions of a run of N1 and of N2 requests (`hey`, 16 connections, POST "hello world")
 # and prints (I(N2) - I(N1)) / (N2 - N1), so start-up and shutdown cancel out. The kernel's
-# share (system calls, TCP) is not counted.
+# share (system calls, TCP) is not counted. The gateway runs without its asynchronous-call
+# worker, whose polling of the queue would count instructions by the second, not per request.
 #
 #   bash benches/proxy_instructions.sh [N1 N2]
+#
+# FWATCHDOG=/path FGATEWAY=/path count other builds of the two binaries (an older commit's, to
+# compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n1="${1:-1000}"
@@ -20,6 +24,8 @@ for tool in valgrind:valgrind hey:hey; do
 done
 cargo build --release --quiet --bin fwatchdog --bin fgateway --example fast-upstream
 
+fwatchdog_bin=${FWATCHDOG:-$PWD/target/release/fwatchdog}
+fgateway_bin=${FGATEWAY:-$PWD/target/release/fgateway}
 work=$(mktemp -d)
 pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -38,14 +44,14 @@ count() {
     fwatchdog)
       mode=http port="$port" metrics_port=0 upstream_url="http://127.0.0.1:$up_port" \
         fprocess="sleep 1000000" healthcheck_interval=0 RUST_LOG=warn TMPDIR="$work" \
-        valgrind --tool=callgrind --callgrind-out-file="$out" ./target/release/fwatchdog \
+        valgrind --tool=callgrind --callgrind-out-file="$out" "$fwatchdog_bin" \
         2>/dev/null &
       url="http://127.0.0.1:$port/"
       ;;
     fgateway)
       RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$out" \
-        ./target/release/fgateway up -f "$work/static.yml" --provider static --port "$port" \
-        --data-dir "$work/gw.$n" --autoscale false 2>/dev/null &
+        "$fgateway_bin" up -f "$work/static.yml" --provider static --port "$port" \
+        --data-dir "$work/gw.$n" --autoscale false --no-worker 2>/dev/null &
       url="http://127.0.0.1:$port/function/fast"
       ;;
   esac
