@@ -46,7 +46,7 @@ pub const MAX_HELD: usize = 4;
 /// The upstream connections held for one client connection.
 #[derive(Debug, Default)]
 pub struct Pinned {
-    /// Requests seen and connections held, taken out while in use.
+    /// Upstreams called and connections held (a held one is taken out while in use).
     state: Mutex<State>,
 }
 
