@@ -352,15 +352,8 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let stream = TcpStream::connect(addr)
+    connect(addr)
         .await
-        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .unwrap_or_else(|e| panic!("handshake: {e}"));
-    tokio::spawn(conn);
-    sender
         .send_request(req)
         .await
         .unwrap_or_else(|e| panic!("request: {e}"))
@@ -375,15 +368,9 @@ pub struct KeepAlive {
 impl KeepAlive {
     /// Opens a connection to `addr`.
     pub async fn open(addr: SocketAddr) -> KeepAlive {
-        let stream = TcpStream::connect(addr)
-            .await
-            .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap_or_else(|e| panic!("handshake: {e}"));
-        tokio::spawn(conn);
-        KeepAlive { sender }
+        KeepAlive {
+            sender: connect(addr).await,
+        }
     }
 
     /// POSTs `body` to `path` on this connection and collects the response.
@@ -396,19 +383,42 @@ impl KeepAlive {
             .header("host", "localhost")
             .body(Full::new(Bytes::from_static(body.as_bytes())))
             .unwrap_or_else(|e| panic!("request: {e}"));
-        let (head, body) = self
+        let resp = self
             .sender
             .send_request(req)
             .await
-            .unwrap_or_else(|e| panic!("request: {e}"))
-            .into_parts();
-        let body = body
-            .collect()
-            .await
-            .unwrap_or_else(|e| panic!("body: {e}"))
-            .to_bytes();
-        Reply { head, body }
+            .unwrap_or_else(|e| panic!("request: {e}"));
+        collect(resp).await
     }
+}
+
+/// Opens an HTTP/1.1 connection to `addr`, driven in a task of its own.
+async fn connect<B>(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .unwrap_or_else(|e| panic!("handshake: {e}"));
+    tokio::spawn(conn);
+    sender
+}
+
+/// A response with its whole body.
+async fn collect(resp: Response<Incoming>) -> Reply {
+    let (head, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("body: {e}"))
+        .to_bytes();
+    Reply { head, body }
 }
 
 /// Sends `req` and collects the whole response.
@@ -418,13 +428,7 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (head, body) = send_streaming(addr, req).await.into_parts();
-    let body = body
-        .collect()
-        .await
-        .unwrap_or_else(|e| panic!("body: {e}"))
-        .to_bytes();
-    Reply { head, body }
+    collect(send_streaming(addr, req).await).await
 }
 
 /// POSTs `body` to `path`.
