@@ -1,4 +1,5 @@
-//! Pending callbacks: their messages, stored bodies too large for one, and claiming one to deliver.
+//! Pending callbacks: their messages, stored bodies too large for one, claiming one to deliver,
+//! and recording how its delivery went.
 
 use super::*;
 
@@ -182,5 +183,74 @@ impl JetStreamQueue {
             .await
             .map_err(|e| BodyError::Queue(unavailable(e)))?;
         Ok(body)
+    }
+}
+
+impl JetStreamQueue {
+    /// [`Queue::callback_result`]: records a callback's delivery, or schedules its next try.
+    pub(super) async fn record_callback_result(
+        &self,
+        call_id: &str,
+        delivered: bool,
+        retry_in: Option<Duration>,
+        error: Option<&str>,
+    ) -> Result<(), QueueError> {
+        let claimed = self
+            .claimed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(call_id);
+        let settled = self
+            .settled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(call_id);
+        let now = unix_ms();
+        let (state, due) = match (delivered, retry_in) {
+            (true, _) => ("delivered", None),
+            (false, Some(d)) => ("pending", Some(now.saturating_add(ms(d)))),
+            (false, None) => ("failed", None),
+        };
+        // The callback this process delivered: a record whose pending callback is another
+        // one (the call was redriven and finished again meanwhile) is not touched.
+        let delivered_seq = claimed
+            .as_ref()
+            .and_then(|m| m.info().ok().map(|i| i.stream_sequence))
+            .or_else(|| settled.as_ref().and_then(|v| v.record.callback_seq));
+        let changed = self
+            .modify_from(call_id, settled, |record| {
+                if record.callback != "pending"
+                    || delivered_seq.is_some_and(|s| record.callback_seq != Some(s))
+                {
+                    return Step::Keep(None);
+                }
+                record.callback = state.into();
+                record.callback_attempts += 1;
+                record.callback_error = error.map(str::to_string);
+                record.callback_due = due;
+                Step::Write(
+                    record
+                        .callback_seq
+                        .map(|seq| (seq, record.callback_object.clone())),
+                )
+            })
+            .await?;
+        let Some((Some((seq, object)), _)) = changed else {
+            return Ok(());
+        };
+        match (delivered, retry_in) {
+            (false, Some(d)) => {
+                // A claimed message comes back when the retry is due; one never fetched
+                // (the first, inline attempt failed) is handed back until then by
+                // whichever dispatcher fetches it.
+                if let Some(message) = claimed {
+                    message.double_ack_with(nak(d)).await.map_err(boxed)?;
+                }
+            }
+            // Done with, delivered or not: remove the message (held here, elsewhere, or
+            // never fetched) and its stored body.
+            _ => self.remove_callback(seq, object.as_deref()).await,
+        }
+        Ok(())
     }
 }

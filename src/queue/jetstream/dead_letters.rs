@@ -158,3 +158,45 @@ impl JetStreamQueue {
         Ok(true)
     }
 }
+
+impl JetStreamQueue {
+    /// [`Queue::purge`]: removes one dead letter or all of them.
+    pub(super) async fn purge_dead(&self, call_id: Option<&str>) -> Result<u64, QueueError> {
+        self.connected()?;
+        let ids = match call_id {
+            Some(id) => vec![id.to_string()],
+            None => self.dead_letter_ids().await?,
+        };
+        let mut n = 0;
+        for id in ids {
+            // The record first: a copy newer than it (the call redriven and dead again
+            // since) comes with a newer revision, and the record's removal below fails.
+            let found = self.read(&id).await?;
+            let copy = self.dead_request(&id).await?.map(|(_, seq)| seq);
+            let Some(Versioned { record, revision }) = found else {
+                if let Some(seq) = copy {
+                    self.purge_dead_copy(&id, seq).await?;
+                    n += 1;
+                }
+                continue;
+            };
+            if !record.dead {
+                continue;
+            }
+            match self
+                .kv
+                .purge_expect_revision(record_key(&id), Some(revision))
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == kv::PurgeErrorKind::WrongLastRevision => continue,
+                Err(e) => return Err(unavailable(e)),
+            }
+            if let Some(seq) = copy {
+                self.purge_dead_copy(&id, seq).await?;
+            }
+            n += 1;
+        }
+        Ok(n)
+    }
+}

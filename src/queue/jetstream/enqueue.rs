@@ -114,3 +114,97 @@ impl JetStreamQueue {
         Err(unavailable(Contended(call_id.to_string())))
     }
 }
+
+impl JetStreamQueue {
+    /// [`Queue::enqueue`]: the status record, the idempotency key, then the request message; what
+    /// fails half-way is undone.
+    pub(super) async fn enqueue_call(
+        &self,
+        request: QueueRequest,
+        idempotency_key: Option<String>,
+    ) -> Result<Enqueued, QueueError> {
+        let call_id = request.call_id.clone();
+        let payload = serde_json::to_vec(&request).map_err(|source| QueueError::Corrupt {
+            call_id: call_id.clone(),
+            source,
+        })?;
+        let limit = self.max_payload().saturating_sub(FRAMING);
+        if payload.len() > limit {
+            return Err(QueueError::TooLarge {
+                limit: limit / 4 * 3,
+                source: Box::new(TooLarge {
+                    size: payload.len(),
+                    limit: self.max_payload(),
+                }),
+            });
+        }
+        self.connected()?;
+        let record = Record::queued(&request);
+        let Some(revision) = self.write(&record, 0).await? else {
+            return self.duplicate(&call_id, &request).await;
+        };
+        let forget = || self.forget(&call_id, revision, None);
+        let mut key_revision = None;
+        if let Some(key) = &idempotency_key {
+            let ik = idem_key(key);
+            let value = Bytes::from(call_id.clone());
+            match self.kv.create(&ik, value.clone()).await {
+                Ok(r) => key_revision = Some(r),
+                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
+                    let (first, held_at) = match self.entry(&ik).await {
+                        Ok(Stored::Found((value, at))) => {
+                            (String::from_utf8_lossy(&value).into_owned(), at)
+                        }
+                        Ok(_) => {
+                            forget();
+                            return Err(unavailable(Vanished(call_id)));
+                        }
+                        Err(e) => {
+                            forget();
+                            return Err(e);
+                        }
+                    };
+                    if first == call_id {
+                        // Our own create landed although its answer was lost.
+                        key_revision = Some(held_at);
+                    } else {
+                        match self.read(&first).await {
+                            Ok(Some(_)) => {
+                                forget();
+                                return self.duplicate(&first, &request).await;
+                            }
+                            // The first call's enqueue failed and was undone: the key is
+                            // this call's now.
+                            Ok(None) => match self.kv.update(&ik, value, held_at).await {
+                                Ok(r) => key_revision = Some(r),
+                                Err(e) => {
+                                    forget();
+                                    return Err(unavailable(e));
+                                }
+                            },
+                            Err(e) => {
+                                forget();
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    forget();
+                    return Err(unavailable(e));
+                }
+            }
+        }
+        match self
+            .publish_request(&request.function, record.msg_id(), payload.into())
+            .await
+        {
+            Ok(_) => Ok(Enqueued::New(call_id)),
+            Err(e) => {
+                let key = idempotency_key.as_deref().map(idem_key).zip(key_revision);
+                self.forget(&call_id, revision, key);
+                Err(e)
+            }
+        }
+    }
+}

@@ -1,4 +1,5 @@
-//! Finishing a call: recording its final outcome and queueing its callback in one step.
+//! Finishing a call: recording its final outcome and queueing its callback in one step; and
+//! scheduling a retry.
 
 use super::*;
 
@@ -129,5 +130,44 @@ impl JetStreamQueue {
     pub(super) fn result_cap(&self) -> usize {
         let room = self.max_payload().saturating_sub(FRAMING * 4) / 4 * 3;
         self.config.result_cap.min(room)
+    }
+}
+
+impl JetStreamQueue {
+    /// [`Queue::retry_later`]: records the outcome and schedules the next attempt.
+    pub(super) async fn retry_call_later(
+        &self,
+        call_id: &str,
+        owner: &str,
+        delay: Duration,
+        outcome: Outcome,
+    ) -> Result<(), QueueError> {
+        let Some(Held {
+            message, current, ..
+        }) = self.take_held(call_id, owner)
+        else {
+            return Ok(());
+        };
+        let next = unix_ms().saturating_add(ms(delay));
+        let done = self
+            .modify_from(call_id, Some(current), |record| {
+                if !record.held_by(owner) {
+                    return Step::Keep(false);
+                }
+                record.state = CallState::Retrying;
+                record.owner = None;
+                record.next_attempt_at = Some(next);
+                record.status_code = Some(outcome.status);
+                record.last_error = outcome.error.clone();
+                Step::Write(true)
+            })
+            .await?
+            .is_some_and(|(ok, _)| ok);
+        if done {
+            // Should this nak be lost, the message comes back after its lease and is
+            // handed back until `next_attempt_at`.
+            message.double_ack_with(nak(delay)).await.map_err(boxed)?;
+        }
+        Ok(())
     }
 }

@@ -226,3 +226,47 @@ impl JetStreamQueue {
         }
     }
 }
+
+impl JetStreamQueue {
+    /// [`Queue::release`]: hands leased calls back for another worker.
+    pub(super) async fn release_calls(
+        &self,
+        call_ids: &[String],
+        owner: &str,
+    ) -> Result<(), QueueError> {
+        let mut failed = None;
+        for call_id in call_ids {
+            let Some(Held {
+                message, current, ..
+            }) = self.take_held(call_id, owner)
+            else {
+                continue;
+            };
+            let released = self
+                .modify_from(call_id, Some(current), |record| {
+                    if !record.held_by(owner) {
+                        return Step::Keep(false);
+                    }
+                    record.attempts = record.attempts.saturating_sub(1);
+                    record.state = if record.attempts > 0 {
+                        CallState::Retrying
+                    } else {
+                        CallState::Queued
+                    };
+                    record.owner = None;
+                    Step::Write(true)
+                })
+                .await;
+            let result = match released {
+                Ok(Some((true, _))) => message.double_ack_with(nak(HAND_BACK)).await.map_err(boxed),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::warn!(call_id, error = %crate::http::proxy::error_chain(&e), "cannot hand a call back; it returns after its lease");
+                failed = Some(e);
+            }
+        }
+        failed.map_or(Ok(()), Err)
+    }
+}

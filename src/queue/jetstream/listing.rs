@@ -1,4 +1,5 @@
-//! Listing calls: the status records are read from the bucket's stream, not from an index.
+//! Listing calls (the status records are read from the bucket's stream, not from an index), and
+//! the queue's stats.
 //!
 //! Cost, and its bound: a listing reads the newest [`LIST_WINDOW`] entries of the bucket stream
 //! (every change of a record is one entry; idempotency keys are skipped) through a short-lived
@@ -110,4 +111,38 @@ pub(super) fn entry(record: &Record) -> (Cursor, CallStatus) {
         },
         record.status(),
     )
+}
+
+impl JetStreamQueue {
+    /// [`Queue::stats`]: depth, age of the oldest call, in flight, retries and dead letters.
+    pub(super) async fn queue_stats(&self) -> Result<QueueStats, QueueError> {
+        let info = self
+            .requests
+            .consumer_info(&self.names.workers)
+            .await
+            .map_err(unavailable)?;
+        let stream = self.requests.get_info().await.map_err(unavailable)?;
+        let in_flight = self
+            .held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len() as u64;
+        let unfinished = info.num_pending + info.num_ack_pending as u64;
+        let oldest_age = if stream.state.messages == 0 {
+            0.0
+        } else {
+            let first = stream.state.first_timestamp.unix_timestamp_nanos() / 1_000_000;
+            let now = i128::from(unix_ms());
+            (now - first).max(0) as f64 / 1000.0
+        };
+        let dead = self.dlq.get_info().await.map_err(unavailable)?;
+        Ok(QueueStats {
+            depth: unfinished.saturating_sub(in_flight),
+            oldest_age,
+            in_flight,
+            // Retries wait as delayed naks inside the consumer: not counted apart.
+            retrying: None,
+            dead_letters: dead.state.messages,
+        })
+    }
 }

@@ -41,9 +41,11 @@
 //! The code, by concern: `setup` (names, streams and consumer created or checked, connecting),
 //! `record` (status records, their keys, compare-and-set), `enqueue` (request messages,
 //! idempotency, undoing a failed enqueue), `lease` (fetching, taking and handing back calls),
-//! `finish` (final outcomes with their callback), `callbacks` (pending callbacks and stored
-//! bodies), `dead_letters` (the dead-letter stream, purge and redrive); this file holds the
-//! queue itself and the [`Queue`] implementation that ties them together.
+//! `finish` (final outcomes with their callback, retries), `callbacks` (pending callbacks,
+//! their results and stored bodies), `dead_letters` (the dead-letter stream, purge and
+//! redrive), `listing` (the call listing and queue stats); this file holds the queue itself and
+//! the [`Queue`] implementation that ties them together (the longer operations are methods in
+//! the module of their concern).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -280,91 +282,7 @@ impl Queue for JetStreamQueue {
         request: QueueRequest,
         idempotency_key: Option<String>,
     ) -> BoxFuture<'_, Result<Enqueued, QueueError>> {
-        Box::pin(async move {
-            let call_id = request.call_id.clone();
-            let payload = serde_json::to_vec(&request).map_err(|source| QueueError::Corrupt {
-                call_id: call_id.clone(),
-                source,
-            })?;
-            let limit = self.max_payload().saturating_sub(FRAMING);
-            if payload.len() > limit {
-                return Err(QueueError::TooLarge {
-                    limit: limit / 4 * 3,
-                    source: Box::new(TooLarge {
-                        size: payload.len(),
-                        limit: self.max_payload(),
-                    }),
-                });
-            }
-            self.connected()?;
-            let record = Record::queued(&request);
-            let Some(revision) = self.write(&record, 0).await? else {
-                return self.duplicate(&call_id, &request).await;
-            };
-            let forget = || self.forget(&call_id, revision, None);
-            let mut key_revision = None;
-            if let Some(key) = &idempotency_key {
-                let ik = idem_key(key);
-                let value = Bytes::from(call_id.clone());
-                match self.kv.create(&ik, value.clone()).await {
-                    Ok(r) => key_revision = Some(r),
-                    Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                        let (first, held_at) = match self.entry(&ik).await {
-                            Ok(Stored::Found((value, at))) => {
-                                (String::from_utf8_lossy(&value).into_owned(), at)
-                            }
-                            Ok(_) => {
-                                forget();
-                                return Err(unavailable(Vanished(call_id)));
-                            }
-                            Err(e) => {
-                                forget();
-                                return Err(e);
-                            }
-                        };
-                        if first == call_id {
-                            // Our own create landed although its answer was lost.
-                            key_revision = Some(held_at);
-                        } else {
-                            match self.read(&first).await {
-                                Ok(Some(_)) => {
-                                    forget();
-                                    return self.duplicate(&first, &request).await;
-                                }
-                                // The first call's enqueue failed and was undone: the key is
-                                // this call's now.
-                                Ok(None) => match self.kv.update(&ik, value, held_at).await {
-                                    Ok(r) => key_revision = Some(r),
-                                    Err(e) => {
-                                        forget();
-                                        return Err(unavailable(e));
-                                    }
-                                },
-                                Err(e) => {
-                                    forget();
-                                    return Err(e);
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        forget();
-                        return Err(unavailable(e));
-                    }
-                }
-            }
-            match self
-                .publish_request(&request.function, record.msg_id(), payload.into())
-                .await
-            {
-                Ok(_) => Ok(Enqueued::New(call_id)),
-                Err(e) => {
-                    let key = idempotency_key.as_deref().map(idem_key).zip(key_revision);
-                    self.forget(&call_id, revision, key);
-                    Err(e)
-                }
-            }
-        })
+        Box::pin(self.enqueue_call(request, idempotency_key))
     }
 
     fn lease<'a>(
@@ -448,35 +366,7 @@ impl Queue for JetStreamQueue {
         delay: Duration,
         outcome: Outcome,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
-        Box::pin(async move {
-            let Some(Held {
-                message, current, ..
-            }) = self.take_held(call_id, owner)
-            else {
-                return Ok(());
-            };
-            let next = unix_ms().saturating_add(ms(delay));
-            let done = self
-                .modify_from(call_id, Some(current), |record| {
-                    if !record.held_by(owner) {
-                        return Step::Keep(false);
-                    }
-                    record.state = CallState::Retrying;
-                    record.owner = None;
-                    record.next_attempt_at = Some(next);
-                    record.status_code = Some(outcome.status);
-                    record.last_error = outcome.error.clone();
-                    Step::Write(true)
-                })
-                .await?
-                .is_some_and(|(ok, _)| ok);
-            if done {
-                // Should this nak be lost, the message comes back after its lease and is
-                // handed back until `next_attempt_at`.
-                message.double_ack_with(nak(delay)).await.map_err(boxed)?;
-            }
-            Ok(())
-        })
+        Box::pin(self.retry_call_later(call_id, owner, delay, outcome))
     }
 
     fn dead_letter<'a>(
@@ -494,44 +384,7 @@ impl Queue for JetStreamQueue {
         call_ids: &'a [String],
         owner: &'a str,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
-        Box::pin(async move {
-            let mut failed = None;
-            for call_id in call_ids {
-                let Some(Held {
-                    message, current, ..
-                }) = self.take_held(call_id, owner)
-                else {
-                    continue;
-                };
-                let released = self
-                    .modify_from(call_id, Some(current), |record| {
-                        if !record.held_by(owner) {
-                            return Step::Keep(false);
-                        }
-                        record.attempts = record.attempts.saturating_sub(1);
-                        record.state = if record.attempts > 0 {
-                            CallState::Retrying
-                        } else {
-                            CallState::Queued
-                        };
-                        record.owner = None;
-                        Step::Write(true)
-                    })
-                    .await;
-                let result = match released {
-                    Ok(Some((true, _))) => {
-                        message.double_ack_with(nak(HAND_BACK)).await.map_err(boxed)
-                    }
-                    Ok(_) => Ok(()),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = result {
-                    tracing::warn!(call_id, error = %crate::http::proxy::error_chain(&e), "cannot hand a call back; it returns after its lease");
-                    failed = Some(e);
-                }
-            }
-            failed.map_or(Ok(()), Err)
-        })
+        Box::pin(self.release_calls(call_ids, owner))
     }
 
     fn cancel<'a>(&'a self, call_id: &'a str) -> BoxFuture<'a, Result<Cancelled, QueueError>> {
@@ -629,44 +482,7 @@ impl Queue for JetStreamQueue {
     }
 
     fn purge<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>> {
-        Box::pin(async move {
-            self.connected()?;
-            let ids = match call_id {
-                Some(id) => vec![id.to_string()],
-                None => self.dead_letter_ids().await?,
-            };
-            let mut n = 0;
-            for id in ids {
-                // The record first: a copy newer than it (the call redriven and dead again
-                // since) comes with a newer revision, and the record's removal below fails.
-                let found = self.read(&id).await?;
-                let copy = self.dead_request(&id).await?.map(|(_, seq)| seq);
-                let Some(Versioned { record, revision }) = found else {
-                    if let Some(seq) = copy {
-                        self.purge_dead_copy(&id, seq).await?;
-                        n += 1;
-                    }
-                    continue;
-                };
-                if !record.dead {
-                    continue;
-                }
-                match self
-                    .kv
-                    .purge_expect_revision(record_key(&id), Some(revision))
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == kv::PurgeErrorKind::WrongLastRevision => continue,
-                    Err(e) => return Err(unavailable(e)),
-                }
-                if let Some(seq) = copy {
-                    self.purge_dead_copy(&id, seq).await?;
-                }
-                n += 1;
-            }
-            Ok(n)
-        })
+        Box::pin(self.purge_dead(call_id))
     }
 
     fn due_callbacks(
@@ -693,98 +509,11 @@ impl Queue for JetStreamQueue {
         retry_in: Option<Duration>,
         error: Option<&'a str>,
     ) -> BoxFuture<'a, Result<(), QueueError>> {
-        Box::pin(async move {
-            let claimed = self
-                .claimed
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(call_id);
-            let settled = self
-                .settled
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .remove(call_id);
-            let now = unix_ms();
-            let (state, due) = match (delivered, retry_in) {
-                (true, _) => ("delivered", None),
-                (false, Some(d)) => ("pending", Some(now.saturating_add(ms(d)))),
-                (false, None) => ("failed", None),
-            };
-            // The callback this process delivered: a record whose pending callback is another
-            // one (the call was redriven and finished again meanwhile) is not touched.
-            let delivered_seq = claimed
-                .as_ref()
-                .and_then(|m| m.info().ok().map(|i| i.stream_sequence))
-                .or_else(|| settled.as_ref().and_then(|v| v.record.callback_seq));
-            let changed = self
-                .modify_from(call_id, settled, |record| {
-                    if record.callback != "pending"
-                        || delivered_seq.is_some_and(|s| record.callback_seq != Some(s))
-                    {
-                        return Step::Keep(None);
-                    }
-                    record.callback = state.into();
-                    record.callback_attempts += 1;
-                    record.callback_error = error.map(str::to_string);
-                    record.callback_due = due;
-                    Step::Write(
-                        record
-                            .callback_seq
-                            .map(|seq| (seq, record.callback_object.clone())),
-                    )
-                })
-                .await?;
-            let Some((Some((seq, object)), _)) = changed else {
-                return Ok(());
-            };
-            match (delivered, retry_in) {
-                (false, Some(d)) => {
-                    // A claimed message comes back when the retry is due; one never fetched
-                    // (the first, inline attempt failed) is handed back until then by
-                    // whichever dispatcher fetches it.
-                    if let Some(message) = claimed {
-                        message.double_ack_with(nak(d)).await.map_err(boxed)?;
-                    }
-                }
-                // Done with, delivered or not: remove the message (held here, elsewhere, or
-                // never fetched) and its stored body.
-                _ => self.remove_callback(seq, object.as_deref()).await,
-            }
-            Ok(())
-        })
+        Box::pin(self.record_callback_result(call_id, delivered, retry_in, error))
     }
 
     fn stats(&self) -> BoxFuture<'_, Result<QueueStats, QueueError>> {
-        Box::pin(async move {
-            let info = self
-                .requests
-                .consumer_info(&self.names.workers)
-                .await
-                .map_err(unavailable)?;
-            let stream = self.requests.get_info().await.map_err(unavailable)?;
-            let in_flight = self
-                .held
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .len() as u64;
-            let unfinished = info.num_pending + info.num_ack_pending as u64;
-            let oldest_age = if stream.state.messages == 0 {
-                0.0
-            } else {
-                let first = stream.state.first_timestamp.unix_timestamp_nanos() / 1_000_000;
-                let now = i128::from(unix_ms());
-                (now - first).max(0) as f64 / 1000.0
-            };
-            let dead = self.dlq.get_info().await.map_err(unavailable)?;
-            Ok(QueueStats {
-                depth: unfinished.saturating_sub(in_flight),
-                oldest_age,
-                in_flight,
-                // Retries wait as delayed naks inside the consumer: not counted apart.
-                retrying: None,
-                dead_letters: dead.state.messages,
-            })
-        })
+        Box::pin(self.queue_stats())
     }
 
     fn expire(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
