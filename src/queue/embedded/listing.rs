@@ -4,7 +4,8 @@
 
 use rusqlite::{Transaction, params_from_iter, types::Value};
 
-use super::{STATUS_COLUMNS, status_row, unavailable};
+use super::records::{STATUS_COLUMNS, status_row};
+use super::unavailable;
 use crate::queue::{CallFilter, CallPage, CallStatus, Cursor, MAX_PAGE, PageQuery, QueueError};
 
 /// Calls, newest first, filtered and paged.
