@@ -33,12 +33,11 @@ use std::sync::Mutex;
 use futures_util::FutureExt;
 use http::uri::Authority;
 use hyper::client::conn::http1::SendRequest;
-use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use tokio::time::Instant;
 use tower_service::Service;
 
 use crate::http::body::ResponseBody;
-use crate::http::proxy::{CONNECT_TIMEOUT, Client, POOL_IDLE, SendError, error_chain};
+use crate::http::proxy::{Client, POOL_IDLE, SendError, connector, error_chain, pooled};
 
 /// Most upstreams a client connection holds a connection to at once.
 pub const MAX_HELD: usize = 4;
@@ -199,32 +198,10 @@ fn origin_form(uri: &http::Uri) -> http::Uri {
     http::Uri::from(path_and_query)
 }
 
-/// Sends `req` through the pool.
-pub(crate) async fn pooled<C>(
-    pool: &hyper_util::client::legacy::Client<C, ResponseBody>,
-    req: http::Request<ResponseBody>,
-) -> Result<http::Response<hyper::body::Incoming>, SendError>
-where
-    C: Connect + Clone + Send + Sync + 'static,
-{
-    pool.request(req).await.map_err(|e| {
-        if e.is_connect() {
-            SendError::Connect(
-                std::error::Error::source(&e).map_or_else(|| e.to_string(), error_chain),
-            )
-        } else {
-            SendError::Failed(error_chain(&e))
-        }
-    })
-}
-
-/// Opens a new HTTP/1.1 connection to `uri`'s authority, as the pool would (`TCP_NODELAY`,
-/// bounded connect time), and drives it in a task of its own until it closes.
+/// Opens a new HTTP/1.1 connection to `uri`'s authority with the pool's [`connector`], and
+/// drives it in a task of its own until it closes.
 async fn open(uri: &http::Uri) -> Result<SendRequest<ResponseBody>, SendError> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    let io = connector
+    let io = connector()
         .call(uri.clone())
         .await
         .map_err(|e| SendError::Connect(error_chain(&e)))?;

@@ -28,17 +28,22 @@ pub type Client = hyper_util::client::legacy::Client<HttpConnector, ResponseBody
 pub const POOL_IDLE: Duration = Duration::from_secs(4);
 
 /// How long connecting to an upstream may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A client for proxying to upstreams: keep-alive pool, `TCP_NODELAY`, bounded connect time.
-pub fn client() -> Client {
+/// How upstream connections are made: `TCP_NODELAY`, bounded connect time.
+pub fn connector() -> HttpConnector {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+    connector
+}
+
+/// A client for proxying to upstreams: keep-alive pool over [`connector`]'s connections.
+pub fn client() -> Client {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE)
         .pool_timer(TokioTimer::new())
-        .build(connector)
+        .build(connector())
 }
 
 /// A pooled client for http and https URLs (callbacks), trusting the Mozilla root
@@ -233,7 +238,26 @@ pub async fn send<C>(
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
-    within(deadline, super::pinned::pooled(client, req)).await
+    within(deadline, pooled(client, req)).await
+}
+
+/// Sends `req` through the pool, without a deadline.
+pub(crate) async fn pooled<C>(
+    pool: &hyper_util::client::legacy::Client<C, ResponseBody>,
+    req: http::Request<ResponseBody>,
+) -> Result<http::Response<hyper::body::Incoming>, SendError>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    pool.request(req).await.map_err(|e| {
+        if e.is_connect() {
+            SendError::Connect(
+                std::error::Error::source(&e).map_or_else(|| e.to_string(), error_chain),
+            )
+        } else {
+            SendError::Failed(error_chain(&e))
+        }
+    })
 }
 
 /// Like [`send`], on the client connection's own upstream connection when `pinned` is given
