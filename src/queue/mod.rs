@@ -11,6 +11,7 @@
 pub mod embedded;
 pub mod jetstream;
 pub mod message;
+mod status;
 pub mod worker;
 
 #[cfg(test)]
@@ -20,9 +21,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 pub use message::QueueRequest;
+pub use status::{CallState, CallStatus, CallbackState, ms, rfc3339, shown_result};
 
 /// Milliseconds since the Unix epoch, the queue's clock (`EnqueuedAt`, leases, retry ages).
 pub fn unix_ms() -> u64 {
@@ -58,52 +60,6 @@ pub enum QueueError {
         #[source]
         source: serde_json::Error,
     },
-}
-
-/// Where a call is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CallState {
-    /// Waiting for a worker.
-    Queued,
-    /// A worker is running it.
-    Running,
-    /// Failed with a retryable error; waiting for its next attempt.
-    Retrying,
-    /// The function answered with a final status below 400 (or a non-retryable one... see
-    /// [`Outcome::succeeded`]).
-    Succeeded,
-    /// It failed for good (a final 4xx/5xx, or retries exhausted: then it is a dead letter too).
-    Failed,
-    /// Cancelled before it ran.
-    Cancelled,
-}
-
-impl CallState {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CallState::Queued => "queued",
-            CallState::Running => "running",
-            CallState::Retrying => "retrying",
-            CallState::Succeeded => "succeeded",
-            CallState::Failed => "failed",
-            CallState::Cancelled => "cancelled",
-        }
-    }
-
-    /// From the stored name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "queued" => CallState::Queued,
-            "running" => CallState::Running,
-            "retrying" => CallState::Retrying,
-            "succeeded" => CallState::Succeeded,
-            "failed" => CallState::Failed,
-            "cancelled" => CallState::Cancelled,
-            _ => return None,
-        })
-    }
 }
 
 /// What `enqueue` did.
@@ -164,54 +120,6 @@ pub enum Cancelled {
     TooLate(CallState),
     /// No such call.
     NotFound,
-}
-
-/// A call's status record.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CallStatus {
-    /// The call id.
-    pub call_id: String,
-    /// The function.
-    pub function: String,
-    /// Where it is.
-    pub state: CallState,
-    /// Attempts made.
-    pub attempts: u32,
-    /// Whether it is in the dead-letter set.
-    pub dead_letter: bool,
-    /// The last status code.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub status_code: Option<u16>,
-    /// The last error, when the call itself failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_error: Option<String>,
-    /// Accepted at (RFC 3339).
-    pub enqueued_at: String,
-    /// Last attempt started at.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<String>,
-    /// Finished at.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<String>,
-    /// Next attempt at, while retrying.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub next_attempt_at: Option<String>,
-    /// The result body (up to the status size cap), as text when it is UTF-8.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<String>,
-    /// The result body, base64, when it is not UTF-8.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub result_base64: Option<String>,
-    /// Whether the result was cut at the size cap.
-    pub result_truncated: bool,
-    /// Callback delivery: pending, delivered, failed, or none.
-    pub callback: String,
-    /// Callback attempts made.
-    pub callback_attempts: u32,
-    /// Why the last callback delivery failed or was refused.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub callback_error: Option<String>,
 }
 
 /// A callback waiting to be delivered.

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use super::{
-    CallFilter, CallState, Cancelled, Cursor, Enqueued, Outcome, PageQuery, Queue, QueueRequest,
+    CallFilter, CallState, CallbackState, Cancelled, Cursor, Enqueued, Outcome, PageQuery, Queue,
+    QueueRequest,
 };
 
 /// A request for `function` with call id `id`.
@@ -114,7 +115,7 @@ pub async fn run(q: &dyn Queue) {
     assert_eq!(st.state, CallState::Succeeded);
     assert_eq!(st.status_code, Some(200));
     assert_eq!(st.result.as_deref(), Some("result"));
-    assert_eq!(st.callback, "pending");
+    assert_eq!(st.callback, CallbackState::Pending);
     let due = q.due_callbacks(10, Duration::from_secs(60)).await.unwrap();
     assert_eq!(due.len(), 1);
     assert_eq!(due[0].url, "http://cb/");
@@ -142,7 +143,7 @@ pub async fn run(q: &dyn Queue) {
     q.callback_result("a", true, None, None).await.unwrap();
     let st = q.status("a").await.unwrap().unwrap();
     assert_eq!(st.callback_error, None);
-    assert_eq!(st.callback, "delivered");
+    assert_eq!(st.callback, CallbackState::Delivered);
     assert_eq!(st.callback_attempts, 2);
 
     // Retry later, then dead letter, redrive, purge.
@@ -229,7 +230,10 @@ pub async fn run(q: &dyn Queue) {
     )
     .await
     .unwrap();
-    assert_eq!(q.status("a").await.unwrap().unwrap().callback, "delivered");
+    assert_eq!(
+        q.status("a").await.unwrap().unwrap().callback,
+        CallbackState::Delivered
+    );
 
     // Released leases go back to the front without counting an attempt.
     enqueue_request(q, "r1").await;

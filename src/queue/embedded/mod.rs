@@ -25,8 +25,9 @@ use records::{Final, STATUS_COLUMNS, record_final, status_row};
 use writer::{Cached, Job};
 
 use super::{
-    BoxFuture, CallFilter, CallPage, CallState, CallStatus, CallbackJob, Cancelled, Enqueued,
-    Leased, Outcome, PageQuery, Queue, QueueError, QueueRequest, QueueStats,
+    BoxFuture, CallFilter, CallPage, CallState, CallStatus, CallbackJob, CallbackState, Cancelled,
+    Enqueued, Leased, Outcome, PageQuery, Queue, QueueError, QueueRequest, QueueStats, rfc3339,
+    shown_result,
 };
 
 /// Settings of the embedded queue.
@@ -66,8 +67,9 @@ fn now_ms() -> i64 {
     i64::try_from(super::unix_ms()).unwrap_or(i64::MAX)
 }
 
+/// A duration in milliseconds as SQLite stores it.
 fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    i64::try_from(super::ms(d)).unwrap_or(i64::MAX)
 }
 
 /// `base` plus `d`, saturating (a huge `Retry-After` must not wrap into the past).
@@ -85,11 +87,7 @@ impl EmbeddedQueue {
         claim: Duration,
         dead: bool,
     ) -> BoxFuture<'static, Result<bool, QueueError>> {
-        let state = if !dead && outcome.succeeded() {
-            CallState::Succeeded
-        } else {
-            CallState::Failed
-        };
+        let state = CallState::ended(&outcome, dead);
         let f = Final {
             call_id: call_id.to_string(),
             owner: owner.to_string(),
@@ -449,15 +447,12 @@ impl Queue for EmbeddedQueue {
         let call_id = call_id.to_string();
         let error = error.map(str::to_string);
         self.submit(move |txn| {
-            let (state, next) = match (delivered, retry_in) {
-                (true, _) => ("delivered", None),
-                (false, Some(d)) => ("pending", Some(later(now_ms(), d))),
-                (false, None) => ("failed", None),
-            };
+            let (state, retry_in) = CallbackState::after_attempt(delivered, retry_in);
+            let next = retry_in.map(|d| later(now_ms(), d));
             txn.exec_cached(
                 "UPDATE calls SET cb_state = ?2, cb_next_at = ?3, cb_attempts = cb_attempts + 1,
                  cb_error = ?4 WHERE call_id = ?1 AND cb_state = 'pending'",
-                params![call_id, state, next, error],
+                params![call_id, state.as_str(), next, error],
             )
             .map_err(unavailable)?;
             Ok(())

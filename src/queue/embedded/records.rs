@@ -1,48 +1,35 @@
 //! A call's row: reading it as a status record, and storing a call's final outcome.
 
-use std::time::{Duration, UNIX_EPOCH};
-
-use base64::Engine;
 use rusqlite::{Transaction, params};
 
 use super::writer::Cached;
-use super::{CallState, CallStatus, Outcome, QueueError, now_ms, unavailable};
+use super::{
+    CallState, CallStatus, CallbackState, Outcome, QueueError, now_ms, shown_result, unavailable,
+};
 
-/// A time in ms since the epoch as RFC 3339 text.
+/// Unix milliseconds from a row as RFC 3339 text.
 fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
+    super::rfc3339(u64::try_from(ms).unwrap_or(0))
 }
 
-/// The columns a status record is read from; parameter `?2` caps the result bytes read.
+/// The columns a status record is read from; parameter `?2` is the status size cap (one byte
+/// more is read, to tell whether the result was cut).
 pub(super) const STATUS_COLUMNS: &str =
     "call_id, function, state, attempts, dead, status_code, last_error,
     enqueued_at, started_at, finished_at, visible_at, cb_state, cb_attempts, cb_error,
-    substr(result, 1, ?2) AS result_head, length(result) AS result_len";
+    substr(result, 1, ?2 + 1) AS result_head";
 
 /// Reads a status record row.
 pub(super) fn status_row(row: &rusqlite::Row<'_>, cap: usize) -> rusqlite::Result<CallStatus> {
     let state: String = row.get("state")?;
     let result: Option<Vec<u8>> = row.get("result_head")?;
-    let result_len: Option<i64> = row.get("result_len")?;
     let visible_at: i64 = row.get("visible_at")?;
     let state = CallState::parse(&state).unwrap_or(CallState::Queued);
     let (text, b64, truncated) = match result {
         None => (None, None, false),
-        Some(bytes) => {
-            let truncated =
-                result_len.is_some_and(|n| usize::try_from(n).unwrap_or(usize::MAX) > cap);
-            let shown = &bytes[..bytes.len().min(cap)];
-            match std::str::from_utf8(shown) {
-                Ok(t) => (Some(t.to_string()), None, truncated),
-                Err(_) => (
-                    None,
-                    Some(base64::engine::general_purpose::STANDARD.encode(shown)),
-                    truncated,
-                ),
-            }
-        }
+        Some(bytes) => shown_result(&bytes, cap),
     };
+    let callback: String = row.get("cb_state")?;
     Ok(CallStatus {
         call_id: row.get("call_id")?,
         function: row.get("function")?,
@@ -58,7 +45,7 @@ pub(super) fn status_row(row: &rusqlite::Row<'_>, cap: usize) -> rusqlite::Resul
         result: text,
         result_base64: b64,
         result_truncated: truncated,
-        callback: row.get("cb_state")?,
+        callback: CallbackState::parse(&callback).unwrap_or_default(),
         callback_attempts: row.get("cb_attempts")?,
         callback_error: row.get("cb_error")?,
     })

@@ -92,7 +92,7 @@ impl JetStreamQueue {
         let now = unix_ms();
         let record = self.read(&cb.call_id).await?.map(|v| v.record);
         let decision = match &record {
-            Some(r) if r.callback == "pending" && r.callback_seq == Some(seq) => {
+            Some(r) if r.callback == CallbackState::Pending && r.callback_seq == Some(seq) => {
                 match r.callback_due {
                     Some(due) if due > now => Decision::Later(Duration::from_millis(due - now)),
                     _ => Decision::Take,
@@ -100,7 +100,7 @@ impl JetStreamQueue {
             }
             // Its outcome is not recorded yet (the worker is between the two steps).
             Some(r)
-                if r.callback == "none"
+                if r.callback == CallbackState::None
                     && r.state == CallState::Running
                     && r.attempts == cb.attempts =>
             {
@@ -206,11 +206,8 @@ impl JetStreamQueue {
             .unwrap_or_else(PoisonError::into_inner)
             .remove(call_id);
         let now = unix_ms();
-        let (state, due) = match (delivered, retry_in) {
-            (true, _) => ("delivered", None),
-            (false, Some(d)) => ("pending", Some(now.saturating_add(ms(d)))),
-            (false, None) => ("failed", None),
-        };
+        let (state, retry_in) = CallbackState::after_attempt(delivered, retry_in);
+        let due = retry_in.map(|d| now.saturating_add(ms(d)));
         // The callback this process delivered: a record whose pending callback is another
         // one (the call was redriven and finished again meanwhile) is not touched.
         let delivered_seq = claimed
@@ -219,12 +216,12 @@ impl JetStreamQueue {
             .or_else(|| settled.as_ref().and_then(|v| v.record.callback_seq));
         let changed = self
             .modify_from(call_id, settled, |record| {
-                if record.callback != "pending"
+                if record.callback != CallbackState::Pending
                     || delivered_seq.is_some_and(|s| record.callback_seq != Some(s))
                 {
                     return Step::Keep(None);
                 }
-                record.callback = state.into();
+                record.callback = state;
                 record.callback_attempts += 1;
                 record.callback_error = error.map(str::to_string);
                 record.callback_due = due;

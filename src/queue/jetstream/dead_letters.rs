@@ -95,7 +95,7 @@ impl JetStreamQueue {
             record.finished_at = None;
             record.owner = None;
             record.seq = None;
-            record.callback = "none".into();
+            record.callback = CallbackState::None;
             record.callback_attempts = 0;
             record.callback_error = None;
             record.callback_due = None;

@@ -56,11 +56,7 @@ impl JetStreamQueue {
         };
         let (head, truncated) = cap(&outcome.body, self.result_cap());
         let now = unix_ms();
-        let state = if !dead && outcome.succeeded() {
-            CallState::Succeeded
-        } else {
-            CallState::Failed
-        };
+        let state = CallState::ended(&outcome, dead);
         let attempts = current.record.attempts;
         let settled = self
             .modify_from(call_id, Some(current), |record| {
@@ -77,12 +73,12 @@ impl JetStreamQueue {
                 record.result_truncated = truncated;
                 match &callback {
                     Some((seq, object)) => {
-                        record.callback = "pending".into();
+                        record.callback = CallbackState::Pending;
                         record.callback_due = Some(now.saturating_add(ms(claim)));
                         record.callback_seq = Some(*seq);
                         record.callback_object = object.clone();
                     }
-                    None => record.callback = "none".into(),
+                    None => record.callback = CallbackState::None,
                 }
                 Step::Write(true)
             })

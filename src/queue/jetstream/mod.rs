@@ -68,8 +68,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 use super::{
-    BoxFuture, CallFilter, CallPage, CallState, CallStatus, CallbackJob, Cancelled, Enqueued,
-    Leased, Outcome, PageQuery, Queue, QueueError, QueueRequest, QueueStats, unix_ms,
+    BoxFuture, CallFilter, CallPage, CallState, CallStatus, CallbackJob, CallbackState, Cancelled,
+    Enqueued, Leased, Outcome, PageQuery, Queue, QueueError, QueueRequest, QueueStats, ms, rfc3339,
+    shown_result, unix_ms,
 };
 
 mod callbacks;

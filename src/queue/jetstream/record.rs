@@ -64,8 +64,8 @@ pub(super) struct Record {
     pub(super) result_truncated: bool,
     #[serde(default)]
     pub(super) callback_url: Option<String>,
-    /// none, pending, delivered, failed.
-    pub(super) callback: String,
+    /// Where its callback delivery is.
+    pub(super) callback: CallbackState,
     #[serde(default)]
     pub(super) callback_attempts: u32,
     /// When the pending callback is due (Unix ms).
@@ -109,7 +109,7 @@ impl Record {
             result: None,
             result_truncated: false,
             callback_url: request.callback_url.clone(),
-            callback: "none".into(),
+            callback: CallbackState::None,
             callback_attempts: 0,
             callback_error: None,
             callback_due: None,
@@ -135,14 +135,14 @@ impl Record {
     }
 
     pub(super) fn status(&self) -> CallStatus {
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let bytes = self.result.as_ref().and_then(|r| b64.decode(r).ok());
-        let (text, base64) = match bytes {
-            None => (None, None),
-            Some(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => (Some(text), None),
-                Err(e) => (None, Some(b64.encode(e.as_bytes()))),
-            },
+        let bytes = self
+            .result
+            .as_ref()
+            .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r).ok());
+        // The stored head is already cut at the cap.
+        let (text, base64, _) = match bytes {
+            None => (None, None, false),
+            Some(bytes) => shown_result(&bytes, bytes.len()),
         };
         CallStatus {
             call_id: self.call_id.clone(),
@@ -162,20 +162,11 @@ impl Record {
             result: text,
             result_base64: base64,
             result_truncated: self.result_truncated,
-            callback: self.callback.clone(),
+            callback: self.callback,
             callback_attempts: self.callback_attempts,
             callback_error: self.callback_error.clone(),
         }
     }
-}
-
-pub(super) fn rfc3339(ms: u64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-pub(super) fn ms(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// A pending callback, as carried in the callback stream.
