@@ -123,7 +123,8 @@ impl JetStreamQueue {
                 message.ack_with(nak(d)).await.map_err(boxed)?;
                 return Ok(None);
             }
-            Decision::Take => {}
+            // (`Callback` is for request messages.)
+            Decision::Take | Decision::Callback => {}
         }
         let body = match (&cb.body, &cb.body_object) {
             (Some(b), _) => base64::engine::general_purpose::STANDARD
@@ -187,6 +188,95 @@ impl JetStreamQueue {
 }
 
 impl JetStreamQueue {
+    /// Moves a callback carried by its request message (`carrier`) into a callback message due
+    /// at `due`, editing the record with `edit` in the same write, then acks the request
+    /// message. False when the record no longer carries one (delivered, or moved by another
+    /// worker meanwhile): nothing was changed, and the request message is not needed any more.
+    pub(super) async fn move_callback(
+        &self,
+        call_id: &str,
+        current: Option<Versioned>,
+        carrier: &Message,
+        due: u64,
+        edit: impl Fn(&mut Record),
+    ) -> Result<bool, QueueError> {
+        let current = match current {
+            Some(v) => v,
+            None => match self.read(call_id).await? {
+                Some(v) => v,
+                None => return Ok(false),
+            },
+        };
+        let record = &current.record;
+        let (Some(url), true) = (&record.callback_url, record.carries_callback()) else {
+            return Ok(false);
+        };
+        let (seq, object) = self
+            .publish_callback(record, url, &record.outcome())
+            .await?;
+        let moved = self
+            .modify_from(call_id, Some(current), |record| {
+                if !record.carries_callback() {
+                    return Step::Keep(false);
+                }
+                edit(record);
+                record.callback_seq = Some(seq);
+                record.callback_object.clone_from(&object);
+                record.callback_due = Some(due);
+                Step::Write(true)
+            })
+            .await;
+        match moved {
+            Ok(Some((true, _))) => {
+                if let Err(e) = carrier.ack().await {
+                    tracing::debug!(call_id, error = %e, "cannot ack a request message whose callback moved");
+                }
+                Ok(true)
+            }
+            Ok(_) => {
+                self.remove_callback(seq, object.as_deref()).await;
+                Ok(false)
+            }
+            Err(e) => {
+                self.remove_callback(seq, object.as_deref()).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Callbacks this process carries on request messages whose claim has lapsed (its own
+    /// delivery is slow or stuck) move to the callback stream, where any dispatcher finds them.
+    pub(super) async fn move_overdue_callbacks(&self) {
+        let now = unix_ms();
+        let overdue: Vec<(String, Settled)> = {
+            let mut settled = self.settled.lock().unwrap_or_else(PoisonError::into_inner);
+            let ids: Vec<String> = settled
+                .iter()
+                .filter(|(_, s)| {
+                    s.carrier.is_some() && s.current.record.callback_due.is_none_or(|d| d <= now)
+                })
+                .map(|(id, _)| id.clone())
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| settled.remove(&id).map(|s| (id, s)))
+                .collect()
+        };
+        for (call_id, Settled { current, carrier }) in overdue {
+            let Some(carrier) = carrier else { continue };
+            match self
+                .move_callback(&call_id, Some(current), &carrier, now, |_| {})
+                .await
+            {
+                Ok(_) => {}
+                Err(e) => tracing::warn!(
+                    call_id,
+                    error = %crate::http::proxy::error_chain(&e),
+                    "cannot queue an overdue callback; it is queued when its request message comes back"
+                ),
+            }
+        }
+    }
+
     /// [`Queue::callback_result`]: records a callback's delivery, or schedules its next try.
     pub(super) async fn record_callback_result(
         &self,
@@ -200,14 +290,35 @@ impl JetStreamQueue {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(call_id);
-        let settled = self
+        let (settled, carrier) = match self
             .settled
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(call_id);
+            .remove(call_id)
+        {
+            Some(Settled { current, carrier }) => (Some(current), carrier),
+            None => (None, None),
+        };
         let now = unix_ms();
         let (state, retry_in) = CallbackState::after_attempt(delivered, retry_in);
         let due = retry_in.map(|d| now.saturating_add(ms(d)));
+        let note = |record: &mut Record| {
+            record.callback = state;
+            record.callback_attempts += 1;
+            record.callback_error = error.map(str::to_string);
+        };
+        let mut settled = settled;
+        if let (Some(carrier), Some(due)) = (&carrier, due) {
+            // To be tried again later, by any dispatcher: the callback moves to the callback
+            // stream, if it is still carried by the request message (else the record is read
+            // again below).
+            if self
+                .move_callback(call_id, settled.take(), carrier, due, &note)
+                .await?
+            {
+                return Ok(());
+            }
+        }
         // The callback this process delivered: a record whose pending callback is another
         // one (the call was redriven and finished again meanwhile) is not touched.
         let delivered_seq = claimed
@@ -221,18 +332,27 @@ impl JetStreamQueue {
                 {
                     return Step::Keep(None);
                 }
-                record.callback = state;
-                record.callback_attempts += 1;
-                record.callback_error = error.map(str::to_string);
+                note(record);
                 record.callback_due = due;
-                Step::Write(
+                if state != CallbackState::Pending {
+                    // Only a carried callback needs them; it is done with.
+                    record.result_headers = Vec::new();
+                    record.duration = None;
+                }
+                Step::Write(Some(
                     record
                         .callback_seq
                         .map(|seq| (seq, record.callback_object.clone())),
-                )
+                ))
             })
             .await?;
-        let Some((Some((seq, object)), _)) = changed else {
+        if let Some(carrier) = carrier {
+            // Delivered or given up (or no longer pending): the request message is done with.
+            if let Err(e) = carrier.ack().await {
+                tracing::debug!(call_id, error = %e, "cannot ack a finished call's message");
+            }
+        }
+        let Some((Some(Some((seq, object))), _)) = changed else {
             return Ok(());
         };
         match (delivered, retry_in) {

@@ -134,6 +134,7 @@ impl JetStreamQueue {
                 &request.function,
                 &format!("{call_id}#r{n}"),
                 payload.into(),
+                None,
             )
             .await
         {

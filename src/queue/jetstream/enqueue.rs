@@ -19,17 +19,24 @@ pub(super) async fn undo(
 }
 
 impl JetStreamQueue {
-    /// Publishes a request message (deduplicated by `msg_id` inside the window).
+    /// Publishes a request message (deduplicated by `msg_id` inside the window). `revision`:
+    /// that of the record [`Record::queued`] makes from this very request, as enqueue stored
+    /// it, for the worker that takes the message (see [`Self::take`]).
     pub(super) async fn publish_request(
         &self,
         function: &str,
         msg_id: &str,
         payload: Bytes,
+        revision: Option<u64>,
     ) -> Result<jetstream::publish::PublishAck, QueueError> {
+        let mut message = Publish::build().payload(payload).message_id(msg_id);
+        if let Some(revision) = revision {
+            message = message.header(RECORD_REVISION, revision.to_string().as_str());
+        }
         self.js
             .send_publish(
                 format!("{}.{}", self.names.requests, subject_token(function)),
-                Publish::build().payload(payload).message_id(msg_id),
+                message,
             )
             .await
             .map_err(unavailable)?
@@ -107,7 +114,9 @@ impl JetStreamQueue {
             })?;
             // The server drops this copy if the record's message landed within the window
             // (a message of this record is never dropped by a worker while it is unseen).
-            self.publish_request(&again.function, v.record.msg_id(), payload.into())
+            // No revision: the record may be a redriven one, which `Record::queued` does not
+            // make again.
+            self.publish_request(&again.function, v.record.msg_id(), payload.into(), None)
                 .await?;
             return Ok(Enqueued::Duplicate(call_id.to_string()));
         }
@@ -196,7 +205,12 @@ impl JetStreamQueue {
             }
         }
         match self
-            .publish_request(&request.function, record.msg_id(), payload.into())
+            .publish_request(
+                &request.function,
+                record.msg_id(),
+                payload.into(),
+                Some(revision),
+            )
             .await
         {
             Ok(_) => Ok(Enqueued::New(call_id)),

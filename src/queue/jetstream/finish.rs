@@ -47,12 +47,19 @@ impl JetStreamQueue {
         } else {
             None
         };
+        // A small outcome's callback rides on the request message, kept unacked until the
+        // callback is delivered: one write records the outcome and the pending callback. A
+        // large one, or a dead letter's, gets a callback message of its own first.
+        let carried = !dead
+            && current.record.callback_url.is_some()
+            && outcome.body.len() <= self.result_cap()
+            && headers_size(&outcome.headers) <= FRAMING / 2;
         let callback = match &current.record.callback_url {
-            Some(url) => Some(
+            Some(url) if !carried => Some(
                 self.publish_callback(&current.record, url, &outcome)
                     .await?,
             ),
-            None => None,
+            _ => None,
         };
         let (head, truncated) = cap(&outcome.body, self.result_cap());
         let now = unix_ms();
@@ -71,12 +78,21 @@ impl JetStreamQueue {
                 record.last_error = outcome.error.clone();
                 record.result = Some(base64::engine::general_purpose::STANDARD.encode(head));
                 record.result_truncated = truncated;
+                record.callback_due = None;
+                record.callback_seq = None;
+                record.callback_object = None;
                 match &callback {
                     Some((seq, object)) => {
                         record.callback = CallbackState::Pending;
                         record.callback_due = Some(now.saturating_add(ms(claim)));
                         record.callback_seq = Some(*seq);
                         record.callback_object = object.clone();
+                    }
+                    None if carried => {
+                        record.callback = CallbackState::Pending;
+                        record.callback_due = Some(now.saturating_add(ms(claim)));
+                        record.result_headers = outcome.headers.clone();
+                        record.duration = Some(outcome.duration);
                     }
                     None => record.callback = CallbackState::None,
                 }
@@ -102,12 +118,34 @@ impl JetStreamQueue {
                 return Ok(false);
             }
         };
+        if carried {
+            // The request message stays unacked until the callback is delivered (or moved to
+            // the callback stream): should this process die, it comes back, and the worker
+            // that takes it queues the callback.
+            self.settled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(
+                    call_id.to_string(),
+                    Settled {
+                        current: settled,
+                        carrier: Some(message),
+                    },
+                );
+            return Ok(true);
+        }
         if callback.is_some() {
             // The first delivery is this process's: its result saves a read.
             self.settled
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .insert(call_id.to_string(), settled);
+                .insert(
+                    call_id.to_string(),
+                    Settled {
+                        current: settled,
+                        carrier: None,
+                    },
+                );
         }
         // A dead letter's term is confirmed (it is rare, and the message must not come back);
         // a success's ack is not waited for (a redelivery is dropped: the record is final).
@@ -166,4 +204,9 @@ impl JetStreamQueue {
         }
         Ok(())
     }
+}
+
+/// About how many bytes `headers` take in a record.
+fn headers_size(headers: &[(String, String)]) -> usize {
+    headers.iter().map(|(n, v)| n.len() + v.len() + 8).sum()
 }

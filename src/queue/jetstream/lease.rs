@@ -61,6 +61,19 @@ pub(super) enum Decision {
     Drop,
     /// Not yet: hand it back for this long.
     Later(Duration),
+    /// It carries a finished call's callback nobody is delivering: queue the callback.
+    Callback,
+}
+
+/// The record enqueue stored for the request in `message`, at the revision the message names:
+/// [`Record::queued`] of the same request, under the message's id.
+fn enqueued_record(message: &Message, request: &QueueRequest) -> Option<Versioned> {
+    let headers = message.headers.as_ref()?;
+    let revision = headers.get(RECORD_REVISION)?.as_str().parse().ok()?;
+    let msg_id = headers.get(async_nats::header::NATS_MESSAGE_ID)?.as_str();
+    let mut record = Record::queued(request);
+    record.msg_id = Some(msg_id.to_string());
+    Some(Versioned { record, revision })
 }
 
 /// Logs a lost lease.
@@ -98,8 +111,15 @@ impl JetStreamQueue {
         let now = unix_ms();
         let mut taken = None;
         let mut slot = Slot(None);
+        // The record as enqueue stored it, from the message, saves a read: should it have
+        // changed since, the compare-and-set below fails and the loop reads it.
+        let mut enqueued = enqueued_record(&message, &request);
         for _ in 0..CAS_ATTEMPTS {
-            let (mut record, revision) = match self.lookup(&request.call_id).await? {
+            let found = match enqueued.take() {
+                Some(v) => Stored::Found(Box::new(v)),
+                None => self.lookup(&request.call_id).await?,
+            };
+            let (mut record, revision) = match found {
                 Stored::Found(v) => {
                     let Versioned { record, revision } = *v;
                     (record, revision)
@@ -126,6 +146,14 @@ impl JetStreamQueue {
                 // A running call delivered again: its lease ran out on the server (the worker
                 // died or stopped extending it). Take it over.
                 CallState::Queued | CallState::Running => Decision::Take,
+                // Finished, its callback carried by this message: the worker delivering it has
+                // it until the claim lapses; then (that worker died or is stuck) it is queued.
+                _ if record.carries_callback() => match record.callback_due {
+                    Some(t) if t > now.saturating_add(5) => {
+                        Decision::Later(Duration::from_millis(t - now))
+                    }
+                    _ => Decision::Callback,
+                },
                 // Finished, dead-lettered or cancelled: this message is left over.
                 _ => Decision::Drop,
             };
@@ -137,6 +165,16 @@ impl JetStreamQueue {
                 Decision::Later(d) => {
                     message.ack_with(nak(d)).await.map_err(boxed)?;
                     return Ok(None);
+                }
+                Decision::Callback => {
+                    let current = Versioned { record, revision };
+                    if self
+                        .move_callback(&request.call_id, Some(current), &message, now, |_| {})
+                        .await?
+                    {
+                        return Ok(None);
+                    }
+                    continue;
                 }
                 Decision::Take => {}
             }

@@ -127,7 +127,15 @@ impl JetStreamQueue {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .len() as u64;
-        let unfinished = info.num_pending + info.num_ack_pending as u64;
+        // Finished calls whose request message carries their callback are not waiting.
+        let carriers = self
+            .settled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|s| s.carrier.is_some())
+            .count() as u64;
+        let unfinished = (info.num_pending + info.num_ack_pending as u64).saturating_sub(carriers);
         let oldest_age = if stream.state.messages == 0 {
             0.0
         } else {

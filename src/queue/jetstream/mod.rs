@@ -132,6 +132,9 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the clean-up of a failed enqueue may wait for the server.
 const FORGET_WITHIN: Duration = Duration::from_secs(60);
 
+/// Header of a request message: the revision at which enqueue stored the call's record.
+const RECORD_REVISION: &str = "Fgateway-Record-Revision";
+
 /// Room left in a message for headers and JSON framing.
 const FRAMING: usize = 4096;
 
@@ -164,8 +167,8 @@ pub struct JetStreamQueue {
     held: Mutex<HashMap<String, Held>>,
     /// Callback messages claimed by this process, by call id.
     claimed: Mutex<HashMap<String, Message>>,
-    /// Records of calls this process finished whose first callback it is delivering.
-    settled: Mutex<HashMap<String, Versioned>>,
+    /// Calls this process finished whose first callback it is delivering.
+    settled: Mutex<HashMap<String, Settled>>,
 }
 
 impl std::fmt::Debug for JetStreamQueue {
@@ -492,6 +495,7 @@ impl Queue for JetStreamQueue {
         claim: Duration,
     ) -> BoxFuture<'_, Result<Vec<CallbackJob>, QueueError>> {
         Box::pin(async move {
+            self.move_overdue_callbacks().await;
             if max == 0 {
                 return Ok(Vec::new());
             }

@@ -62,6 +62,13 @@ pub(super) struct Record {
     pub(super) result: Option<String>,
     #[serde(default)]
     pub(super) result_truncated: bool,
+    /// The final outcome's response headers, kept while its callback is carried by the request
+    /// message (see [`Record::carries_callback`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(super) result_headers: Vec<(String, String)>,
+    /// Seconds the final attempt took, kept with the headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) duration: Option<f64>,
     #[serde(default)]
     pub(super) callback_url: Option<String>,
     /// Where its callback delivery is.
@@ -108,6 +115,8 @@ impl Record {
             last_error: None,
             result: None,
             result_truncated: false,
+            result_headers: Vec::new(),
+            duration: None,
             callback_url: request.callback_url.clone(),
             callback: CallbackState::None,
             callback_attempts: 0,
@@ -127,6 +136,31 @@ impl Record {
     /// The `Nats-Msg-Id` its request message is published with.
     pub(super) fn msg_id(&self) -> &str {
         self.msg_id.as_deref().unwrap_or(&self.call_id)
+    }
+
+    /// Whether the pending callback is carried by the call's request message (message `seq`,
+    /// held unacked by the worker delivering it): the record holds the whole outcome, and no
+    /// callback message exists yet.
+    pub(super) fn carries_callback(&self) -> bool {
+        self.callback == CallbackState::Pending
+            && self.callback_seq.is_none()
+            && matches!(self.state, CallState::Succeeded | CallState::Failed)
+    }
+
+    /// The final outcome as the record keeps it (the whole of it when the callback is carried
+    /// by the request message).
+    pub(super) fn outcome(&self) -> Outcome {
+        Outcome {
+            status: self.status_code.unwrap_or(0),
+            headers: self.result_headers.clone(),
+            body: self
+                .result
+                .as_ref()
+                .and_then(|r| base64::engine::general_purpose::STANDARD.decode(r).ok())
+                .unwrap_or_default(),
+            duration: self.duration.unwrap_or(0.0),
+            error: self.last_error.clone(),
+        }
     }
 
     /// Whether `owner` holds the lease.
@@ -214,6 +248,15 @@ pub(super) enum Step<T> {
     Write(T),
     /// Leave the record as it is and report `T`.
     Keep(T),
+}
+
+/// A finished call whose first callback delivery is this process's.
+pub(super) struct Settled {
+    /// The record as this process wrote it (saves a read when the delivery is recorded).
+    pub(super) current: Versioned,
+    /// The request message, held unacked while it carries the callback
+    /// ([`Record::carries_callback`]).
+    pub(super) carrier: Option<Message>,
 }
 
 /// A leased request message.
