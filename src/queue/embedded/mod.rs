@@ -77,6 +77,32 @@ fn later(base: i64, d: Duration) -> i64 {
     base.saturating_add(ms(d))
 }
 
+/// Leases the oldest waiting calls: queued, retrying and expired-lease ones, each read in order
+/// from `calls_waiting` or `calls_leases` (a test checks the plan).
+const LEASE_SQL: &str = "UPDATE calls SET state = 'running', owner = ?1, lease_until = ?2,
+             attempts = attempts + 1, started_at = ?3
+         WHERE call_id IN (
+             SELECT call_id FROM (
+                 SELECT call_id, t FROM (
+                     SELECT call_id, visible_at AS t FROM calls
+                     WHERE state = 'queued' AND visible_at <= ?3
+                       AND function NOT IN (SELECT value FROM json_each(?5))
+                     ORDER BY visible_at LIMIT ?4)
+                 UNION ALL
+                 SELECT call_id, t FROM (
+                     SELECT call_id, visible_at AS t FROM calls
+                     WHERE state = 'retrying' AND visible_at <= ?3
+                       AND function NOT IN (SELECT value FROM json_each(?5))
+                     ORDER BY visible_at LIMIT ?4)
+                 UNION ALL
+                 SELECT call_id, t FROM (
+                     SELECT call_id, lease_until AS t FROM calls
+                     WHERE state = 'running' AND lease_until < ?3
+                       AND function NOT IN (SELECT value FROM json_each(?5))
+                     ORDER BY lease_until LIMIT ?4))
+             ORDER BY t LIMIT ?4)
+         RETURNING call_id, request, attempts, retry_since";
+
 impl EmbeddedQueue {
     /// Records a final outcome: succeeded or failed, or dead-lettered.
     fn finalize(
@@ -158,33 +184,7 @@ impl Queue for EmbeddedQueue {
         let busy = serde_json::to_string(busy).unwrap_or_else(|_| "[]".into());
         let rows = self.submit(move |txn| {
             let now = now_ms();
-            let mut stmt = txn
-                .prepare_cached(
-                    "UPDATE calls SET state = 'running', owner = ?1, lease_until = ?2,
-                         attempts = attempts + 1, started_at = ?3
-                     WHERE call_id IN (
-                         SELECT call_id FROM (
-                             SELECT call_id, t FROM (
-                                 SELECT call_id, visible_at AS t FROM calls
-                                 WHERE state = 'queued' AND visible_at <= ?3
-                                   AND function NOT IN (SELECT value FROM json_each(?5))
-                                 ORDER BY visible_at LIMIT ?4)
-                             UNION ALL
-                             SELECT call_id, t FROM (
-                                 SELECT call_id, visible_at AS t FROM calls
-                                 WHERE state = 'retrying' AND visible_at <= ?3
-                                   AND function NOT IN (SELECT value FROM json_each(?5))
-                                 ORDER BY visible_at LIMIT ?4)
-                             UNION ALL
-                             SELECT call_id, t FROM (
-                                 SELECT call_id, lease_until AS t FROM calls
-                                 WHERE state = 'running' AND lease_until < ?3
-                                   AND function NOT IN (SELECT value FROM json_each(?5))
-                                 ORDER BY lease_until LIMIT ?4))
-                         ORDER BY t LIMIT ?4)
-                     RETURNING call_id, request, attempts, retry_since",
-                )
-                .map_err(unavailable)?;
+            let mut stmt = txn.prepare_cached(LEASE_SQL).map_err(unavailable)?;
             let rows = stmt
                 .query_map(
                     params![owner, later(now, lease), now, max as i64, busy],
@@ -529,6 +529,35 @@ mod tests {
             super::EmbeddedQueue::open(&dir.path().join("q.db"), super::EmbeddedConfig::default())
                 .unwrap();
         crate::queue::suite::listing(&queue).await;
+    }
+
+    #[test]
+    fn leases_read_the_waiting_calls_index_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = super::writer::open_connection(&dir.path().join("q.db")).unwrap();
+        let mut stmt = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", super::LEASE_SQL))
+            .unwrap();
+        let mut rows = stmt.raw_query();
+        let mut plan = Vec::new();
+        while let Some(row) = rows.next().unwrap() {
+            plan.push(row.get::<_, String>(3).unwrap());
+        }
+        let uses = |index: &str| plan.iter().filter(|l| l.contains(index)).count();
+        assert_eq!(
+            uses("calls_waiting (state=? AND visible_at<?)"),
+            2,
+            "{plan:#?}"
+        );
+        assert_eq!(
+            uses("calls_leases (state=? AND lease_until<?)"),
+            1,
+            "{plan:#?}"
+        );
+        assert!(
+            !plan.iter().any(|l| l.starts_with("SCAN calls")),
+            "{plan:#?}"
+        );
     }
 
     #[tokio::test]

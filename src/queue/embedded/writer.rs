@@ -64,12 +64,16 @@ CREATE TABLE IF NOT EXISTS calls (
 );
 CREATE INDEX IF NOT EXISTS calls_waiting ON calls(state, visible_at);
 CREATE INDEX IF NOT EXISTS calls_leases ON calls(state, lease_until);
-CREATE INDEX IF NOT EXISTS calls_callbacks ON calls(cb_state, cb_next_at);
-CREATE INDEX IF NOT EXISTS calls_finished ON calls(finished_at);
+-- Partial indexes where a query looks at a few rows only (pending callbacks, dead letters,
+-- finished calls): a call is in them only while it is one of those.
+DROP INDEX IF EXISTS calls_callbacks;
+DROP INDEX IF EXISTS calls_dead;
+CREATE INDEX IF NOT EXISTS calls_pending_callbacks ON calls(cb_next_at) WHERE cb_state = 'pending';
+CREATE INDEX IF NOT EXISTS calls_finished ON calls(finished_at) WHERE finished_at IS NOT NULL;
 CREATE INDEX IF NOT EXISTS calls_by_time ON calls(enqueued_at, call_id);
 CREATE INDEX IF NOT EXISTS calls_by_function ON calls(function, enqueued_at, call_id);
 CREATE INDEX IF NOT EXISTS calls_by_state ON calls(state, enqueued_at, call_id);
-CREATE INDEX IF NOT EXISTS calls_dead ON calls(dead, enqueued_at, call_id);
+CREATE INDEX IF NOT EXISTS calls_dead_letters ON calls(enqueued_at, call_id) WHERE dead = 1;
 ";
 
 impl EmbeddedQueue {
@@ -146,7 +150,8 @@ impl std::error::Error for ArcError {
     }
 }
 
-fn open_connection(db: &Path) -> Result<Connection, QueueError> {
+/// Opens the database, in WAL mode, with the schema.
+pub(super) fn open_connection(db: &Path) -> Result<Connection, QueueError> {
     if let Some(dir) = db.parent() {
         std::fs::create_dir_all(dir).map_err(unavailable)?;
     }
