@@ -17,8 +17,18 @@
 //! - stream `faas-request-dlq`: a copy of each dead-lettered request (subject per call), kept
 //!   until it is redriven or purged.
 //! - stream `faas-request-callback` (work queue) with consumer `faas-callbacks`: one message
-//!   per pending callback carrying the call's outcome; bodies too large for one message go to
-//!   the object store `faas-request-results`.
+//!   per pending callback that its first delivery did not settle, carrying the call's outcome;
+//!   bodies too large for one message go to the object store `faas-request-results`.
+//!
+//! Callbacks: a finished call's callback is first delivered by the worker that ran it. While
+//! it does, the callback rides on the call's request message, which that worker keeps unacked:
+//! the one record write that stores the outcome (the whole of it: status, headers, body) also
+//! marks the callback pending, and the ack after the delivery is recorded is not waited for.
+//! Should that worker die, the request message comes back after its lease and whoever takes
+//! it, once the worker's claim on the delivery has lapsed, publishes a callback message from
+//! the record; so does the worker itself when its own delivery failed and is to be retried,
+//! or is still unsettled when the claim lapses. Dead letters, and outcomes larger than the
+//! status size cap, get their callback message before the record write, as they always did.
 //!
 //! Leases: a fetched message is the worker's until the consumer's `ack_wait`; `in_progress`
 //! acks extend it while the call runs. A caller asking for another lease length gets it with
@@ -29,6 +39,11 @@
 //! (hand-backs and lease take-overs count as deliveries too) and no server-side backoff (on
 //! NATS 2.9 it would replace `ack_wait`, the lease, with its first step).
 //!
+//! A request message also names the revision at which enqueue stored its record (header
+//! `Fgateway-Record-Revision`): the worker taking it rebuilds that record from the message and
+//! writes it with a compare-and-set at that revision, reading the record only when the write
+//! finds it changed (a duplicate enqueue, a cancel, a take-over, a redrive).
+//!
 //! A record also names its call's live message (its stream sequence, once a worker has seen
 //! it): a second message for the same call (republished by a retried enqueue after the
 //! duplicate window, or a redrive published twice) is dropped, never run beside the first.
@@ -37,6 +52,23 @@
 //! to 1024 messages), so that a backlog of one function cannot fill every fetch and
 //! starve the others. The hand-back is short because other workers, with room for that
 //! function, do not see those calls meanwhile.
+//!
+//! Round trips to the server per operation (a request and its answer; "one-way" is a message
+//! no answer is waited for), for a call with a callback that its first delivery settles:
+//!
+//! | operation | round trips | one-way |
+//! |---|---|---|
+//! | enqueue | 2: record create, request publish (+1 with an idempotency key) | |
+//! | lease, per call | 1: record write; the fetch is 1 per batch | |
+//! | while running, every third of the lease | 1: record read | progress ack |
+//! | finish | 1: record write | |
+//! | callback delivered | 1: record write | ack of the request message |
+//! | status read | 1: record read | |
+//!
+//! That is 5 round trips and one ack per call, where the design before this layout took 9 and
+//! three (a record read before each lease write, a callback message published at finish and
+//! deleted after delivery, and a dispatcher meeting each new callback message: a read and a
+//! delayed nak). `benches/async_fast.sh` counts nats-server's messages in and out per call.
 //!
 //! The code, by concern: `setup` (names, streams and consumer created or checked, connecting),
 //! `record` (status records, their keys, compare-and-set), `enqueue` (request messages,
