@@ -49,7 +49,8 @@ fn free_port() -> Result<u16, Error> {
         .port())
 }
 
-/// Starts the release fgateway with a stack holding the python-http example as `web`.
+/// Starts the release fgateway with a stack holding the python-http example as `web` (one
+/// replica: its server listens on a fixed port).
 fn start_gateway(root: &Path, data: &Path, extra: &[&str]) -> Result<Gateway, Error> {
     let up_port = free_port()?;
     let port = free_port()?;
@@ -58,7 +59,7 @@ fn start_gateway(root: &Path, data: &Path, extra: &[&str]) -> Result<Gateway, Er
     std::fs::write(
         &stack,
         format!(
-            "functions:\n  web:\n    handler: {}/examples/python-http\n    fprocess: python3 server.py\n    environment:\n      mode: http\n      upstream_url: http://127.0.0.1:{up_port}\n      LISTEN_PORT: {up_port}\n      ready_path: /ready\n      QUIET: 1\n      RUST_LOG: warn\n",
+            "functions:\n  web:\n    handler: {}/examples/python-http\n    fprocess: python3 server.py\n    environment:\n      mode: http\n      upstream_url: http://127.0.0.1:{up_port}\n      LISTEN_PORT: {up_port}\n      ready_path: /ready\n      QUIET: 1\n      RUST_LOG: warn\n    labels:\n      com.openfaas.scale.max: \"1\"\n",
             root.display()
         ),
     )?;
