@@ -20,10 +20,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use tokio::net::TcpListener;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+#[path = "support.rs"]
+mod support;
+
+use support::{Error, connect, receiver};
 
 /// How long after the last expected callback the receiver keeps listening for repeats.
 const REPEAT_WATCH: Duration = Duration::from_secs(2);
@@ -33,56 +34,6 @@ const DEADLINE: Duration = Duration::from_secs(600);
 
 /// Call ids the receiver has seen, with how often.
 type Seen = Arc<Mutex<HashMap<String, u32>>>;
-
-async fn connect(
-    addr: SocketAddr,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, Error> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
-}
-
-/// A callback receiver: answers 200 to every POST and counts call ids.
-async fn receiver(seen: Seen, distinct: Arc<AtomicUsize>) -> Result<SocketAddr, Error> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let _ = stream.set_nodelay(true);
-            let (seen, distinct) = (Arc::clone(&seen), Arc::clone(&distinct));
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let (seen, distinct) = (Arc::clone(&seen), Arc::clone(&distinct));
-                    async move {
-                        let id = req
-                            .headers()
-                            .get("x-call-id")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_string();
-                        let _ = req.into_body().collect().await;
-                        let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
-                        let n = seen.entry(id).or_default();
-                        *n += 1;
-                        if *n == 1 {
-                            distinct.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::new(),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Ok(addr)
-}
 
 /// The arguments: URL, calls, connections.
 struct Args {
@@ -116,9 +67,18 @@ async fn main() -> Result<(), Error> {
     let args = args()?;
     let seen: Seen = Arc::default();
     let distinct = Arc::new(AtomicUsize::new(0));
+    let (counts, firsts) = (Arc::clone(&seen), Arc::clone(&distinct));
     let callback = format!(
         "http://{}/done",
-        receiver(Arc::clone(&seen), Arc::clone(&distinct)).await?
+        receiver(move |id| {
+            let mut counts = counts.lock().unwrap_or_else(PoisonError::into_inner);
+            let n = counts.entry(id.to_string()).or_default();
+            *n += 1;
+            if *n == 1 {
+                firsts.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+        .await?
     );
 
     let next = Arc::new(AtomicUsize::new(0));

@@ -21,15 +21,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use tokio::net::TcpListener;
 
 const CONNECTIONS: usize = 64;
 const SYNC_CALLS: usize = 20_000;
 const ENQUEUES: usize = 50_000;
 const E2E_CALLS: usize = 10_000;
 
-type Error = Box<dyn std::error::Error + Send + Sync>;
+#[path = "support.rs"]
+mod support;
+
+use support::{Error, connect};
 
 struct Gateway {
     child: Child,
@@ -77,18 +78,6 @@ fn start_gateway(root: &Path, data: &Path, extra: &[&str]) -> Result<Gateway, Er
         child,
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
     })
-}
-
-/// One keep-alive connection.
-async fn connect(
-    addr: SocketAddr,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, Error> {
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    Ok(sender)
 }
 
 /// Waits until `path` answers 200.
@@ -144,30 +133,12 @@ async fn load(
 
 /// A callback receiver counting what it gets.
 async fn receiver() -> Result<(SocketAddr, Arc<AtomicUsize>), Error> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
     let count = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&count);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let counter = Arc::clone(&counter);
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let counter = Arc::clone(&counter);
-                    async move {
-                        let _ = req.into_body().collect().await;
-                        counter.fetch_add(1, Ordering::Relaxed);
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(
-                            Bytes::new(),
-                        )))
-                    }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let addr = support::receiver(move |_| {
+        counter.fetch_add(1, Ordering::Relaxed);
+    })
+    .await?;
     Ok((addr, count))
 }
 

@@ -118,10 +118,13 @@ impl JetStreamQueue {
                 return Ok(false);
             }
         };
-        if carried {
-            // The request message stays unacked until the callback is delivered (or moved to
-            // the callback stream): should this process die, it comes back, and the worker
-            // that takes it queues the callback.
+        let mut message = Some(message);
+        if carried || callback.is_some() {
+            // The first delivery is this process's: its record saves a read. A carried
+            // callback's request message stays unacked until the callback is delivered (or
+            // moved to the callback stream): should this process die, it comes back, and the
+            // worker that takes it queues the callback.
+            let carrier = if carried { message.take() } else { None };
             self.settled
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -129,33 +132,22 @@ impl JetStreamQueue {
                     call_id.to_string(),
                     Settled {
                         current: settled,
-                        carrier: Some(message),
-                    },
-                );
-            return Ok(true);
-        }
-        if callback.is_some() {
-            // The first delivery is this process's: its result saves a read.
-            self.settled
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(
-                    call_id.to_string(),
-                    Settled {
-                        current: settled,
-                        carrier: None,
+                        carrier,
                     },
                 );
         }
-        // A dead letter's term is confirmed (it is rare, and the message must not come back);
-        // a success's ack is not waited for (a redelivery is dropped: the record is final).
-        let acked = if dead {
-            message.double_ack_with(AckKind::Term).await
-        } else {
-            message.ack().await
-        };
-        if let Err(e) = acked {
-            tracing::warn!(call_id, error = %e, "cannot ack a finished call's message");
+        if let Some(message) = message {
+            // A dead letter's term is confirmed (it is rare, and the message must not come
+            // back); a success's ack is not waited for (a redelivery is dropped: the record is
+            // final).
+            let acked = if dead {
+                message.double_ack_with(AckKind::Term).await
+            } else {
+                message.ack().await
+            };
+            if let Err(e) = acked {
+                tracing::warn!(call_id, error = %e, "cannot ack a finished call's message");
+            }
         }
         Ok(true)
     }
