@@ -1,6 +1,6 @@
 //! Listing calls and dead letters a page at a time, on the indexes `calls_by_time`,
-//! `calls_by_function`, `calls_by_state` and `calls_dead` (each ends in `enqueued_at, call_id`,
-//! the listing order, so a page costs its own rows, not the table's).
+//! `calls_by_function`, `calls_by_state` and `calls_dead_letters` (each ends in `enqueued_at,
+//! call_id`, the listing order, so a page costs its own rows, not the table's).
 
 use rusqlite::{Transaction, params_from_iter, types::Value};
 

@@ -237,10 +237,9 @@ impl JetStreamQueue {
                 self.remove_callback(seq, object.as_deref()).await;
                 Ok(false)
             }
-            Err(e) => {
-                self.remove_callback(seq, object.as_deref()).await;
-                Err(e)
-            }
+            // The write may have landed although its answer was lost: the message stays (if
+            // the record does not name it, a dispatcher drops it).
+            Err(e) => Err(e),
         }
     }
 
@@ -267,7 +266,13 @@ impl JetStreamQueue {
                 .move_callback(&call_id, Some(current), &carrier, now, |_| {})
                 .await
             {
-                Ok(_) => {}
+                Ok(true) => {}
+                // Delivered or moved meanwhile: the request message is done with.
+                Ok(false) => {
+                    if let Err(e) = carrier.ack().await {
+                        tracing::debug!(call_id, error = %e, "cannot ack a finished call's message");
+                    }
+                }
                 Err(e) => tracing::warn!(
                     call_id,
                     error = %crate::http::proxy::error_chain(&e),

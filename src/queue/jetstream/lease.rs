@@ -94,7 +94,10 @@ impl JetStreamQueue {
         busy: &[String],
         slots: &AtomicUsize,
     ) -> Result<Option<Leased>, QueueError> {
-        let seq = message.info().map_err(boxed)?.stream_sequence;
+        let (seq, delivered) = {
+            let info = message.info().map_err(boxed)?;
+            (info.stream_sequence, info.delivered)
+        };
         let mut request: QueueRequest = match serde_json::from_slice(&message.payload) {
             Ok(r) => r,
             Err(e) => {
@@ -111,9 +114,15 @@ impl JetStreamQueue {
         let now = unix_ms();
         let mut taken = None;
         let mut slot = Slot(None);
-        // The record as enqueue stored it, from the message, saves a read: should it have
-        // changed since, the compare-and-set below fails and the loop reads it.
-        let mut enqueued = enqueued_record(&message, &request);
+        // On its first delivery, the record as enqueue stored it, from the message, saves a
+        // read: should it have changed since, the compare-and-set below fails and the loop
+        // reads it. A message delivered again (handed back, a lease run out, a callback it
+        // carries) has most likely changed: read first.
+        let mut enqueued = if delivered == 1 {
+            enqueued_record(&message, &request)
+        } else {
+            None
+        };
         for _ in 0..CAS_ATTEMPTS {
             let found = match enqueued.take() {
                 Some(v) => Stored::Found(Box::new(v)),
