@@ -40,9 +40,10 @@
 //! NATS 2.9 it would replace `ack_wait`, the lease, with its first step).
 //!
 //! A request message also names the revision at which enqueue stored its record (header
-//! `Fgateway-Record-Revision`): the worker taking it rebuilds that record from the message and
-//! writes it with a compare-and-set at that revision, reading the record only when the write
-//! finds it changed (a duplicate enqueue, a cancel, a take-over, a redrive).
+//! `Fgateway-Record-Revision`): the worker taking it on its first delivery rebuilds that record
+//! from the message and writes it with a compare-and-set at that revision, reading the record
+//! only when the write finds it changed (a duplicate enqueue, a cancel, an undone enqueue). A
+//! message delivered again (handed back, a lease run out, a callback it carries) is read first.
 //!
 //! A record also names its call's live message (its stream sequence, once a worker has seen
 //! it): a second message for the same call (republished by a retried enqueue after the
@@ -59,7 +60,7 @@
 //! | operation | round trips | one-way |
 //! |---|---|---|
 //! | enqueue | 2: record create, request publish (+1 with an idempotency key) | |
-//! | lease, per call | 1: record write; the fetch is 1 per batch | |
+//! | lease, per call | 1: record write (first delivery; +1 read otherwise); the fetch is 1 per batch | |
 //! | while running, every third of the lease | 1: record read | progress ack |
 //! | finish | 1: record write | |
 //! | callback delivered | 1: record write | ack of the request message |
