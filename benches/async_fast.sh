@@ -28,20 +28,8 @@ nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
 [ -x "$nats_bin" ] || { echo "nats-server is required (apt-get install nats-server)" >&2; exit 1; }
 cargo build --release --quiet --bin fgateway --example fast-upstream --example async-client
 
-work=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
-upstream_bin=${FAST_UPSTREAM:-$PWD/target/release/examples/fast-upstream}
 fgateway=${FGATEWAY:-$PWD/target/release/fgateway}
-cat >"$work/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = "hello world"
-LUA
-
-up_port=$(free_port)
-LISTEN_PORT=$up_port "$upstream_bin" 2>/dev/null &
-pids+=($!)
-wait_for "http://127.0.0.1:$up_port/"
+start_fast_upstream
 cat >"$work/stack.yml" <<YAML
 functions:
   fast:

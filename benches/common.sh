@@ -36,3 +36,18 @@ load() {
 peak_rss() {
   awk '/VmHWM/ {print $2, $3}' "/proc/$1/status"
 }
+
+# What the fast-upstream benchmarks share: a temporary $work (removed on exit, after every
+# process in $pids is stopped), $work/post.lua (wrk POSTs "hello world"), and the fast upstream
+# ($FAST_UPSTREAM, or examples/fast-upstream built beforehand) listening on $up_port.
+start_fast_upstream() {
+  work=$(mktemp -d)
+  pids=()
+  trap 'kill "${pids[@]}" 2>/dev/null || true; wait "${pids[@]}" 2>/dev/null; rm -rf "$work"' EXIT
+  upstream_bin=${FAST_UPSTREAM:-$PWD/target/release/examples/fast-upstream}
+  printf 'wrk.method = "POST"\nwrk.body = "hello world"\n' >"$work/post.lua"
+  up_port=$(free_port)
+  LISTEN_PORT=$up_port "$upstream_bin" 2>/dev/null &
+  pids+=($!)
+  wait_for "http://127.0.0.1:$up_port/"
+}

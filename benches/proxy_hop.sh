@@ -21,19 +21,7 @@ source benches/common.sh
 ensure_wrk
 cargo build --release --quiet --bin fwatchdog --bin fgateway --example fast-upstream --example bare-proxy
 
-work=$(mktemp -d)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
-upstream_bin=${FAST_UPSTREAM:-$PWD/target/release/examples/fast-upstream}
-cat >"$work/post.lua" <<'LUA'
-wrk.method = "POST"
-wrk.body = "hello world"
-LUA
-
-up_port=$(free_port)
-LISTEN_PORT=$up_port "$upstream_bin" 2>/dev/null &
-pids+=($!)
-wait_for "http://127.0.0.1:$up_port/"
+start_fast_upstream
 
 wd_port=$(free_port)
 TMPDIR="$work" mode=http port="$wd_port" metrics_port=0 upstream_url="http://127.0.0.1:$up_port" \
