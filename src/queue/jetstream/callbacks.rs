@@ -3,6 +3,15 @@
 
 use super::*;
 
+/// Acks a request message that carried a callback no longer needing it (delivered, given up,
+/// or moved to the callback stream). Not waited for: should the ack be lost, the message comes
+/// back after its lease and is dropped, its record no longer carrying the callback.
+async fn release_carrier(call_id: &str, carrier: &Message) {
+    if let Err(e) = carrier.ack().await {
+        tracing::debug!(call_id, error = %e, "cannot ack a request message that carried a callback");
+    }
+}
+
 /// Why a stored callback body could not be read.
 pub(super) enum BodyError {
     /// It is not there (expired or removed).
@@ -228,9 +237,7 @@ impl JetStreamQueue {
             .await;
         match moved {
             Ok(Some((true, _))) => {
-                if let Err(e) = carrier.ack().await {
-                    tracing::debug!(call_id, error = %e, "cannot ack a request message whose callback moved");
-                }
+                release_carrier(call_id, carrier).await;
                 Ok(true)
             }
             Ok(_) => {
@@ -268,11 +275,7 @@ impl JetStreamQueue {
             {
                 Ok(true) => {}
                 // Delivered or moved meanwhile: the request message is done with.
-                Ok(false) => {
-                    if let Err(e) = carrier.ack().await {
-                        tracing::debug!(call_id, error = %e, "cannot ack a finished call's message");
-                    }
-                }
+                Ok(false) => release_carrier(&call_id, &carrier).await,
                 Err(e) => tracing::warn!(
                     call_id,
                     error = %crate::http::proxy::error_chain(&e),
@@ -295,7 +298,7 @@ impl JetStreamQueue {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(call_id);
-        let (settled, carrier) = match self
+        let (mut settled, carrier) = match self
             .settled
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -312,7 +315,6 @@ impl JetStreamQueue {
             record.callback_attempts += 1;
             record.callback_error = error.map(str::to_string);
         };
-        let mut settled = settled;
         if let (Some(carrier), Some(due)) = (&carrier, due) {
             // To be tried again later, by any dispatcher: the callback moves to the callback
             // stream, if it is still carried by the request message (else the record is read
@@ -344,20 +346,18 @@ impl JetStreamQueue {
                     record.result_headers = Vec::new();
                     record.duration = None;
                 }
-                Step::Write(Some(
+                Step::Write(
                     record
                         .callback_seq
                         .map(|seq| (seq, record.callback_object.clone())),
-                ))
+                )
             })
             .await?;
-        if let Some(carrier) = carrier {
+        if let Some(carrier) = &carrier {
             // Delivered or given up (or no longer pending): the request message is done with.
-            if let Err(e) = carrier.ack().await {
-                tracing::debug!(call_id, error = %e, "cannot ack a finished call's message");
-            }
+            release_carrier(call_id, carrier).await;
         }
-        let Some((Some(Some((seq, object))), _)) = changed else {
+        let Some((Some((seq, object)), _)) = changed else {
             return Ok(());
         };
         match (delivered, retry_in) {

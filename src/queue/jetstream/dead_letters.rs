@@ -26,6 +26,17 @@ impl JetStreamQueue {
         Ok(ids)
     }
 
+    /// The calls a redrive or purge of `call_id`, or of every dead letter (`None`), looks at.
+    pub(super) async fn dead_letter_targets(
+        &self,
+        call_id: Option<&str>,
+    ) -> Result<Vec<String>, QueueError> {
+        match call_id {
+            Some(id) => Ok(vec![id.to_string()]),
+            None => self.dead_letter_ids().await,
+        }
+    }
+
     /// The stored copy of a dead-lettered request, and its sequence in the dead-letter stream.
     pub(super) async fn dead_request(
         &self,
@@ -164,10 +175,7 @@ impl JetStreamQueue {
     /// [`Queue::purge`]: removes one dead letter or all of them.
     pub(super) async fn purge_dead(&self, call_id: Option<&str>) -> Result<u64, QueueError> {
         self.connected()?;
-        let ids = match call_id {
-            Some(id) => vec![id.to_string()],
-            None => self.dead_letter_ids().await?,
-        };
+        let ids = self.dead_letter_targets(call_id).await?;
         let mut n = 0;
         for id in ids {
             // The record first: a copy newer than it (the call redriven and dead again

@@ -504,10 +504,7 @@ impl Queue for JetStreamQueue {
     fn redrive<'a>(&'a self, call_id: Option<&'a str>) -> BoxFuture<'a, Result<u64, QueueError>> {
         Box::pin(async move {
             self.connected()?;
-            let ids = match call_id {
-                Some(id) => vec![id.to_string()],
-                None => self.dead_letter_ids().await?,
-            };
+            let ids = self.dead_letter_targets(call_id).await?;
             let mut n = 0;
             for id in ids {
                 if self.redrive_one(&id).await? {
