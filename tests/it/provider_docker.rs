@@ -415,12 +415,13 @@ async fn an_image_from_the_dockerfile_template_is_healthy_drains_and_reaps() {
     let (service, data) = (&engine.service, engine.data.clone());
     let gw = up(service, &data, &[]).await;
     // The template's fprocess runs Python; this image has busybox: the deployment says what to
-    // run, as faas-cli's `fprocess` override does. The handler leaves an orphan behind.
+    // run, as faas-cli's `fprocess` override does. The handler leaves an orphan behind. Its
+    // call lasts 3 s: long enough for `podman exec`, slow on a loaded machine, to see it run.
     let r = system(
         &gw,
         "POST",
         "/system/functions",
-        json!({"service": "tpl", "image": image, "envProcess": "sh -c 'sleep 1; (sleep 0.2 &); cat'"}),
+        json!({"service": "tpl", "image": image, "envProcess": "sh -c 'sleep 3; (sleep 0.2 &); cat'"}),
     )
     .await;
     assert_eq!(r.status(), 202, "{}", r.text());
