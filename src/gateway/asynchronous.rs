@@ -372,6 +372,7 @@ impl Invoker for GatewayInvoker {
                 deadline,
                 upgrade: false,
                 pinned: None,
+                start_time: invoke::start_time(),
             };
             match invoke::call(&self.gateway, call).await {
                 Ok((response, _record)) => {

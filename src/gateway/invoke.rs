@@ -3,7 +3,8 @@
 //!
 //! The request gets `X-Call-Id` (kept when the caller sent one, generated otherwise),
 //! `X-Start-Time` (Unix nanoseconds), `X-Forwarded-For` and `X-Forwarded-Host`; hop-by-hop
-//! headers are dropped both ways. Failures answer with a body that says which: 404 unknown
+//! headers are dropped both ways. The response carries the same `X-Call-Id` and
+//! `X-Start-Time`, whoever answered it. Failures answer with a body that says which: 404 unknown
 //! function, 503 no replica ready, 502 unreachable, 504 `upstream_timeout`.
 
 use std::net::{IpAddr, SocketAddr};
@@ -191,6 +192,16 @@ pub struct CallRequest<'a> {
     pub upgrade: bool,
     /// The client connection's own upstream connections, for calls from a client.
     pub pinned: Option<&'a Pinned>,
+    /// `X-Start-Time` for the function: when the call reached the gateway ([`start_time`]).
+    pub start_time: HeaderValue,
+}
+
+/// Now as an `X-Start-Time` value: Unix nanoseconds.
+pub fn start_time() -> HeaderValue {
+    let ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    HeaderValue::from(u64::try_from(ns).unwrap_or(u64::MAX))
 }
 
 /// Why a call got no response from its function.
@@ -287,12 +298,7 @@ pub async fn call(
         headers.remove(header::CONNECTION);
         headers.remove(header::UPGRADE);
     }
-    let start_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    if let Ok(v) = HeaderValue::from_str(&start_ns.to_string()) {
-        headers.insert(X_START_TIME, v);
-    }
+    headers.insert(X_START_TIME, req.start_time);
     let uri = match req
         .path_and_query
         .parse()
@@ -354,6 +360,7 @@ pub async fn invoke(
     let now = Instant::now();
     let deadline = now + gateway.config.upstream_timeout;
     let call_id = call_id_of(req.headers());
+    let started = start_time();
     let mut req = req;
     let client_upgrade = proxy::requested_upgrade(req.headers())
         .is_some()
@@ -386,6 +393,7 @@ pub async fn invoke(
         deadline,
         upgrade: client_upgrade.is_some(),
         pinned: Some(pinned),
+        start_time: started.clone(),
     };
     match call(gateway, request).await {
         Ok((mut response, record)) => {
@@ -413,11 +421,13 @@ pub async fn invoke(
                 let (mut parts, _) = response.into_parts();
                 proxy::forward_response_headers(&mut parts.headers, true);
                 parts.headers.insert(X_CALL_ID, call_id);
+                parts.headers.insert(X_START_TIME, started);
                 return Response::from_parts(parts, body::empty());
             }
             let (mut parts, incoming) = response.into_parts();
             proxy::forward_response_headers(&mut parts.headers, false);
             parts.headers.insert(X_CALL_ID, call_id);
+            parts.headers.insert(X_START_TIME, started);
             let body = body::guarded(
                 incoming.map_err(BoxError::from).boxed_unsync(),
                 Some(deadline),
@@ -438,6 +448,7 @@ pub async fn invoke(
                 None => text(error.status(), error.message(target.name)),
             };
             resp.headers_mut().insert(X_CALL_ID, call_id);
+            resp.headers_mut().insert(X_START_TIME, started);
             resp
         }
     }

@@ -100,7 +100,11 @@ impl FunctionDeployment {
     }
 }
 
-/// `GET /system/functions` and `GET /system/function/NAME`: a deployed function.
+/// `GET /system/functions` and `GET /system/function/NAME`: a deployed function, with
+/// faas-provider's field names and its omissions: an empty map, list or string, a zero count
+/// and a false flag are left out, as Go's `omitempty` leaves them out. Two fields are always
+/// there, as OpenFaaS providers send them: `labels`, which carries
+/// [`FUNCTION_NAME_LABEL`], and `annotations` (`{}` when there are none).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionStatus {
@@ -109,45 +113,68 @@ pub struct FunctionStatus {
     /// Image, as deployed.
     pub image: String,
     /// Namespace.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub namespace: String,
     /// The handler command.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "is_none_or_empty")]
     pub env_process: Option<String>,
     /// Environment, as deployed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env_vars: BTreeMap<String, String>,
     /// Constraints, as deployed.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub constraints: Vec<String>,
     /// Secrets, as deployed.
-    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
-    /// Labels, as deployed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Labels, as deployed, plus [`FUNCTION_NAME_LABEL`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
     /// Annotations, as deployed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<BTreeMap<String, String>>,
     /// Limits, as deployed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<Resources>,
     /// Requests, as deployed.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests: Option<Resources>,
     /// Read-only root filesystem flag, as deployed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only_root_filesystem: bool,
     /// Invocations through this gateway since it started.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub invocation_count: f64,
     /// Replicas asked for.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub replicas: u64,
     /// Replicas ready to take traffic.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub available_replicas: u64,
     /// When the function was (last) deployed, RFC 3339.
+    #[serde(default)]
     pub created_at: String,
+}
+
+/// The label every listed function carries, naming it (as OpenFaaS providers label their
+/// functions' workloads).
+pub const FUNCTION_NAME_LABEL: &str = "faas_function";
+
+/// For `skip_serializing_if`: an absent or empty string.
+fn is_none_or_empty(value: &Option<String>) -> bool {
+    value.as_deref().is_none_or(str::is_empty)
+}
+
+/// For `skip_serializing_if`: a zero count.
+fn is_zero<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 impl FunctionStatus {
     /// The status of `spec` with the given replica counts.
     pub fn of(spec: &FunctionDeployment, replicas: u64, available: u64, created_at: &str) -> Self {
+        let mut labels = spec.labels.clone().unwrap_or_default();
+        labels.insert(FUNCTION_NAME_LABEL.to_string(), spec.service.clone());
         FunctionStatus {
             name: spec.service.clone(),
             image: spec.image.clone(),
@@ -156,8 +183,8 @@ impl FunctionStatus {
             env_vars: spec.env_vars.clone(),
             constraints: spec.constraints.clone(),
             secrets: spec.secrets.clone(),
-            labels: spec.labels.clone(),
-            annotations: spec.annotations.clone(),
+            labels: Some(labels),
+            annotations: Some(spec.annotations.clone().unwrap_or_default()),
             limits: spec.limits.clone(),
             requests: spec.requests.clone(),
             read_only_root_filesystem: spec.read_only_root_filesystem,
@@ -270,5 +297,49 @@ mod tests {
         assert_eq!(v["name"], "echo");
         assert_eq!(v["availableReplicas"], 2);
         assert_eq!(v["envVars"]["mode"], "streaming");
+        assert_eq!(v["labels"][FUNCTION_NAME_LABEL], "echo");
+    }
+
+    #[test]
+    fn status_omits_what_faas_provider_omits() {
+        let d: FunctionDeployment =
+            serde_json::from_str(r#"{"service":"bare","image":"x:1","labels":null}"#).unwrap();
+        let v = serde_json::to_value(FunctionStatus::of(&d, 0, 0, "2026-01-01T00:00:00Z")).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(
+            keys,
+            [
+                "annotations",
+                "createdAt",
+                "image",
+                "labels",
+                "name",
+                "namespace"
+            ],
+            "{v}"
+        );
+        assert_eq!(v["labels"], serde_json::json!({ "faas_function": "bare" }));
+        assert_eq!(v["annotations"], serde_json::json!({}));
+        // What was sent comes back as sent.
+        let d: FunctionDeployment = serde_json::from_str(
+            r#"{"service":"m","image":"x:1","envProcess":"env","limits":{"memory":"5Mi","cpu":"100m"},
+                "readOnlyRootFilesystem":true}"#,
+        )
+        .unwrap();
+        let v = serde_json::to_value(FunctionStatus::of(&d, 2, 1, "2026-01-01T00:00:00Z")).unwrap();
+        assert_eq!(
+            v["limits"],
+            serde_json::json!({ "memory": "5Mi", "cpu": "100m" })
+        );
+        assert_eq!(v["envProcess"], "env");
+        assert_eq!(v["readOnlyRootFilesystem"], true);
+        assert_eq!(
+            (v["replicas"].as_u64(), v["availableReplicas"].as_u64()),
+            (Some(2), Some(1))
+        );
+        assert!(
+            v.get("requests").is_none() && v.get("envVars").is_none(),
+            "{v}"
+        );
     }
 }

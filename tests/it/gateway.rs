@@ -125,6 +125,12 @@ async fn proxies_methods_paths_queries_headers_and_bodies() {
             .parse()
             .unwrap();
         assert!(start > 1_600_000_000_000_000_000);
+        // The caller sees the same start time, as from OpenFaaS's gateway.
+        assert_eq!(
+            r.header("x-start-time").as_deref(),
+            v["headers"]["x-start-time"].as_str(),
+            "{method}"
+        );
     }
     // A caller's call id is kept; hop-by-hop headers do not cross.
     let req = Request::get("/function/web.openfaas-fn/")
@@ -138,7 +144,11 @@ async fn proxies_methods_paths_queries_headers_and_bodies() {
     let v = json(&r);
     assert_eq!(v["headers"]["x-call-id"], "my-call-1");
     assert!(v["headers"].get("x-secret").is_none());
-    assert_eq!(get(gw.addr, "/function/web.other-ns/").await.status(), 404);
+    let unknown = get(gw.addr, "/function/web.other-ns/").await;
+    assert_eq!(unknown.status(), 404);
+    assert!(unknown.header("x-start-time").is_some() && unknown.header("x-call-id").is_some());
+    // No name at all (what the OpenFaaS certifier calls): 404 too.
+    assert_eq!(get(gw.addr, "/function/.openfaas-fn").await.status(), 404);
 
     // Streamed both ways: 20 MB through the gateway and the watchdog and back.
     const TOTAL: usize = 20 * 1024 * 1024;
@@ -263,7 +273,19 @@ async fn deploy_update_scale_delete() {
     assert_eq!(status["image"], "example/hello:1");
     assert_eq!(status["envVars"]["GREETING"], "bonjour");
     assert_eq!(status["labels"]["team"], "a");
+    assert_eq!(status["labels"]["faas_function"], "hello");
     assert_eq!(status["replicas"], 1);
+    // faas-provider's shape: what was not deployed is left out (annotations excepted, `{}`).
+    assert_eq!(status["annotations"], serde_json::json!({}));
+    for absent in [
+        "requests",
+        "limits",
+        "constraints",
+        "secrets",
+        "readOnlyRootFilesystem",
+    ] {
+        assert!(status.get(absent).is_none(), "{absent}: {status}");
+    }
 
     let r = system(
         &gw,

@@ -75,12 +75,12 @@ export async function functionPage(main, signal, namespace, name) {
         h("dt", {}, "Namespace"), h("dd", {}, f.namespace),
         h("dt", {}, "Image"), h("dd", {}, f.image || "—"),
         h("dt", {}, "Process"), h("dd", {}, f.envProcess || "—"),
-        h("dt", {}, "Replicas (ready/desired)"), h("dd", { id: "detail-replicas" }, `${f.availableReplicas}/${f.replicas}`),
+        h("dt", {}, "Replicas (ready/desired)"), h("dd", { id: "detail-replicas" }, `${f.availableReplicas ?? 0}/${f.replicas ?? 0}`),
         h("dt", {}, "Invocations"), h("dd", {}, String(f.invocationCount ?? 0)),
         h("dt", {}, "Environment"), h("dd", {}, h("pre", {}, env || "—")),
         h("dt", {}, "Labels and annotations"), h("dd", {}, h("pre", {}, labels || "—")),
         h("dt", {}, "Created"), h("dd", {}, f.createdAt || "—")));
-      if (document.activeElement !== replicas && replicas.value === "") replicas.value = f.replicas;
+      if (document.activeElement !== replicas && replicas.value === "") replicas.value = f.replicas ?? 0;
     } catch (e) {
       show(details, h("p", { class: "error", role: "alert" }, e.message));
     }

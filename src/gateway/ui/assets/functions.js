@@ -18,13 +18,13 @@ function pairs(text) {
 }
 
 function row(f) {
-  const ready = f.availableReplicas > 0;
-  const status = ready ? "Ready" : f.replicas === 0 ? "Scaled to zero" : "Not ready";
+  const ready = (f.availableReplicas ?? 0) > 0;
+  const status = ready ? "Ready" : (f.replicas ?? 0) === 0 ? "Scaled to zero" : "Not ready";
   return h("tr", { "data-name": f.name },
     h("td", {}, h("a", { href: `#/function/${encodeURIComponent(f.namespace)}/${encodeURIComponent(f.name)}`, class: "fn-link" }, f.name)),
     h("td", { class: "optional" }, f.namespace),
     h("td", { class: "optional" }, f.image || f.envProcess || ""),
-    h("td", { class: "replicas" }, `${f.availableReplicas}/${f.replicas}`),
+    h("td", { class: "replicas" }, `${f.availableReplicas ?? 0}/${f.replicas ?? 0}`),
     h("td", { class: "invocations" }, String(f.invocationCount ?? 0)),
     h("td", {}, h("span", { class: `badge ${ready ? "ready" : "not-ready"}`, "data-status": status }, status)));
 }
