@@ -15,6 +15,8 @@
 //!   (local fwatchdog processes, static upstreams), the system API, basic auth, metrics.
 //! - [`queue`]: asynchronous calls: the `Queue` trait, the embedded SQLite backend, and the
 //!   worker that runs calls, retries them and delivers callbacks.
+//! - [`logging`]: the log formats (fwatchdog's Go-`log`-style text, fgateway's, JSON) and how
+//!   the gateway reads its replicas' lines.
 //! - [`shutdown`]: SIGTERM/SIGINT as a future.
 //! - `fuzzing` (hidden): the fuzz targets' entry points, shared with the corpus replay test.
 //!
@@ -26,6 +28,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod gateway;
 pub mod http;
+pub mod logging;
 pub mod process;
 pub mod queue;
 pub mod shutdown;

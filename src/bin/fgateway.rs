@@ -29,11 +29,11 @@ fn main() -> ExitCode {
     };
     let command = match cli.command {
         Command::Watchdog(args) => {
-            return fwatchdog::watchdog::command::main(args.args, init_logging);
+            return fwatchdog::watchdog::command::main(args.args);
         }
         command => command,
     };
-    init_logging();
+    fwatchdog::logging::init_gateway(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,18 +58,6 @@ fn main() -> ExitCode {
             ExitCode::from(e.exit_code())
         }
     }
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
 }
 
 /// Why `up` stopped.

@@ -61,6 +61,10 @@ pub mod vars {
     pub const LOG_BUFFER_SIZE: &str = "log_buffer_size";
     /// Add the call id to forwarded log lines.
     pub const LOG_CALLID: &str = "log_callid";
+    /// Log a line per request, as OpenFaaS's watchdogs do (ours; not an OpenFaaS variable).
+    pub const LOG_REQUESTS: &str = "log_requests";
+    /// `text` (OpenFaaS's watchdogs' lines) or `json` (ours; not an OpenFaaS variable).
+    pub const LOG_FORMAT: &str = "log_format";
     /// http mode: buffer the request body.
     pub const HTTP_BUFFER_REQ_BODY: &str = "http_buffer_req_body";
     /// Alias of [`HTTP_BUFFER_REQ_BODY`].
@@ -136,6 +140,18 @@ fn content_type(env: &impl Env) -> Result<Option<http::HeaderValue>, ConfigError
             value,
             expected: "a media type such as text/plain (visible ASCII, no line breaks)",
         })
+}
+
+/// Reads `log_format`: unset or empty means text.
+fn log_format(env: &impl Env) -> Result<crate::logging::LogFormat, ConfigError> {
+    match env.get(vars::LOG_FORMAT).filter(|v| !v.trim().is_empty()) {
+        None => Ok(crate::logging::LogFormat::Text),
+        Some(value) => crate::logging::LogFormat::parse(&value).ok_or(ConfigError::Invalid {
+            name: vars::LOG_FORMAT,
+            value,
+            expected: crate::logging::LogFormat::FORM,
+        }),
+    }
 }
 
 /// How requests are served.
@@ -233,6 +249,11 @@ pub struct WatchdogConfig {
     pub log_buffer_size: NonZeroUsize,
     /// Add the request's call id to forwarded log lines.
     pub log_callid: bool,
+    /// Log a line per request (classic: `Forking fprocess.` and `Wrote N Bytes - Duration:
+    /// S.ssssssss`; of-watchdog's modes: `METHOD PATH - STATUS - ContentLength: SIZE (S.ssssss)`).
+    pub log_requests: bool,
+    /// How the watchdog's own log lines are written.
+    pub log_format: crate::logging::LogFormat,
     /// http mode: the upstream server's base URL (`Some` exactly in http mode).
     pub upstream_url: Option<http::Uri>,
     /// http mode: the upstream path that answers 2xx once it is ready.
@@ -391,6 +412,8 @@ impl WatchdogConfig {
             prefix_logs: flag(env, vars::PREFIX_LOGS, true)?,
             log_buffer_size,
             log_callid: flag(env, vars::LOG_CALLID, false)?,
+            log_requests: flag(env, vars::LOG_REQUESTS, true)?,
+            log_format: log_format(env)?,
             upstream_url,
             ready_path,
             buffer_body,

@@ -20,6 +20,8 @@ fn defaults_match_the_contract() -> Result<(), ConfigError> {
     assert_eq!(c.max_inflight, None);
     assert!(c.cgi_headers && c.combine_output && c.prefix_logs);
     assert!(!c.marshal_request && !c.write_debug && !c.suppress_lock && !c.log_callid);
+    assert!(c.log_requests);
+    assert_eq!(c.log_format, crate::logging::LogFormat::Text);
     assert_eq!(c.log_buffer_size.get(), 65536);
     assert_eq!(c.lock_path, PathBuf::from("/tmp/.lock"));
     Ok(())
@@ -52,7 +54,11 @@ fn values_and_aliases() -> Result<(), ConfigError> {
         ("max_inflight", "4"),
         ("cgi_headers", "FALSE"),
         ("TMPDIR", "/var/tmp"),
+        ("log_requests", "false"),
+        ("log_format", "JSON"),
     ])?;
+    assert!(!c.log_requests);
+    assert_eq!(c.log_format, crate::logging::LogFormat::Json);
     assert_eq!(c.fprocess, vec!["python3", "-c", "print('hi there')"]);
     assert_eq!(c.read_timeout, Some(Duration::from_millis(500)));
     assert_eq!(c.write_timeout, Some(Duration::from_secs(90)));
@@ -88,6 +94,14 @@ fn errors_name_the_variable_value_and_form() {
         (
             &[("fprocess", "cat"), ("cgi_headers", "yes")],
             "invalid cgi_headers=\"yes\"",
+        ),
+        (
+            &[("fprocess", "cat"), ("log_format", "xml")],
+            "invalid log_format=\"xml\": expected text or json",
+        ),
+        (
+            &[("fprocess", "cat"), ("log_requests", "maybe")],
+            "invalid log_requests=\"maybe\"",
         ),
         (
             &[("fprocess", "cat"), ("mode", "turbo")],

@@ -17,6 +17,17 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+    /// How log lines are written to standard error: text, or one JSON object per line. The
+    /// lines of local replicas come through in the same format, naming their function and
+    /// replica.
+    #[arg(
+        long,
+        global = true,
+        env = "log_format",
+        value_enum,
+        default_value_t = crate::logging::LogFormat::Text
+    )]
+    pub log_format: crate::logging::LogFormat,
 }
 
 /// The subcommands.

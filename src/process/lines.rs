@@ -25,11 +25,12 @@ impl LineLog {
     pub fn emit(&self, line: &[u8]) {
         let text = String::from_utf8_lossy(line);
         if self.prefix {
+            // of-watchdog's wording: `stderr: <line>`.
             match &self.call_id {
                 Some(call_id) => {
-                    tracing::info!(target: "function", stream = self.stream, call_id = %call_id, "{text}")
+                    tracing::info!(target: "function", call_id = %call_id, "{}: {text}", self.stream)
                 }
-                None => tracing::info!(target: "function", stream = self.stream, "{text}"),
+                None => tracing::info!(target: "function", "{}: {text}", self.stream),
             }
         } else {
             let mut err = std::io::stderr().lock();

@@ -22,8 +22,8 @@ Runs the command in env fprocess once per HTTP request on port 8080 (env port).
 See the README for every environment variable.";
 
 /// Runs the watchdog with the command-line `args` (without the program name) and the process
-/// environment. `init_logging` is called once the configuration is valid, before serving.
-pub fn main(args: impl IntoIterator<Item = String>, init_logging: impl FnOnce()) -> ExitCode {
+/// environment. Logging is set up once the configuration is valid, before serving.
+pub fn main(args: impl IntoIterator<Item = String>) -> ExitCode {
     let mut healthcheck = false;
     for arg in args {
         match arg.trim_start_matches('-') {
@@ -58,7 +58,7 @@ pub fn main(args: impl IntoIterator<Item = String>, init_logging: impl FnOnce())
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    init_logging();
+    crate::logging::init_watchdog(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,6 +11,7 @@ pub mod invocation;
 pub mod metrics;
 pub mod mode;
 pub mod outcome;
+pub mod request_log;
 pub mod sniff;
 pub mod stdin;
 
@@ -89,6 +90,8 @@ struct Ticket {
     _permit: Option<OwnedSemaphorePermit>,
     /// Records the request's metrics when dropped.
     _measure: RequestMeasure,
+    /// Logs the request's line when dropped (of-watchdog's modes, `log_requests`).
+    _line: Option<request_log::RequestLine>,
 }
 
 impl Watchdog {
@@ -196,6 +199,12 @@ impl Watchdog {
             },
         };
         let head = req.method() == Method::HEAD;
+        let logged = (self.config.log_requests
+            && matches!(
+                self.config.mode,
+                Mode::Serializing | Mode::Streaming | Mode::Http
+            ))
+        .then(|| (req.method().clone(), req.uri().clone()));
         let reply = match (self.config.mode, &self.launcher) {
             (Mode::Http, _) => match self.upstream.get() {
                 Some(upstream) => {
@@ -211,6 +220,9 @@ impl Watchdog {
             },
             (Mode::Classic | Mode::Serializing | Mode::Streaming, Some(launcher)) => {
                 let (parts, body) = req.into_parts();
+                if self.config.log_requests && self.config.mode == Mode::Classic {
+                    request_log::forking();
+                }
                 match Invocation::spawn(&self.config, launcher, &parts, start) {
                     Err(text) => Reply::text(text),
                     Ok(inv) if self.config.mode == Mode::Streaming => {
@@ -225,9 +237,16 @@ impl Watchdog {
             tracing::debug!("HEAD request: body dropped by the server");
         }
         measure.set_code(reply.status);
+        let mut reply = reply;
+        let line = logged.map(|(method, uri)| {
+            let line = request_log::RequestLine::new(method, uri, reply.status, start);
+            reply.body = line.count(std::mem::replace(&mut reply.body, body::empty()));
+            line
+        });
         let ticket = Ticket {
             _permit: permit,
             _measure: measure,
+            _line: line,
         };
         let write_deadline = self
             .config

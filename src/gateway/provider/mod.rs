@@ -4,11 +4,14 @@
 //! - [`local`]: each function runs as `fwatchdog` child processes on loopback ports.
 //! - [`docker`]: each function runs as containers of its image, through the Docker Engine API
 //!   (Docker or Podman).
+//! - [`replicas`]: the replica sets both local and docker use; [`replica_log`]: the lines
+//!   their replicas write, passed on once.
 //! - [`upstreams`]: functions that already run elsewhere, at a fixed URL or at a URL made from a
 //!   template such as `http://{name}.{namespace}.svc.cluster.local:8080`.
 
 pub mod docker;
 pub mod local;
+pub mod replica_log;
 pub mod replicas;
 pub mod upstreams;
 

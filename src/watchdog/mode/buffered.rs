@@ -10,7 +10,7 @@ use crate::config::Mode;
 use crate::http::body;
 use crate::process::spill::{DEFAULT_SPILL_THRESHOLD, SpillBuffer, Spilled};
 use crate::watchdog::invocation::{Invocation, Reply, reply_content_type};
-use crate::watchdog::{outcome, sniff};
+use crate::watchdog::{outcome, request_log, sniff};
 
 /// Runs one request in a buffered mode.
 pub async fn serve(inv: Invocation, parts: &Parts, body: Incoming) -> Reply {
@@ -46,6 +46,9 @@ pub async fn serve(inv: Invocation, parts: &Parts, body: Incoming) -> Reply {
         Ended::Exited(status) if status.success() => {
             if config.write_debug {
                 log_output(&output, duration);
+            }
+            if config.log_requests && config.mode == Mode::Classic {
+                request_log::wrote(output.len(), duration);
             }
             let ct = match reply_content_type(&config, &parts.headers, true) {
                 Some(ct) => Some(ct),

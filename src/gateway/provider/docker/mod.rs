@@ -302,7 +302,15 @@ impl Provider for DockerProvider {
                 )));
             }
             spec::Resources::of(spec).map_err(ProviderError::Invalid)?;
-            images::ensure(&self.shared.docker, &spec.image, self.pull).await
+            images::ensure(&self.shared.docker, &spec.image, self.pull).await?;
+            let limited = [&spec.limits, &spec.requests]
+                .into_iter()
+                .flatten()
+                .any(|r| r.memory.is_some() || r.cpu.is_some());
+            if limited {
+                ContainerReplica::trial(&self.shared, spec).await?;
+            }
+            Ok(())
         })
     }
 

@@ -19,8 +19,10 @@ use futures_util::StreamExt;
 use tokio::time::Instant;
 
 use super::Shared;
-use super::images::{is_not_found, reason};
+use super::images::{is_connection, is_not_found, reason, unreachable_engine};
 use super::spec::{CONTAINER_PORT, ContainerIdentity, container_body, container_name};
+use crate::gateway::provider::ProviderError;
+use crate::gateway::provider::replica_log::ReplicaLog;
 use crate::gateway::provider::replicas::{Replica, watch_readiness};
 use crate::gateway::types::FunctionDeployment;
 
@@ -214,6 +216,47 @@ impl ContainerReplica {
         Ok(created.id)
     }
 
+    /// Has the engine create (and at once remove) a container of `spec`, so that what the engine
+    /// refuses in it, such as a memory limit below its minimum, is refused at deployment with
+    /// the engine's own reason instead of failing every replica later.
+    pub(super) async fn trial(
+        shared: &Shared,
+        spec: &FunctionDeployment,
+    ) -> Result<(), ProviderError> {
+        let resources = super::spec::Resources::of(spec).map_err(ProviderError::Invalid)?;
+        let id = ContainerIdentity {
+            gateway: &shared.gateway_id,
+            serial: 0,
+            hash: "trial",
+        };
+        // Labelled as the gateway's, with a hash no spec has: should the gateway die before
+        // removing it, the next one removes it with the other stale containers.
+        let body = container_body(spec, &id, &resources, None, Duration::ZERO);
+        let options = CreateContainerOptionsBuilder::default()
+            .name(&format!("{}-trial", container_name(spec, 0)))
+            .build();
+        let created = match shared.docker.create_container(Some(options), body).await {
+            Ok(created) => created,
+            Err(e) if is_connection(&e) => return Err(unreachable_engine(&e)),
+            Err(e) => {
+                return Err(ProviderError::Invalid(format!(
+                    "function {}: the container engine refused its container: {}",
+                    spec.service,
+                    reason(&e)
+                )));
+            }
+        };
+        let remove = RemoveContainerOptionsBuilder::default().force(true).build();
+        if let Err(e) = shared
+            .docker
+            .remove_container(&created.id, Some(remove))
+            .await
+        {
+            tracing::warn!(function = %spec.service, container = %short(&created.id), error = %reason(&e), "cannot remove trial container");
+        }
+        Ok(())
+    }
+
     /// The loopback address the engine published the container's port 8080 on.
     async fn published_port(&self, id: &str) -> Result<SocketAddr, String> {
         let inspect = self
@@ -236,10 +279,12 @@ impl ContainerReplica {
     /// all), to the function's log, line by line, until the container stops.
     fn forward_log(&self, id: &str, since: i32) {
         let docker = self.shared.docker.clone();
-        let logs = Arc::clone(&self.shared.logs);
-        let name = self.spec.service.clone();
-        let namespace = self.spec.namespace().to_string();
-        let instance = format!("{name}-{}", self.replica.serial);
+        let sink = ReplicaLog {
+            logs: Arc::clone(&self.shared.logs),
+            name: self.spec.service.clone(),
+            namespace: self.spec.namespace().to_string(),
+            instance: format!("{}-{}", self.spec.service, self.replica.serial),
+        };
         let id = id.to_string();
         tokio::spawn(async move {
             let options = LogsOptionsBuilder::default()
@@ -262,14 +307,11 @@ impl ContainerReplica {
                 while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
                     let line: Vec<u8> = buffer.drain(..=end).collect();
                     let text = String::from_utf8_lossy(&line[..end]);
-                    let text = text.trim_end_matches('\r');
-                    logs.push(&name, &namespace, &instance, text);
-                    tracing::info!(target: "function", function = %name, "{text}");
+                    sink.pass_on(text.trim_end_matches('\r'));
                 }
             }
             for rest in lines.iter().filter(|b| !b.is_empty()) {
-                let text = String::from_utf8_lossy(rest);
-                logs.push(&name, &namespace, &instance, &text);
+                sink.pass_on(&String::from_utf8_lossy(rest));
             }
         });
     }

@@ -55,7 +55,9 @@ pub struct Resources {
 }
 
 impl Resources {
-    /// Reads the spec's quantities; an error names the field and the accepted forms.
+    /// Reads the spec's quantities; an error names the field and the accepted forms. Whether the
+    /// engine can run them (its minimum memory, the CPUs it has) is the engine's to say: see
+    /// `ContainerReplica::trial`.
     pub fn of(spec: &FunctionDeployment) -> Result<Resources, String> {
         let field = |value: Option<&String>, name: &str, parse: fn(&str) -> Option<f64>| {
             value
@@ -75,14 +77,6 @@ impl Resources {
         let reservation = field(requests.memory.as_ref(), "requests.memory", memory_bytes)?;
         let cpu = field(limits.cpu.as_ref(), "limits.cpu", cpus)?;
         let cpu_request = field(requests.cpu.as_ref(), "requests.cpu", cpus)?;
-        if let Some(bytes) = memory
-            && bytes < 6.0 * 1024.0 * 1024.0
-        {
-            return Err(format!(
-                "function {}: limits.memory must be at least 6Mi (the engine's minimum)",
-                spec.service
-            ));
-        }
         Ok(Resources {
             memory: memory.map(|b| b as i64),
             memory_reservation: reservation.map(|b| b as i64),
@@ -141,12 +135,17 @@ pub struct ContainerIdentity<'a> {
     pub hash: &'a str,
 }
 
+/// How long a replica's watchdog keeps serving after SIGTERM before it drains and exits
+/// (`healthcheck_interval`). Short, since the gateway routes around a replica it stops, but
+/// not zero: OpenFaaS's watchdogs wait forever after SIGTERM when it is zero.
+pub const STOP_DRAIN: &str = "1s";
+
 /// The environment of a replica's container: the function's variables, `fprocess` from
-/// `envProcess`, and ours (the port we publish, no health grace after SIGTERM since the
-/// gateway routes around stopping replicas, unprefixed handler lines for the log buffer).
+/// `envProcess`, and ours (the port we publish, a short health grace after SIGTERM
+/// ([`STOP_DRAIN`]), unprefixed handler lines for the log buffer).
 pub fn container_env(spec: &FunctionDeployment) -> Vec<String> {
     let mut env: Vec<(String, String)> = vec![
-        ("healthcheck_interval".into(), "0".into()),
+        ("healthcheck_interval".into(), STOP_DRAIN.into()),
         ("prefix_logs".into(), "false".into()),
     ];
     env.retain(|(k, _)| !spec.env_vars.contains_key(k));
@@ -346,6 +345,23 @@ mod tests {
         let ports = host.port_bindings.unwrap();
         let bound = ports[CONTAINER_PORT].as_ref().unwrap();
         assert_eq!(bound[0].host_ip.as_deref(), Some("127.0.0.1"));
+    }
+
+    #[test]
+    fn replicas_drain_briefly_unless_the_function_says_otherwise() {
+        let env = container_env(&FunctionDeployment::default());
+        assert!(
+            env.contains(&format!("healthcheck_interval={STOP_DRAIN}")),
+            "{env:?}"
+        );
+        // Both OpenFaaS watchdogs take a Go duration or whole seconds; zero hangs them.
+        assert!(
+            STOP_DRAIN != "0"
+                && crate::config::parse::duration(STOP_DRAIN)
+                    .ok()
+                    .flatten()
+                    .is_some()
+        );
     }
 
     #[test]

@@ -227,8 +227,15 @@ fn child_env(
         .env_vars
         .get("RUST_LOG")
         .map_or_else(|| "info".to_string(), Clone::clone);
-    env.retain(|(k, _)| !matches!(k.as_str(), "port" | "bind_address" | "TMPDIR" | "RUST_LOG"));
+    env.retain(|(k, _)| {
+        !matches!(
+            k.as_str(),
+            "port" | "bind_address" | "TMPDIR" | "RUST_LOG" | "log_format"
+        )
+    });
     env.push(("port".into(), "0".into()));
+    // The gateway reads fwatchdog's own lines as JSON and writes them once, in its own format.
+    env.push(("log_format".into(), "json".into()));
     env.push(("bind_address".into(), "127.0.0.1".into()));
     env.push(("TMPDIR".into(), dir.display().to_string()));
     if let Some(secrets) = secrets {

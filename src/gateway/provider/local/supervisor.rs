@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::gateway::logs::FunctionLogs;
+use crate::gateway::provider::replica_log::ReplicaLog;
 use crate::gateway::provider::replicas::{self, Replica};
 use crate::http::proxy;
 use crate::process::spawn::{BaseEnv, Program};
@@ -118,7 +119,7 @@ impl Supervisor {
     async fn supervise(&self, mut process: HandlerProcess) -> bool {
         drop(process.take_stdin());
         let (addr_tx, addr_rx) = oneshot::channel();
-        let sink = LogSink {
+        let sink = ReplicaLog {
             logs: Arc::clone(&self.logs),
             name: self.name.clone(),
             namespace: self.namespace.clone(),
@@ -170,50 +171,36 @@ impl Supervisor {
     }
 }
 
-/// Where one replica's log lines go.
-#[derive(Clone)]
-struct LogSink {
-    /// The function logs.
-    logs: Arc<FunctionLogs>,
-    /// The function.
-    name: String,
-    /// Its namespace.
-    namespace: String,
-    /// The replica.
-    instance: String,
-}
-
-/// Forwards a child's log lines to the gateway's log and the function's log buffer; the first
-/// `listening addr=` line reports its address.
+/// Passes a child's log lines on ([`ReplicaLog`]); fwatchdog's own `listening addr=` line
+/// (from its JSON log, so not a line of an http-mode upstream sharing the pipe) reports its
+/// address.
 async fn forward_log(
     pipe: tokio::net::unix::pipe::Receiver,
-    sink: LogSink,
+    sink: ReplicaLog,
     mut addr_tx: Option<oneshot::Sender<SocketAddr>>,
 ) {
-    let function = &sink.name;
     let mut lines = BufReader::new(pipe).lines();
     while let Ok(Some(line)) = lines.next_line().await {
-        sink.logs
-            .push(&sink.name, &sink.namespace, &sink.instance, &line);
-        // Only fwatchdog's own line: an http-mode upstream's log goes through the same pipe.
-        if let Some(tx) = addr_tx.take_if(|_| line.contains(LISTENING_LINE)) {
-            match listening_addr(&line) {
+        let parsed = sink.pass_on(&line);
+        if let Some(parsed) = parsed
+            && let Some(tx) = addr_tx.take_if(|_| parsed.text.starts_with(LISTENING_LINE))
+        {
+            match listening_addr(&parsed.text) {
                 Some(addr) => {
                     let _ = tx.send(addr);
                 }
                 None => addr_tx = Some(tx),
             }
         }
-        tracing::info!(target: "function", function = %function, "{line}");
     }
 }
 
-/// What fwatchdog's own listening line contains.
-const LISTENING_LINE: &str = "fwatchdog::watchdog: listening addr=";
+/// How fwatchdog's listening line starts.
+const LISTENING_LINE: &str = "listening addr=";
 
 /// The address in a `listening addr=IP:PORT` log line.
 fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let start = line.find("listening addr=")? + "listening addr=".len();
+    let start = line.find(LISTENING_LINE)? + LISTENING_LINE.len();
     let token: String = line[start..]
         .chars()
         .take_while(|c| !c.is_whitespace() && *c != '"')
@@ -227,9 +214,8 @@ mod tests {
 
     #[test]
     fn reads_the_listening_line() {
-        let line = "2026-11-28T08:10:10Z  INFO fwatchdog::watchdog: listening addr=127.0.0.1:40123 mode=\"classic\"";
-        assert!(line.contains(LISTENING_LINE));
-        assert!(!"INFO function: listening addr=127.0.0.1:5000".contains(LISTENING_LINE));
+        let line = "listening addr=127.0.0.1:40123 mode=\"classic\"";
+        assert!(line.starts_with(LISTENING_LINE));
         assert_eq!(
             listening_addr(line),
             Some(SocketAddr::from(([127, 0, 0, 1], 40123)))
