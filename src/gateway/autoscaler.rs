@@ -1,8 +1,14 @@
-//! The autoscaler: every `interval`, each function's load is measured and its replica count
-//! set to `ceil(load / (target × target-proportion))`, within its `com.openfaas.scale.*`
-//! [min, max] ([`ScalePolicy`]).
+//! The autoscaler: every `interval`, each function's load is measured and its replica count set
+//! within its `com.openfaas.scale.*` [min, max] ([`ScalePolicy`]), one of two ways.
 //!
-//! Load is what the function's `com.openfaas.scale.type` names: calls in flight (`capacity`,
+//! **Rate alert** (the default: no `type` or `target` label), as OpenFaaS CE scales: the rate of
+//! successful (2xx) calls over the last [`ALERT_WINDOW`]; once it has stayed above
+//! [`ALERT_RPS`] for [`ALERT_FOR`] the alert fires and the function gains
+//! [`ScalePolicy::alert_step`] replicas (`factor` percent of max, rounded up), and again every
+//! [`ALERT_REPEAT`] while it keeps firing; when the rate falls back, the function returns to min.
+//!
+//! **Target tracking** (a `type` or `target` label): the count is set to
+//! `ceil(load / (target × target-proportion))`. Load is what the function's `com.openfaas.scale.type` names: calls in flight (`capacity`,
 //! sync and async calls alike, sampled each round), calls per second (`rps`, over the last
 //! round), or CPU in millicores (`cpu`, over the last round, when the provider can tell).
 //! Scaling up happens at once; scaling down only to the highest count wanted during the last
@@ -20,7 +26,9 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::Gateway;
-use super::scaling::{LoadKind, ScalePolicy};
+use super::scaling::{
+    ALERT_FOR, ALERT_REPEAT, ALERT_RPS, ALERT_WINDOW, LoadKind, ScaleMode, ScalePolicy,
+};
 use super::types::display_name;
 
 /// How the autoscaler runs.
@@ -46,6 +54,65 @@ struct Tracked {
     /// When the autoscaler first saw the function (its idle time starts there when it was
     /// never called).
     seen: Instant,
+    /// The rate alert's state.
+    alert: Alert,
+}
+
+/// What the rate alert remembers of one function.
+#[derive(Debug, Default)]
+struct Alert {
+    /// Successful calls counted at each round, oldest first, reaching back [`ALERT_WINDOW`].
+    samples: VecDeque<(Instant, u64)>,
+    /// Since when the rate has been above [`ALERT_RPS`] without a break.
+    above_since: Option<Instant>,
+    /// When the alert last added replicas; `None` while it is not firing.
+    stepped: Option<Instant>,
+}
+
+impl Alert {
+    /// Records the count of successful calls at `now`; returns the rate over the window.
+    fn rate(&mut self, now: Instant, succeeded: u64) -> f64 {
+        self.samples.push_back((now, succeeded));
+        // Keep one sample at or past the window's start, so the rate spans the whole window.
+        while self
+            .samples
+            .get(1)
+            .is_some_and(|(t, _)| now.duration_since(*t) >= ALERT_WINDOW)
+        {
+            self.samples.pop_front();
+        }
+        match self.samples.front() {
+            Some((t, first)) if *t < now => {
+                succeeded.saturating_sub(*first) as f64 / now.duration_since(*t).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// The count the alert wants for a function at `current` replicas, given `rate`.
+    fn desired(&mut self, now: Instant, rate: f64, policy: &ScalePolicy, current: u64) -> u64 {
+        if rate > ALERT_RPS {
+            self.above_since.get_or_insert(now);
+        } else {
+            self.above_since = None;
+        }
+        let firing = self
+            .above_since
+            .is_some_and(|since| now.duration_since(since) >= ALERT_FOR);
+        match (firing, self.stepped) {
+            (true, Some(at)) if now.duration_since(at) < ALERT_REPEAT => policy.clamp(current),
+            (true, _) => {
+                self.stepped = Some(now);
+                policy.clamp(current.saturating_add(policy.alert_step()))
+            }
+            // Resolved: back to min.
+            (false, Some(_)) => {
+                self.stepped = None;
+                policy.min.max(1)
+            }
+            (false, None) => policy.clamp(current),
+        }
+    }
 }
 
 /// Runs rounds until `stop`.
@@ -86,6 +153,7 @@ fn round(gateway: &Gateway, config: &AutoscalerConfig, tracked: &mut HashMap<Str
             at: now,
             wanted: VecDeque::new(),
             seen: now,
+            alert: Alert::default(),
         });
         let elapsed = now.duration_since(state.at).as_secs_f64().max(1e-3);
         let load = match policy.kind {
@@ -96,6 +164,7 @@ fn round(gateway: &Gateway, config: &AutoscalerConfig, tracked: &mut HashMap<Str
                 _ => 0.0,
             },
         };
+        let rate = state.alert.rate(now, activity.succeeded);
         state.finished = activity.finished;
         state.cpu = cpu;
         state.at = now;
@@ -125,6 +194,8 @@ fn round(gateway: &Gateway, config: &AutoscalerConfig, tracked: &mut HashMap<Str
             0
         } else if policy.zero && idle {
             0
+        } else if let ScaleMode::Alert { .. } = policy.mode {
+            state.alert.desired(now, rate, &policy, current)
         } else if wanted >= current {
             wanted
         } else if now.duration_since(changed_at) < config.scale_down_window {
@@ -142,6 +213,10 @@ fn round(gateway: &Gateway, config: &AutoscalerConfig, tracked: &mut HashMap<Str
                 .min(current)
                 .max(1)
         };
+        let (per_replica, load) = match policy.mode {
+            ScaleMode::Alert { .. } => (ALERT_RPS, rate),
+            ScaleMode::Target => (per_replica, load),
+        };
         gateway
             .metrics
             .scaling
@@ -156,10 +231,106 @@ fn round(gateway: &Gateway, config: &AutoscalerConfig, tracked: &mut HashMap<Str
                 to = desired,
                 load,
                 target = per_replica,
+                mode = match policy.mode {
+                    ScaleMode::Alert { .. } => "rate alert",
+                    ScaleMode::Target => "target",
+                },
                 kind = ?policy.kind,
                 "autoscaled"
             ),
             Err(e) => tracing::warn!(function = %label, error = %e, "cannot autoscale"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(labels: &[(&str, &str)]) -> ScalePolicy {
+        let spec = super::super::types::FunctionDeployment {
+            service: "f".into(),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        ScalePolicy::of(&spec).unwrap()
+    }
+
+    /// Drives the alert at one round a second with `rps` successful calls per second for
+    /// `seconds`; returns the counts it wanted, starting from `current`.
+    fn drive(
+        alert: &mut Alert,
+        clock: &mut (Instant, u64),
+        p: &ScalePolicy,
+        current: &mut u64,
+        rps: u64,
+        seconds: u64,
+    ) -> Vec<u64> {
+        let mut seen = Vec::new();
+        for _ in 0..seconds {
+            clock.0 += Duration::from_secs(1);
+            clock.1 += rps;
+            let rate = alert.rate(clock.0, clock.1);
+            *current = alert.desired(clock.0, rate, p, *current);
+            seen.push(*current);
+        }
+        seen
+    }
+
+    #[test]
+    fn the_rate_alert_steps_up_while_firing_and_returns_to_min() {
+        let p = policy(&[
+            ("com.openfaas.scale.min", "1"),
+            ("com.openfaas.scale.max", "4"),
+        ]);
+        let mut alert = Alert::default();
+        let mut clock = (Instant::now(), 0);
+        let mut current = 1;
+        // 4 calls a second never fires.
+        assert!(
+            drive(&mut alert, &mut clock, &p, &mut current, 4, 60)
+                .iter()
+                .all(|c| *c == 1)
+        );
+        // 10 a second: the rate passes 5 after a few rounds, fires 5 s later, steps by 1 (20% of
+        // 4, rounded up), then again every 30 s.
+        let seen = drive(&mut alert, &mut clock, &p, &mut current, 10, 75);
+        let first = seen.iter().position(|c| *c == 2).unwrap();
+        assert!(
+            (5..=12).contains(&first),
+            "first step after {first} s: {seen:?}"
+        );
+        assert_eq!(seen[first + 29], 2, "{seen:?}");
+        assert_eq!(seen[first + 30], 3, "{seen:?}");
+        // The load stops: back to min once the window's rate falls under 5.
+        let seen = drive(&mut alert, &mut clock, &p, &mut current, 0, 15);
+        let back = seen.iter().position(|c| *c == 1).unwrap();
+        assert!(back <= 6, "back to min after {back} s: {seen:?}");
+        assert!(seen[back..].iter().all(|c| *c == 1));
+    }
+
+    #[test]
+    fn a_zero_factor_never_steps_and_a_manual_scale_stays() {
+        let p = policy(&[
+            ("com.openfaas.scale.factor", "0"),
+            ("com.openfaas.scale.max", "5"),
+        ]);
+        let mut alert = Alert::default();
+        let mut clock = (Instant::now(), 0);
+        let mut current = 3;
+        let seen = drive(&mut alert, &mut clock, &p, &mut current, 50, 40);
+        // Firing with a zero step changes nothing; with no firing of its own, a manual count
+        // is left alone until an alert it raised resolves (then min).
+        assert!(seen[..30].iter().all(|c| *c == 3), "{seen:?}");
+        let p = policy(&[("com.openfaas.scale.max", "5")]);
+        let mut alert = Alert::default();
+        let mut current = 3;
+        let seen = drive(&mut alert, &mut clock, &p, &mut current, 1, 40);
+        assert!(seen.iter().all(|c| *c == 3), "{seen:?}");
     }
 }

@@ -77,6 +77,8 @@ pub struct Activity {
     pub in_flight: i64,
     /// Calls finished, whatever their status.
     pub finished: u64,
+    /// Calls finished with a 2xx status (what the default autoscaler counts).
+    pub succeeded: u64,
     /// When a call last started or finished.
     pub last: Option<Instant>,
 }
@@ -333,6 +335,7 @@ impl GatewayMetrics {
         self.touch(function, |a| {
             a.in_flight -= 1;
             a.finished += 1;
+            a.succeeded += u64::from((200..300).contains(&code));
         });
         self.seconds
             .get_or_create(&labels)

@@ -1,7 +1,12 @@
 //! A function's scaling policy, from OpenFaaS's `com.openfaas.scale.*` labels, with their names,
-//! meanings and defaults: replicas stay within [min, max]; the autoscaler aims for `target` load
-//! per replica (of the kind `type` names) times `target-proportion`; with `zero`, a function
-//! idle for `zero-duration` goes to no replicas at all.
+//! meanings and defaults: replicas stay within [min, max]; with `zero`, a function idle for
+//! `zero-duration` goes to no replicas at all. Between min and max, one of two ways
+//! ([`ScaleMode`]):
+//! - no `type` or `target` label: as OpenFaaS CE scales, on a request-rate alert: while a
+//!   function keeps above [`ALERT_RPS`] successful calls per second, it gains `factor` percent of
+//!   `max` replicas at a time; once the rate falls, it goes back to `min`;
+//! - `type` or `target` given: target tracking, `target` load per replica (of the kind `type`
+//!   names) times `target-proportion`, as OpenFaaS Pro's autoscaler does.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,6 +28,32 @@ pub const TARGET_PROPORTION: &str = "com.openfaas.scale.target-proportion";
 pub const ZERO: &str = "com.openfaas.scale.zero";
 /// `com.openfaas.scale.zero-duration`: idle time before scaling to zero (default 15m).
 pub const ZERO_DURATION: &str = "com.openfaas.scale.zero-duration";
+/// `com.openfaas.scale.factor`: percent of `max` added per step of the rate alert (default 20;
+/// 0 turns the alert's scaling off).
+pub const FACTOR: &str = "com.openfaas.scale.factor";
+
+/// The rate alert fires while a function's successful calls per second, over
+/// [`ALERT_WINDOW`], stay above this for [`ALERT_FOR`].
+pub const ALERT_RPS: f64 = 5.0;
+/// The window the alert's rate is measured over.
+pub const ALERT_WINDOW: Duration = Duration::from_secs(10);
+/// How long the rate must stay above [`ALERT_RPS`] before the alert fires.
+pub const ALERT_FOR: Duration = Duration::from_secs(5);
+/// While the alert keeps firing, the time between two steps up.
+pub const ALERT_REPEAT: Duration = Duration::from_secs(30);
+
+/// How replicas are chosen between min and max.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleMode {
+    /// OpenFaaS CE's request-rate alert: `factor` percent of max per step up, back to min when
+    /// the rate falls.
+    Alert {
+        /// Percent of `max` added per step (0 to 100; 0 = never step).
+        factor: u64,
+    },
+    /// Target tracking: `target` × `target-proportion` load per replica.
+    Target,
+}
 
 /// What load the autoscaler measures per replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +83,8 @@ pub struct ScalePolicy {
     pub zero: bool,
     /// How long idle before it does.
     pub zero_after: Duration,
+    /// How replicas are chosen between min and max.
+    pub mode: ScaleMode,
 }
 
 impl Default for ScalePolicy {
@@ -64,6 +97,7 @@ impl Default for ScalePolicy {
             proportion: 0.90,
             zero: false,
             zero_after: Duration::from_secs(15 * 60),
+            mode: ScaleMode::Alert { factor: 20 },
         }
     }
 }
@@ -106,6 +140,17 @@ impl ScalePolicy {
                 policy.min, policy.max
             ));
         }
+        if let Some(v) = get(FACTOR) {
+            let factor = v
+                .parse::<u64>()
+                .ok()
+                .filter(|f| *f <= 100)
+                .ok_or_else(|| invalid(FACTOR, v, "a percentage from 0 to 100"))?;
+            policy.mode = ScaleMode::Alert { factor };
+        }
+        if get(TARGET).is_some() || get(TYPE).is_some() {
+            policy.mode = ScaleMode::Target;
+        }
         if let Some(v) = get(TARGET) {
             policy.target = v
                 .parse::<f64>()
@@ -145,6 +190,15 @@ impl ScalePolicy {
     pub fn clamp(&self, replicas: u64) -> u64 {
         replicas.clamp(self.min, self.max)
     }
+
+    /// The rate alert's step: `factor` percent of `max`, rounded up (0 when the factor is 0 or
+    /// the policy tracks a target).
+    pub fn alert_step(&self) -> u64 {
+        match self.mode {
+            ScaleMode::Alert { factor } => (self.max * factor).div_ceil(100),
+            ScaleMode::Target => 0,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -183,6 +237,31 @@ mod tests {
     }
 
     #[test]
+    fn the_rate_alert_is_the_default_and_a_target_label_turns_it_off() {
+        let p = ScalePolicy::of(&with(&[(MIN, "1"), (MAX, "2")])).unwrap();
+        assert_eq!(p.mode, ScaleMode::Alert { factor: 20 });
+        assert_eq!(p.alert_step(), 1, "20% of 2, rounded up");
+        let p = ScalePolicy::of(&with(&[(MAX, "20"), (FACTOR, "50")])).unwrap();
+        assert_eq!(p.alert_step(), 10);
+        assert_eq!(
+            ScalePolicy::of(&with(&[(FACTOR, "0")]))
+                .unwrap()
+                .alert_step(),
+            0
+        );
+        assert_eq!(
+            ScalePolicy::of(&with(&[(FACTOR, "100")]))
+                .unwrap()
+                .alert_step(),
+            20
+        );
+        for explicit in [(TYPE, "capacity"), (TARGET, "5")] {
+            let p = ScalePolicy::of(&with(&[explicit])).unwrap();
+            assert_eq!(p.mode, ScaleMode::Target, "{explicit:?}");
+        }
+    }
+
+    #[test]
     fn bad_labels_name_themselves() {
         for labels in [
             vec![(MIN, "-1")],
@@ -194,6 +273,8 @@ mod tests {
             vec![(TARGET_PROPORTION, "1.5")],
             vec![(ZERO, "sometimes")],
             vec![(ZERO_DURATION, "soon")],
+            vec![(FACTOR, "150")],
+            vec![(FACTOR, "-5")],
         ] {
             let err = ScalePolicy::of(&with(&labels)).unwrap_err();
             assert!(err.contains("com.openfaas.scale."), "{err}");

@@ -98,6 +98,62 @@ async fn capacity_load_scales_up_at_once_and_down_after_the_window() {
     assert!(gw.log.text().contains("autoscaled"), "{}", gw.log.text());
 }
 
+/// With no `type` or `target` label, OpenFaaS CE's way: a sustained rate above 5 calls a second
+/// adds 20 % of max (rounded up) per step; when the rate falls, back to min. The load is the
+/// OpenFaaS certifier's: about 10 calls a second, two at a time.
+#[tokio::test]
+async fn a_sustained_call_rate_steps_up_and_back_to_min_by_default() {
+    let data = tempfile::tempdir().unwrap();
+    let gw = start(
+        data.path(),
+        "quick:\n    fprocess: cat",
+        &[
+            ("com.openfaas.scale.min", "1"),
+            ("com.openfaas.scale.max", "2"),
+        ],
+    )
+    .await;
+    assert_eq!(replicas(&gw, "quick").await.0, 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for _ in 0..2 {
+        let (stop, addr) = (Arc::clone(&stop), gw.addr);
+        callers.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_millis(200));
+            while !stop.load(Ordering::SeqCst) {
+                tick.tick().await;
+                assert_eq!(get(addr, "/function/quick").await.status(), 200);
+            }
+        }));
+    }
+    let loaded = Instant::now();
+    let limit = std::time::Duration::from_secs(60);
+    eventually_async("2 replicas under a sustained rate", limit, || async {
+        (replicas(&gw, "quick").await.0 == 2).then_some(())
+    })
+    .await;
+    eprintln!("rate alert: 1 -> 2 replicas in {:?}", loaded.elapsed());
+    let metrics = get(gw.addr, "/metrics").await.text();
+    assert!(
+        metrics.contains(r#"gateway_service_target_load{function_name="quick"} 5"#),
+        "{metrics}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    for c in callers {
+        c.await.unwrap();
+    }
+    let idle = Instant::now();
+    eventually_async("back to min once the rate falls", limit, || async {
+        (replicas(&gw, "quick").await.0 == 1).then_some(())
+    })
+    .await;
+    eprintln!(
+        "rate alert: 2 -> 1 replicas {:?} after the load",
+        idle.elapsed()
+    );
+    assert!(gw.log.text().contains("rate alert"), "{}", gw.log.text());
+}
+
 #[tokio::test]
 async fn idle_functions_go_to_zero_and_the_next_calls_start_one_replica() {
     let data = tempfile::tempdir().unwrap();
@@ -193,6 +249,8 @@ async fn an_open_websocket_counts_as_load_and_keeps_a_function_from_idling() {
         &[
             ("com.openfaas.scale.zero", "true"),
             ("com.openfaas.scale.zero-duration", "1s"),
+            // Target tracking by calls in flight, so gateway_service_load shows the tunnel.
+            ("com.openfaas.scale.type", "capacity"),
         ],
     )
     .await;
