@@ -13,6 +13,10 @@ secs="${2:-10}"
 source benches/common.sh
 ensure_wrk
 cargo build --release --quiet --bin fwatchdog --bin fgateway
+# The image's fwatchdog: one static executable, as the README builds it for images.
+triple="$(uname -m)-unknown-linux-gnu"
+RUSTFLAGS="-C target-feature=+crt-static" \
+  cargo build --release --quiet --bin fwatchdog --target "$triple"
 
 work=$(mktemp -d)
 pids=()
@@ -27,17 +31,13 @@ cleanup() {
 trap cleanup EXIT
 printf '[containers]\ndefault_ulimits = []\n[engine]\nruntime = "runc"\n' >"$work/containers.conf"
 
-# The image: fwatchdog, busybox and fwatchdog's shared libraries, FROM scratch.
+# The image: the static fwatchdog and busybox, FROM scratch (no libc).
 ctx="$work/ctx"
 mkdir -p "$ctx/rootfs/bin" "$ctx/rootfs/usr/bin" "$ctx/rootfs/tmp"
 chmod 1777 "$ctx/rootfs/tmp"
-cp target/release/fwatchdog "$ctx/rootfs/usr/bin/"
+cp "target/$triple/release/fwatchdog" "$ctx/rootfs/usr/bin/"
 cp "$(command -v busybox)" "$ctx/rootfs/bin/busybox"
 for tool in sh cat; do ln -s busybox "$ctx/rootfs/bin/$tool"; done
-for lib in $(ldd target/release/fwatchdog | grep -o '/[^ ]*'); do
-  mkdir -p "$ctx/rootfs$(dirname "$lib")"
-  cp -L "$lib" "$ctx/rootfs$lib"
-done
 printf 'FROM scratch\nCOPY rootfs/ /\nENV fprocess=cat\nCMD ["fwatchdog"]\n' >"$ctx/Dockerfile"
 podman_ build -q -t fgw-bench:1 "$ctx" >/dev/null
 

@@ -2,15 +2,15 @@
 //! `runc`, which `.ci/run` installs) with storage under the target directory, a containers.conf
 //! of the tests' own (pointed at by `CONTAINERS_CONF`, so nothing system-wide changes), and a
 //! `podman system service` per test on a socket in the test's temp directory. Test images are
-//! built `FROM scratch` with the fwatchdog under test, a static busybox and the shared
-//! libraries `ldd` lists for fwatchdog.
+//! built `FROM scratch` with nothing but a static busybox and the fwatchdog under test built as
+//! one static executable (as users are told to build it): no libc at all in the image.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use crate::harness::{DEADLINE, fwatchdog_bin};
+use crate::harness::DEADLINE;
 
 /// Where the tests' Podman keeps everything (reused across runs: images build once).
 fn podman_dir() -> PathBuf {
@@ -108,9 +108,55 @@ impl Drop for Service {
     }
 }
 
-/// Builds image `tag` from a scratch root holding fwatchdog, busybox (as `sh` and the usual
-/// tools) and fwatchdog's shared libraries, followed by `lines` (ENV, CMD, ...), once per test
-/// run. The Docker format keeps HEALTHCHECK.
+/// fwatchdog built as one static executable, as the README builds it for images (a static-pie
+/// glibc build), in debug mode under `target/static`; built once per test run (cargo does
+/// nothing when it is fresh). Panics unless the result links no shared library.
+pub fn static_fwatchdog() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+            let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+            let target_dir = root.join("target/static");
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let out = Command::new(cargo)
+                .current_dir(root)
+                .args([
+                    "build",
+                    "--locked",
+                    "--bin",
+                    "fwatchdog",
+                    "--target",
+                    &triple,
+                ])
+                .arg("--target-dir")
+                .arg(&target_dir)
+                .env("RUSTFLAGS", "-C target-feature=+crt-static")
+                .env_remove("CARGO_TARGET_DIR")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "static fwatchdog build failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let bin = target_dir.join(&triple).join("debug/fwatchdog");
+            let ldd = Command::new("ldd").arg(&bin).output().unwrap();
+            let said = String::from_utf8_lossy(&ldd.stdout).to_string()
+                + &String::from_utf8_lossy(&ldd.stderr);
+            assert!(
+                !said.contains("=>") && !said.contains("ld-linux"),
+                "{} links shared libraries: {said}",
+                bin.display()
+            );
+            bin
+        })
+        .clone()
+}
+
+/// Builds image `tag` from a scratch root holding only the static fwatchdog
+/// ([`static_fwatchdog`]) and a static busybox (as `sh` and the usual tools), followed by
+/// `lines` (ENV, CMD, ...), once per test run. The Docker format keeps HEALTHCHECK.
 pub fn build_image(tag: &str, lines: &[String]) -> String {
     static BUILT: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
     let built = BUILT.get_or_init(Default::default);
@@ -129,7 +175,7 @@ pub fn build_image(tag: &str, lines: &[String]) -> String {
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     )
     .unwrap();
-    std::fs::copy(fwatchdog_bin(), root.join("usr/bin/fwatchdog")).unwrap();
+    std::fs::copy(static_fwatchdog(), root.join("usr/bin/fwatchdog")).unwrap();
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
         .into_iter()
         .find(|p| Path::new(p).is_file())
@@ -145,15 +191,6 @@ pub fn build_image(tag: &str, lines: &[String]) -> String {
         "root:x:0:0:root:/:/bin/sh\napp:x:1000:1000::/tmp:/bin/sh\n",
     )
     .unwrap();
-    let ldd = Command::new("ldd").arg(fwatchdog_bin()).output().unwrap();
-    for lib in String::from_utf8_lossy(&ldd.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-    {
-        let to = root.join(lib.trim_start_matches('/'));
-        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
-        std::fs::copy(lib, &to).unwrap();
-    }
     let mut dockerfile = String::from("FROM scratch\nCOPY rootfs/ /\n");
     for line in lines {
         dockerfile.push_str(line);

@@ -263,7 +263,7 @@ async fn containers_of_functions_no_longer_deployed_are_removed_at_start() {
 }
 
 #[tokio::test]
-async fn a_missing_image_is_refused_and_leaves_nothing() {
+async fn a_missing_image_or_limits_the_engine_refuses_are_refused_and_leave_nothing() {
     let engine = Engine::start().await;
     let (service, data) = (&engine.service, engine.data.clone());
     let gw = up(service, &data, &["--image-pull", "never"]).await;
@@ -299,8 +299,49 @@ async fn a_missing_image_is_refused_and_leaves_nothing() {
     .await;
     assert_eq!(r.status(), 400, "{}", r.text());
     assert!(r.text().contains("limits.memory"), "{}", r.text());
+    // What the engine refuses, it refuses at deployment, in its own words (Podman: a memory
+    // reservation above the limit).
+    let r = system(
+        &gw,
+        "POST",
+        "/system/functions",
+        json!({"service": "f", "image": echo_image(),
+               "limits": {"memory": "10Mi"}, "requests": {"memory": "20Mi"}}),
+    )
+    .await;
+    assert_eq!(r.status(), 400, "{}", r.text());
+    assert!(
+        r.text().contains("container engine refused") && r.text().contains("memory"),
+        "{}",
+        r.text()
+    );
     assert!(functions(&gw).await.is_empty());
-    assert!(all_containers_of(&data).is_empty());
+    assert!(
+        all_containers_of(&data).is_empty(),
+        "the trial container is gone"
+    );
+    // What the engine accepts is passed on as given: 5 MiB is below Docker's minimum, not
+    // Podman's.
+    let r = system(
+        &gw,
+        "POST",
+        "/system/functions",
+        json!({"service": "small", "image": echo_image(), "envProcess": "cat",
+               "limits": {"memory": "5Mi", "cpu": "100m"}}),
+    )
+    .await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    let id = eventually("the replica's container", DEADLINE, || {
+        containers_of(&data).pop()
+    })
+    .await;
+    assert_eq!(
+        inspect(&id, "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}"),
+        "5242880 100000000"
+    );
+    let status: Value =
+        serde_json::from_str(&get(gw.addr, "/system/function/small").await.text()).unwrap();
+    assert_eq!(status["limits"], json!({"memory": "5Mi", "cpu": "100m"}));
 }
 
 #[tokio::test]
