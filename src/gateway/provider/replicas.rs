@@ -1,6 +1,6 @@
 //! What every provider that runs replicas itself shares: the replica sets of the deployed
 //! functions (apply a spec and a count, remove, round-robin over ready replicas, wait for one to
-//! become ready) and the readiness probe (`/_/ready` of the replica's fwatchdog).
+//! become ready) and the readiness probe ([`Probe`]).
 //!
 //! A provider supplies only how one replica runs: [`ReplicaSets::apply`] calls its `start` for
 //! each replica to add, with the replica's shared state; the provider's task for that replica
@@ -307,19 +307,43 @@ impl ReplicaSets {
     }
 }
 
-/// Keeps `replica`'s ready flag current by probing `/_/ready` at `addr`: quickly while it
-/// starts, every few seconds once ready. Never returns; callers race it against the replica's
-/// exit or stop.
+/// What a replica's watchdog is asked to tell whether it takes traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// `/_/ready`: fwatchdog's (and of-watchdog's) readiness, which also reflects
+    /// `max_inflight` and an http-mode upstream's `ready_path`. For replicas known to run
+    /// fwatchdog.
+    Ready,
+    /// `/_/health`: what every OpenFaaS watchdog serves (and what OpenFaaS's own orchestration
+    /// probes). For images that may hold any watchdog: OpenFaaS's classic watchdog has no
+    /// `/_/ready`, and would run the function for each probe of it.
+    Health,
+}
+
+impl Probe {
+    /// The path probed.
+    pub fn path(self) -> &'static str {
+        match self {
+            Probe::Ready => "/_/ready",
+            Probe::Health => "/_/health",
+        }
+    }
+}
+
+/// Keeps `replica`'s ready flag current by probing `addr` (`kind` says which path): quickly
+/// while it starts, every few seconds once ready. Never returns; callers race it against the
+/// replica's exit or stop.
 pub async fn watch_readiness(
     client: &proxy::Client,
     name: &str,
     replica: &Replica,
     addr: SocketAddr,
+    kind: Probe,
 ) {
     replica.set_addr(Some(addr));
     let mut delay = PROBE_DELAYS.0;
     loop {
-        let ready = probe(client, addr).await;
+        let ready = probe(client, addr, kind).await;
         replica.set_ready(name, ready);
         if ready {
             tokio::time::sleep(RECHECK).await;
@@ -330,10 +354,9 @@ pub async fn watch_readiness(
     }
 }
 
-/// Whether `/_/ready` at `addr` says the replica can take traffic (200, or 429: busy but
-/// alive).
-pub async fn probe(client: &proxy::Client, addr: SocketAddr) -> bool {
-    let Ok(uri) = format!("http://{addr}/_/ready").parse::<http::Uri>() else {
+/// Whether the replica at `addr` says it can take traffic (200, or 429: busy but alive).
+pub async fn probe(client: &proxy::Client, addr: SocketAddr, kind: Probe) -> bool {
+    let Ok(uri) = format!("http://{addr}{}", kind.path()).parse::<http::Uri>() else {
         return false;
     };
     let Ok(req) =
@@ -353,6 +376,40 @@ pub async fn probe(client: &proxy::Client, addr: SocketAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn probes_ask_for_their_path_only() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..2 {
+                let (mut conn, _) = listener.accept().await.unwrap();
+                let mut head = vec![0; 1024];
+                let n = conn.read(&mut head).await.unwrap();
+                let line = String::from_utf8_lossy(&head[..n])
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .to_string();
+                seen.push(line);
+                conn.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nOK",
+                )
+                .await
+                .unwrap();
+            }
+            seen
+        });
+        let client = proxy::client();
+        assert!(probe(&client, addr, Probe::Health).await);
+        assert!(probe(&client, addr, Probe::Ready).await);
+        assert_eq!(
+            server.await.unwrap(),
+            ["GET /_/health HTTP/1.1", "GET /_/ready HTTP/1.1"]
+        );
+    }
 
     fn spec(process: &str) -> Arc<FunctionDeployment> {
         Arc::new(FunctionDeployment {

@@ -1,8 +1,8 @@
 //! One container replica's task: create the container (or adopt a running one), start it, learn
-//! its published port, forward its log, probe `/_/ready` until it takes traffic, notice when it
-//! exits (however it was stopped: the engine's restart policies miss `kill`) and start it again
-//! with exponential backoff, and at the end stop it (SIGTERM, then SIGKILL after the function's
-//! grace) and remove it.
+//! its published port, forward its log, probe `/_/health` (which every OpenFaaS watchdog
+//! serves) until it takes traffic, notice when it exits (however it was stopped: the engine's
+//! restart policies miss `kill`) and start it again with exponential backoff, and at the end
+//! stop it (SIGTERM, then SIGKILL after the function's grace) and remove it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ use super::images::{is_connection, is_not_found, reason, unreachable_engine};
 use super::spec::{CONTAINER_PORT, ContainerIdentity, container_body, container_name};
 use crate::gateway::provider::ProviderError;
 use crate::gateway::provider::replica_log::ReplicaLog;
-use crate::gateway::provider::replicas::{Replica, watch_readiness};
+use crate::gateway::provider::replicas::{Probe, Replica, watch_readiness};
 use crate::gateway::types::FunctionDeployment;
 
 /// First and longest pause before starting a replica that exited.
@@ -170,7 +170,7 @@ impl ContainerReplica {
         tokio::select! {
             why = exited => Err(why),
             _ = self.replica.stop.cancelled() => Ok(()),
-            _ = watch_readiness(&self.shared.client, &self.spec.service, &self.replica, addr) => {
+            _ = watch_readiness(&self.shared.client, &self.spec.service, &self.replica, addr, Probe::Health) => {
                 Err("readiness watch ended".to_string())
             }
         }

@@ -163,7 +163,14 @@ impl Supervisor {
         let Ok(addr) = addr_rx.await else {
             return std::future::pending().await;
         };
-        replicas::watch_readiness(&self.client, &self.name, &self.replica, addr).await;
+        replicas::watch_readiness(
+            &self.client,
+            &self.name,
+            &self.replica,
+            addr,
+            replicas::Probe::Ready,
+        )
+        .await;
     }
 
     fn set_ready(&self, ready: bool) {
