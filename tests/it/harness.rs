@@ -78,11 +78,13 @@ impl Log {
         let lines = self.0.lock().unwrap_or_else(|e| e.into_inner());
         lines.iter().filter(|l| l.contains(needle)).find_map(|l| {
             let start = l.find(&format!("{key}="))? + key.len() + 1;
-            let value: String = l[start..]
+            let rest = l[start..].strip_prefix('"').unwrap_or(&l[start..]);
+            // Up to a space, or to the quote that ends it (a field's, or a JSON string's).
+            let value: String = rest
                 .chars()
-                .take_while(|c| !c.is_whitespace())
+                .take_while(|c| !c.is_whitespace() && *c != '"')
                 .collect();
-            Some(value.trim_matches('"').to_string())
+            Some(value)
         })
     }
 }

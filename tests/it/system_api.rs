@@ -123,6 +123,47 @@ async fn a_replicas_request_lines_read_as_the_classic_watchdogs() {
     assert!(!log[0].contains(&wrote[..19]), "stamped twice: {log:?}");
 }
 
+/// `--log-format json`: every line of the gateway's log is a JSON object, a replica's lines
+/// among them, at their own level, naming the function and the replica.
+#[tokio::test]
+async fn the_gateway_logs_json_when_asked_replica_lines_included() {
+    let data = tempfile::tempdir().unwrap();
+    let file = data.path().join("stack.yml");
+    std::fs::write(&file, "functions:\n  logger:\n    fprocess: cat\n").unwrap();
+    let mut cmd = std::process::Command::new(crate::harness::fgateway_bin());
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .args(["--log-format", "json", "up", "--port", "0", "--data-dir"])
+        .arg(data.path())
+        .arg("-f")
+        .arg(&file);
+    let (child, log, addr) =
+        crate::harness::launch(cmd, "fgateway", "\"message\":\"listening addr=0.0.0.0:").await;
+    let _gateway = crate::harness::KillOnDrop(child);
+    let r = crate::harness::post(addr, "/function/logger", "openfaas-fn").await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    let wrote = eventually("the replica's request line", DEADLINE, || {
+        log.text().lines().map(json).find(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("Wrote 11 Bytes"))
+        })
+    })
+    .await;
+    assert_eq!(wrote["target"], "function", "{wrote}");
+    assert_eq!(wrote["level"], "INFO", "{wrote}");
+    assert_eq!(wrote["function"], "logger", "{wrote}");
+    assert_eq!(wrote["replica"], "logger-0", "{wrote}");
+    for line in log.text().lines() {
+        let v = json(line);
+        assert!(
+            v["timestamp"].is_string() && v["level"].is_string(),
+            "{line}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn logs_answer_tail_since_instance_and_follow() {
     let data = tempfile::tempdir().unwrap();

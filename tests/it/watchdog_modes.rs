@@ -131,3 +131,48 @@ async fn streaming_client_disconnect_kills_the_handler() {
     drop(body);
     wait_gone(pid, "the streaming handler to be killed").await;
 }
+
+/// A line per request in of-watchdog's words once the response is sent (the body bytes sent
+/// counted), in every fork mode but classic; `log_requests=false` turns it off.
+#[tokio::test]
+async fn each_request_is_logged_as_of_watchdog_logs_it() {
+    for mode in ["serializing", "streaming"] {
+        let wd = Watchdog::start(&[("fprocess", "cat"), ("mode", mode)]).await;
+        assert_eq!(post(wd.addr, "/x?y=1", "hello").await.status(), 200);
+        crate::harness::eventually("the request's line", DEADLINE, || {
+            let log = wd.log.text();
+            log.lines()
+                .find(|l| l.contains("POST /x?y=1 - 200 - ContentLength: 5B ("))
+                .map(str::to_string)
+        })
+        .await;
+        // The stamp is Go's log stamp: digits, slashes, colons and spaces.
+        let line = wd
+            .log
+            .text()
+            .lines()
+            .find(|l| l.contains("ContentLength"))
+            .unwrap()
+            .to_string();
+        assert!(
+            line[..20]
+                .chars()
+                .all(|c| c.is_ascii_digit() || "/: ".contains(c)),
+            "{line}"
+        );
+        let quiet = Watchdog::start(&[
+            ("fprocess", "cat"),
+            ("mode", mode),
+            ("log_requests", "false"),
+        ])
+        .await;
+        assert_eq!(post(quiet.addr, "/x", "hello").await.status(), 200);
+        // Its whole log, up to its last line: a request line would be in it.
+        quiet.signal(nix::sys::signal::Signal::SIGTERM);
+        crate::harness::eventually("the quiet watchdog's last line", DEADLINE, || {
+            quiet.log.text().contains("exiting").then_some(())
+        })
+        .await;
+        assert!(!quiet.log.text().contains("ContentLength"), "{mode}");
+    }
+}
