@@ -85,6 +85,7 @@ impl UpError {
                 | gateway::GatewayError::QueueKind(_)
                 | gateway::GatewayError::JetStream(
                     fwatchdog::queue::jetstream::SetupError::Name(_)
+                    | fwatchdog::queue::jetstream::SetupError::Url { .. }
                     | fwatchdog::queue::jetstream::SetupError::Conflict { .. },
                 )
                 | gateway::GatewayError::Secret { .. }

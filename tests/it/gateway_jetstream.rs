@@ -437,3 +437,44 @@ async fn oversized_requests_get_413_and_a_conflicting_stream_stops_start_up() {
         "{stderr}"
     );
 }
+
+/// `--queue` takes the comma-separated list of a cluster's servers, as the README shows: any
+/// listed server that is up is enough to start. A URL that cannot be parsed stops start-up at
+/// once (no waiting out the connect timeout) with exit status 64, naming it.
+#[tokio::test]
+async fn the_queue_takes_a_server_list_and_refuses_a_bad_url_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(&dir.path().join("nats")).await;
+    let file = stack(dir.path());
+    // The first listed server is down.
+    let down = format!("nats://127.0.0.1:{}", crate::harness::free_port());
+    let list = format!("{down}, {}", nats.url());
+    let gw = Gateway::start(
+        &dir.path().join("gw"),
+        &["-f", file.to_str().unwrap(), "--queue", &list],
+        &[],
+    )
+    .await;
+    let receiver = Receiver::start(0).await;
+    let r = enqueue(&gw, "record", "listed".into(), &receiver.url()).await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    let id = r.header("x-call-id").unwrap();
+    status_until(&gw, &id, "the call run", |s| s["state"] == "succeeded").await;
+
+    let started = Instant::now();
+    let bad = format!("{},nats://127.0.0.1:99999", nats.url());
+    let out = Command::new(fgateway_bin())
+        .args(["up", "--port", "0", "--data-dir"])
+        .arg(dir.path().join("bad"))
+        .args(["--queue", &bad, "--nats-connect-timeout", "60s"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nats://127.0.0.1:99999"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "refused without waiting for the connect timeout: {:?}",
+        started.elapsed()
+    );
+}

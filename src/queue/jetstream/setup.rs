@@ -43,6 +43,16 @@ pub enum SetupError {
         /// What this process needs.
         wanted: String,
     },
+    /// A server URL in `--queue` cannot be parsed.
+    #[error(
+        "invalid --queue (queue) server {url:?}: {reason}; expected nats://HOST:PORT (or tls://), several comma-separated for a cluster"
+    )]
+    Url {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The stream name is not usable.
     #[error(
         "invalid --nats-stream {0:?}: use letters, digits, - and _ (it names streams, subjects and a bucket)"
@@ -239,8 +249,34 @@ pub(super) async fn ensure_consumer(
     Ok(consumer)
 }
 
-/// Connects, retrying until `connect_timeout`; later losses reconnect forever.
+/// The servers of a `--queue` value: one or more `nats://HOST:PORT` (or `tls://`) URLs,
+/// comma-separated (spaces around them allowed). Any one of them that is up is enough to
+/// connect; the client learns the rest of the cluster from it.
+pub fn servers(list: &str) -> Result<Vec<async_nats::ServerAddr>, SetupError> {
+    let mut servers = Vec::new();
+    for url in list.split(',').map(str::trim) {
+        let invalid = |reason: String| SetupError::Url {
+            url: url.to_string(),
+            reason,
+        };
+        if url.is_empty() {
+            return Err(invalid("empty".into()));
+        }
+        if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+            return Err(invalid("not a nats:// or tls:// URL".into()));
+        }
+        servers.push(
+            url.parse()
+                .map_err(|e: std::io::Error| invalid(e.to_string()))?,
+        );
+    }
+    Ok(servers)
+}
+
+/// Connects to any of the servers, retrying until `connect_timeout`; later losses reconnect
+/// forever.
 pub(super) async fn connect(config: &JetStreamConfig) -> Result<async_nats::Client, SetupError> {
+    let servers = servers(&config.url)?;
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     let mut delay = Duration::from_millis(100);
     loop {
@@ -257,7 +293,7 @@ pub(super) async fn connect(config: &JetStreamConfig) -> Result<async_nats::Clie
                     other => tracing::debug!(event = %other, "NATS event"),
                 }
             });
-        match options.connect(config.url.as_str()).await {
+        match options.connect(servers.as_slice()).await {
             Ok(client) => return Ok(client),
             Err(source) => {
                 if tokio::time::Instant::now() + delay > deadline {
@@ -267,7 +303,7 @@ pub(super) async fn connect(config: &JetStreamConfig) -> Result<async_nats::Clie
                         source,
                     });
                 }
-                tracing::warn!(url = %config.url, error = %source, "NATS not reachable yet; retrying");
+                tracing::warn!(servers = %config.url, error = %source, "NATS not reachable yet; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
@@ -434,5 +470,27 @@ impl JetStreamQueue {
             claimed: Mutex::default(),
             settled: Mutex::default(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_urls_are_one_or_a_comma_separated_list() {
+        assert_eq!(servers("nats://127.0.0.1:4222").unwrap().len(), 1);
+        let three = servers("nats://a:4222, nats://b:4223,tls://c:4224").unwrap();
+        assert_eq!(three.len(), 3);
+        assert_eq!(three[1].port(), 4223);
+        for bad in [
+            "nats://a:4222,nats://b:99999",
+            "nats://a:4222,",
+            "nats://a:4222,http://b:80",
+            "nats://a:port",
+        ] {
+            let err = servers(bad).unwrap_err().to_string();
+            assert!(err.starts_with("invalid --queue"), "{bad}: {err}");
+        }
     }
 }
