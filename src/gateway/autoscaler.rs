@@ -5,7 +5,8 @@
 //! successful (2xx) calls over the last [`ALERT_WINDOW`]; once it has stayed above
 //! [`ALERT_RPS`] for [`ALERT_FOR`] the alert fires and the function gains
 //! [`ScalePolicy::alert_step`] replicas (`factor` percent of max, rounded up), and again every
-//! [`ALERT_REPEAT`] while it keeps firing; when the rate falls back, the function returns to min.
+//! [`ALERT_REPEAT`] while it keeps firing; once the rate has stayed at or below the threshold as
+//! long, the function returns to min.
 //!
 //! **Target tracking** (a `type` or `target` label): the count is set to
 //! `ceil(load / (target × target-proportion))`. Load is what the function's `com.openfaas.scale.type` names: calls in flight (`capacity`,
@@ -67,6 +68,8 @@ struct Alert {
     above_since: Option<Instant>,
     /// When the alert last added replicas; `None` while it is not firing.
     stepped: Option<Instant>,
+    /// Since when the rate has been back at or below [`ALERT_RPS`] while firing.
+    below_since: Option<Instant>,
 }
 
 impl Alert {
@@ -89,29 +92,48 @@ impl Alert {
         }
     }
 
-    /// The count the alert wants for a function at `current` replicas, given `rate`.
+    /// The count the alert wants for a function at `current` replicas, given `rate`. The alert
+    /// fires once the rate has stayed above [`ALERT_RPS`] for [`ALERT_FOR`], and resolves once it
+    /// has stayed at or below it as long (a rate hovering at the threshold does not flap).
     fn desired(&mut self, now: Instant, rate: f64, policy: &ScalePolicy, current: u64) -> u64 {
+        if policy.alert_step() == 0 {
+            // A zero factor: the alert scales nothing, and a count set by hand stays.
+            self.reset();
+            return policy.clamp(current);
+        }
+        let held =
+            |since: Option<Instant>| since.is_some_and(|t| now.duration_since(t) >= ALERT_FOR);
         if rate > ALERT_RPS {
             self.above_since.get_or_insert(now);
+            self.below_since = None;
         } else {
             self.above_since = None;
+            if self.stepped.is_some() {
+                self.below_since.get_or_insert(now);
+            }
         }
-        let firing = self
-            .above_since
-            .is_some_and(|since| now.duration_since(since) >= ALERT_FOR);
-        match (firing, self.stepped) {
-            (true, Some(at)) if now.duration_since(at) < ALERT_REPEAT => policy.clamp(current),
-            (true, _) => {
+        match self.stepped {
+            // Resolved: back to min.
+            Some(_) if held(self.below_since) => {
+                self.reset();
+                policy.min.max(1)
+            }
+            Some(at) if self.above_since.is_none() || now.duration_since(at) < ALERT_REPEAT => {
+                policy.clamp(current)
+            }
+            _ if held(self.above_since) => {
                 self.stepped = Some(now);
                 policy.clamp(current.saturating_add(policy.alert_step()))
             }
-            // Resolved: back to min.
-            (false, Some(_)) => {
-                self.stepped = None;
-                policy.min.max(1)
-            }
-            (false, None) => policy.clamp(current),
+            _ => policy.clamp(current),
         }
+    }
+
+    /// Forgets the alert: the next one starts from nothing.
+    fn reset(&mut self) {
+        self.above_since = None;
+        self.below_since = None;
+        self.stepped = None;
     }
 }
 
@@ -191,8 +213,10 @@ fn round(gateway: &Gateway, config: &AutoscalerConfig, tracked: &mut HashMap<Str
             && now.duration_since(idle_since) >= policy.zero_after;
         let desired = if current == 0 {
             // Scaled to zero (by the autoscaler or by hand): the next call wakes it.
+            state.alert.reset();
             0
         } else if policy.zero && idle {
+            state.alert.reset();
             0
         } else if let ScaleMode::Alert { .. } = policy.mode {
             state.alert.desired(now, rate, &policy, current)
@@ -307,11 +331,37 @@ mod tests {
         );
         assert_eq!(seen[first + 29], 2, "{seen:?}");
         assert_eq!(seen[first + 30], 3, "{seen:?}");
-        // The load stops: back to min once the window's rate falls under 5.
-        let seen = drive(&mut alert, &mut clock, &p, &mut current, 0, 15);
+        // The load stops: back to min once the window's rate has stayed under 5 for 5 s.
+        let seen = drive(&mut alert, &mut clock, &p, &mut current, 0, 20);
         let back = seen.iter().position(|c| *c == 1).unwrap();
-        assert!(back <= 6, "back to min after {back} s: {seen:?}");
+        assert!(
+            (5..=11).contains(&back),
+            "back to min after {back} s: {seen:?}"
+        );
         assert!(seen[back..].iter().all(|c| *c == 1));
+        // A rate that dips under the threshold for a moment does not resolve the alert.
+        // A rate hovering at the threshold: under it for less than 5 s does not resolve.
+        let mut alert = Alert::default();
+        let mut at = clock.0;
+        let mut current = 1;
+        let mut feed = |rate: f64, seconds: u64, current: &mut u64| {
+            (0..seconds)
+                .map(|_| {
+                    at += Duration::from_secs(1);
+                    *current = alert.desired(at, rate, &p, *current);
+                    *current
+                })
+                .collect::<Vec<u64>>()
+        };
+        feed(8.0, 6, &mut current);
+        assert_eq!(current, 2);
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            seen.extend(feed(4.9, 3, &mut current));
+            seen.extend(feed(5.1, 1, &mut current));
+        }
+        assert!(seen.iter().all(|c| *c == 2), "no flapping: {seen:?}");
+        assert_eq!(feed(4.9, 6, &mut current).last(), Some(&1));
     }
 
     #[test]
@@ -323,10 +373,10 @@ mod tests {
         let mut alert = Alert::default();
         let mut clock = (Instant::now(), 0);
         let mut current = 3;
-        let seen = drive(&mut alert, &mut clock, &p, &mut current, 50, 40);
-        // Firing with a zero step changes nothing; with no firing of its own, a manual count
-        // is left alone until an alert it raised resolves (then min).
-        assert!(seen[..30].iter().all(|c| *c == 3), "{seen:?}");
+        // A burst, then quiet: with a zero factor, a count set by hand stays throughout.
+        let mut seen = drive(&mut alert, &mut clock, &p, &mut current, 50, 40);
+        seen.extend(drive(&mut alert, &mut clock, &p, &mut current, 0, 40));
+        assert!(seen.iter().all(|c| *c == 3), "{seen:?}");
         let p = policy(&[("com.openfaas.scale.max", "5")]);
         let mut alert = Alert::default();
         let mut current = 3;

@@ -25,6 +25,7 @@ pub struct Cli {
         global = true,
         env = "log_format",
         value_enum,
+        ignore_case = true,
         default_value_t = crate::logging::LogFormat::Text
     )]
     pub log_format: crate::logging::LogFormat,

@@ -173,9 +173,14 @@ impl Registry {
     /// function an error (the `PUT` semantics).
     pub async fn deploy(
         &self,
-        spec: FunctionDeployment,
+        mut spec: FunctionDeployment,
         replace_only: bool,
     ) -> Result<(), RegistryError> {
+        // Listings add the name label themselves: a status sent back as a deployment (GET, then
+        // PUT) is the same spec, not a changed one.
+        if let Some(labels) = spec.labels.as_mut() {
+            labels.remove(super::types::FUNCTION_NAME_LABEL);
+        }
         spec.validate().map_err(RegistryError::Invalid)?;
         self.provider.prepare(&spec).await?;
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);

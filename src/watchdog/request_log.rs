@@ -5,8 +5,12 @@
 //! - classic mode, as the classic watchdog: `Forking fprocess.` when the handler starts, then
 //!   `Wrote 11 Bytes - Duration: 0.001234s` when it succeeded;
 //! - the of-watchdog modes (`serializing`, `streaming`, `http`), as of-watchdog: once the
-//!   response is sent (or abandoned), `POST /path?q - 200 - ContentLength: 11B (0.0012s)`,
-//!   counting the body bytes sent. `static` logs none, as of-watchdog's does not.
+//!   response body is sent (or the client went away during it), `POST /path?q - 200 -
+//!   ContentLength: 11B (0.0012s)`, counting the body bytes sent. `static` logs none, as
+//!   of-watchdog's does not; neither does a request turned away by `max_inflight`.
+//!
+//! They are `INFO` events, where a per-request event would be `DEBUG` elsewhere in this crate:
+//! the point is to write what OpenFaaS's watchdogs write by default.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

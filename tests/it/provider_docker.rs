@@ -335,6 +335,9 @@ async fn a_missing_image_or_limits_the_engine_refuses_are_refused_and_leave_noth
         containers_of(&data).pop()
     })
     .await;
+    // Only the replica: the trial container the deployment made is gone.
+    assert_eq!(all_containers_of(&data), std::slice::from_ref(&id));
+    assert!(!inspect(&id, "{{.Name}}").ends_with("-trial"));
     assert_eq!(
         inspect(&id, "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}"),
         "5242880 100000000"

@@ -308,7 +308,12 @@ impl Provider for DockerProvider {
                 .flatten()
                 .any(|r| r.memory.is_some() || r.cpu.is_some());
             if limited {
-                ContainerReplica::trial(&self.shared, spec).await?;
+                // In a task of its own: a deployment request given up on midway still removes
+                // its trial container.
+                let (shared, spec) = (Arc::clone(&self.shared), spec.clone());
+                tokio::spawn(async move { ContainerReplica::trial(&shared, &spec).await })
+                    .await
+                    .map_err(|e| ProviderError::Unavailable(format!("trial container: {e}")))??;
             }
             Ok(())
         })

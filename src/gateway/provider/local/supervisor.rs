@@ -189,10 +189,14 @@ async fn forward_log(
     let mut lines = BufReader::new(pipe).lines();
     while let Ok(Some(line)) = lines.next_line().await {
         let parsed = sink.pass_on(&line);
-        if let Some(parsed) = parsed
-            && let Some(tx) = addr_tx.take_if(|_| parsed.text.starts_with(LISTENING_LINE))
-        {
-            match listening_addr(&parsed.text) {
+        let listening = match &parsed {
+            Some(parsed) => parsed.text.starts_with(LISTENING_LINE),
+            // An fwatchdog older than log_format=json writes text, naming its module.
+            None => line.contains(OLD_LISTENING_LINE),
+        };
+        if listening && let Some(tx) = addr_tx.take() {
+            let text = parsed.as_ref().map_or(line.as_str(), |p| p.text.as_str());
+            match listening_addr(text) {
                 Some(addr) => {
                     let _ = tx.send(addr);
                 }
@@ -201,6 +205,9 @@ async fn forward_log(
         }
     }
 }
+
+/// How the listening line of an fwatchdog that logs text looks.
+const OLD_LISTENING_LINE: &str = "fwatchdog::watchdog: listening addr=";
 
 /// How fwatchdog's listening line starts.
 const LISTENING_LINE: &str = "listening addr=";
@@ -223,6 +230,12 @@ mod tests {
     fn reads_the_listening_line() {
         let line = "listening addr=127.0.0.1:40123 mode=\"classic\"";
         assert!(line.starts_with(LISTENING_LINE));
+        let old = "2026-11-28T08:10:10Z  INFO fwatchdog::watchdog: listening addr=127.0.0.1:40124";
+        assert!(old.contains(OLD_LISTENING_LINE));
+        assert_eq!(
+            listening_addr(old),
+            Some(SocketAddr::from(([127, 0, 0, 1], 40124)))
+        );
         assert_eq!(
             listening_addr(line),
             Some(SocketAddr::from(([127, 0, 0, 1], 40123)))
