@@ -85,6 +85,12 @@ pub async fn run(q: &dyn Queue) {
     assert_eq!(st.state, CallState::Queued);
     assert_eq!(st.attempts, 0);
     assert_eq!(q.stats().await.unwrap().depth, 2);
+    // The oldest waiting call's age grows from its enqueue.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while q.stats().await.unwrap().oldest_age <= 0.0 {
+        assert!(tokio::time::Instant::now() < deadline, "oldest_age stayed 0");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 
     // Busy functions are skipped (and come back); leases hand each call to one owner.
     assert!(

@@ -121,7 +121,6 @@ impl JetStreamQueue {
             .consumer_info(&self.names.workers)
             .await
             .map_err(unavailable)?;
-        let stream = self.requests.get_info().await.map_err(unavailable)?;
         let in_flight = self
             .held
             .lock()
@@ -136,12 +135,28 @@ impl JetStreamQueue {
             .filter(|s| s.carrier.is_some())
             .count() as u64;
         let unfinished = (info.num_pending + info.num_ack_pending as u64).saturating_sub(carriers);
-        let oldest_age = if stream.state.messages == 0 {
+        // The oldest call not yet acknowledged: the first request message past the consumer's
+        // ack floor (everything at or below it is done). Not the stream's first message: a
+        // replica that was down while messages were removed keeps them, and when it leads the
+        // stream its first message is one every other replica removed long ago.
+        let oldest_age = if unfinished == 0 {
             0.0
         } else {
-            let first = stream.state.first_timestamp.unix_timestamp_nanos() / 1_000_000;
-            let now = i128::from(unix_ms());
-            (now - first).max(0) as f64 / 1000.0
+            let subject = format!("{}.>", self.names.requests);
+            let from = info.ack_floor.stream_sequence + 1;
+            match self
+                .requests
+                .get_first_raw_message_by_subject(subject, from)
+                .await
+            {
+                Ok(message) => {
+                    let first = message.time.unix_timestamp_nanos() / 1_000_000;
+                    let now = i128::from(unix_ms());
+                    (now - first).max(0) as f64 / 1000.0
+                }
+                Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => 0.0,
+                Err(e) => return Err(unavailable(e)),
+            }
         };
         let dead = self.dlq.get_info().await.map_err(unavailable)?;
         Ok(QueueStats {
