@@ -34,7 +34,7 @@ const FAST: &[&str] = &[
 ];
 
 /// Functions that append their call id to `DIR/<name>.runs` each time they run.
-fn stack(dir: &Path) -> PathBuf {
+pub(crate) fn stack(dir: &Path) -> PathBuf {
     let d = dir.display();
     let yaml = format!(
         r#"
@@ -55,7 +55,7 @@ functions:
 }
 
 /// Call ids in a function's runs file, with how often each ran.
-fn runs(dir: &Path, function: &str) -> HashMap<String, usize> {
+pub(crate) fn runs(dir: &Path, function: &str) -> HashMap<String, usize> {
     let mut counts = HashMap::new();
     let text = std::fs::read_to_string(dir.join(format!("{function}.runs"))).unwrap_or_default();
     for line in text.lines() {

@@ -16,6 +16,8 @@ mod gateway_async;
 mod gateway_jetstream;
 mod harness;
 mod hostile;
+mod jetstream_cluster;
+mod nats_cluster;
 mod podman;
 mod provider_docker;
 mod quick_start;
