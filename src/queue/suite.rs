@@ -88,7 +88,10 @@ pub async fn run(q: &dyn Queue) {
     // The oldest waiting call's age grows from its enqueue.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while q.stats().await.unwrap().oldest_age <= 0.0 {
-        assert!(tokio::time::Instant::now() < deadline, "oldest_age stayed 0");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "oldest_age stayed 0"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 
