@@ -130,10 +130,18 @@ impl Cluster {
         crate::harness::wait_child(&mut child, "nats-server", DEADLINE).await;
     }
 
-    /// Starts node `i` again on its ports and store, and waits until it has caught up.
+    /// Starts node `i` again on its ports and store, and waits until it listens (catching up
+    /// is [`Cluster::all_current`]'s to wait for).
     pub async fn restart(&mut self, i: usize) {
         self.spawn(i);
-        self.healthy(i).await;
+        let port = self.nodes[i].port;
+        eventually_async("the restarted node listening", DEADLINE, || async {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()
+                .map(drop)
+        })
+        .await;
     }
 
     /// A JetStream client of the cluster (any node that is up).
@@ -169,7 +177,7 @@ impl Cluster {
         for stream in STREAMS {
             eventually_async(
                 &format!("{stream} with 3 current replicas"),
-                Duration::from_secs(90),
+                Duration::from_secs(180),
                 || async {
                     let info = cluster_of(&js, stream).await?;
                     (info.leader.is_some()
