@@ -142,6 +142,7 @@ pub async fn enqueue(
         enqueued_at: crate::queue::unix_ms(),
         attempt: 0,
     };
+    let retry_id = request.call_id.clone();
     match gateway.queue.enqueue(request, idempotency_key).await {
         Ok(enqueued) => {
             if matches!(enqueued, Enqueued::New(_)) {
@@ -163,14 +164,26 @@ pub async fn enqueue(
             )
         }
         Err(e) => {
-            tracing::error!(error = %proxy::error_chain(&e), "cannot enqueue");
-            text(
+            tracing::error!(error = %proxy::error_chain(&e), call_id = %retry_id, "cannot enqueue");
+            let mut resp = text(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "The queue cannot store the request right now; try again.\n".into(),
-            )
+                "The queue cannot store the request right now; try again after Retry-After seconds with the same X-Call-Id (the call runs once however many times it is sent).\n".into(),
+            );
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_static(QUEUE_RETRY_AFTER),
+            );
+            if let Ok(v) = HeaderValue::from_str(&retry_id) {
+                resp.headers_mut().insert(X_CALL_ID, v);
+            }
+            resp
         }
     }
 }
+
+/// `Retry-After` of a 503 from a queue that cannot store a call now: a leader election takes a
+/// few seconds.
+const QUEUE_RETRY_AFTER: &str = "2";
 
 /// `Content-Type` style header names (`x-call-id` → `X-Call-Id`), as OpenFaaS stores them.
 fn canonical(name: &str) -> String {
@@ -242,10 +255,15 @@ pub async fn cancel(gateway: &Gateway, call_id: &str) -> Response<ResponseBody> 
 
 pub(super) fn unavailable(e: &crate::queue::QueueError) -> Response<ResponseBody> {
     tracing::error!(error = %proxy::error_chain(e), "queue unavailable");
-    text(
+    let mut resp = text(
         StatusCode::SERVICE_UNAVAILABLE,
         "The queue is unavailable right now.\n".into(),
-    )
+    );
+    resp.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(QUEUE_RETRY_AFTER),
+    );
+    resp
 }
 
 /// Builds the header map of a queued request.

@@ -271,6 +271,11 @@ pub struct QueueArgs {
     #[arg(long, env = "nats_connect_timeout", default_value = "30s", value_parser = duration)]
     pub nats_connect_timeout: Duration,
 
+    /// JetStream: longest an enqueue keeps trying while the cluster cannot take it (a leader
+    /// election after a node loss); then the caller gets 503 with Retry-After and the call id.
+    #[arg(long, env = "nats_enqueue_timeout", default_value = "5s", value_parser = duration)]
+    pub nats_enqueue_timeout: Duration,
+
     /// How long finished calls, their results and their idempotency keys are kept.
     #[arg(long, env = "retention", default_value = "24h", value_parser = duration)]
     pub retention: Duration,

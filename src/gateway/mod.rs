@@ -186,6 +186,7 @@ pub async fn open_queue(
             result_cap: args.status_result_cap,
             lease,
             connect_timeout: args.nats_connect_timeout,
+            enqueue_within: args.nats_enqueue_timeout,
         })
         .await?;
         return Ok(Arc::new(queue));

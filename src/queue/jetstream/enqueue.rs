@@ -54,21 +54,32 @@ impl JetStreamQueue {
         let kv = self.kv.clone();
         let record = record_key(call_id);
         tokio::spawn(async move {
-            let undo = undo(&kv, &record, revision, key.as_ref());
-            match tokio::time::timeout(FORGET_WITHIN, undo).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
-                    tracing::debug!(key = record, "a failed enqueue's record is in use; kept");
+            // Tried again while the cluster cannot take it (an election), for FORGET_WITHIN.
+            let deadline = tokio::time::Instant::now() + FORGET_WITHIN;
+            let mut pause = RETRY_PAUSE;
+            loop {
+                let undo = undo(&kv, &record, revision, key.as_ref());
+                match tokio::time::timeout(ATTEMPT, undo).await {
+                    Ok(Ok(())) => return,
+                    Ok(Err(e)) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
+                        tracing::debug!(key = record, "a failed enqueue's record is in use; kept");
+                        return;
+                    }
+                    Ok(Err(e)) if tokio::time::Instant::now() + pause >= deadline => {
+                        tracing::warn!(key = record, error = %e, "cannot remove what a failed enqueue stored");
+                        return;
+                    }
+                    Err(_) if tokio::time::Instant::now() + pause >= deadline => {
+                        tracing::warn!(
+                            key = record,
+                            "timed out removing what a failed enqueue stored"
+                        );
+                        return;
+                    }
+                    _ => {}
                 }
-                Ok(Err(e)) => {
-                    tracing::warn!(key = record, error = %e, "cannot remove what a failed enqueue stored")
-                }
-                Err(_) => {
-                    tracing::warn!(
-                        key = record,
-                        "timed out removing what a failed enqueue stored"
-                    )
-                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(RETRY_PAUSE_MAX);
             }
         });
     }
@@ -124,9 +135,52 @@ impl JetStreamQueue {
     }
 }
 
+/// Longest one attempt of an enqueue step may take: a server that has a leader answers in
+/// milliseconds, and one that has none answers a read never.
+const ATTEMPT: Duration = Duration::from_secs(2);
+
+/// First pause between attempts of an enqueue step; it doubles up to [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// Longest pause between attempts of an enqueue step.
+const RETRY_PAUSE_MAX: Duration = Duration::from_millis(400);
+
+/// Runs `step` until it succeeds, retrying what the queue calls unavailable (no leader, no
+/// responders, timeouts) until `deadline`; each attempt is bounded by [`ATTEMPT`]. Other
+/// errors return at once. `what` names the step in the final error.
+async fn within<T, F, Fut>(
+    deadline: tokio::time::Instant,
+    within: Duration,
+    what: &'static str,
+    mut step: F,
+) -> Result<T, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, QueueError>>,
+{
+    let mut pause = RETRY_PAUSE;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let last = match tokio::time::timeout(ATTEMPT.min(left), step()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(QueueError::Unavailable(e))) => e.to_string(),
+            Ok(Err(other)) => return Err(other),
+            Err(_) => format!("no answer within {ATTEMPT:?}"),
+        };
+        if tokio::time::Instant::now() + pause >= deadline {
+            return Err(unavailable(NoLeader { what, within, last }));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RETRY_PAUSE_MAX);
+    }
+}
+
 impl JetStreamQueue {
     /// [`Queue::enqueue`]: the status record, the idempotency key, then the request message; what
-    /// fails half-way is undone.
+    /// fails half-way is undone. While the cluster cannot take a step (a leader election), the
+    /// step is tried again until `enqueue_within` has passed since the enqueue began; then the
+    /// caller hears "unavailable" (the gateway answers 503 with `Retry-After` and the call id,
+    /// so a retry with that id is the same call).
     pub(super) async fn enqueue_call(
         &self,
         request: QueueRequest,
@@ -148,8 +202,16 @@ impl JetStreamQueue {
             });
         }
         self.connected()?;
+        let bound = self.config.enqueue_within;
+        let deadline = tokio::time::Instant::now() + bound;
         let record = Record::queued(&request);
-        let Some(revision) = self.write(&record, 0).await? else {
+        // An attempt that timed out may have landed: the next one then finds the record, and
+        // the call goes the duplicate way (its message published under the record's id).
+        let created = within(deadline, bound, "store the call's record", || {
+            self.write(&record, 0)
+        })
+        .await?;
+        let Some(revision) = created else {
             return self.duplicate(&call_id, &request).await;
         };
         let forget = || self.forget(&call_id, revision, None);
@@ -204,15 +266,18 @@ impl JetStreamQueue {
                 }
             }
         }
-        match self
-            .publish_request(
+        // The message id makes a retried publish that landed twice one message.
+        let payload = Bytes::from(payload);
+        let published = within(deadline, bound, "publish the call's request", || {
+            self.publish_request(
                 &request.function,
                 record.msg_id(),
-                payload.into(),
+                payload.clone(),
                 Some(revision),
             )
-            .await
-        {
+        })
+        .await;
+        match published {
             Ok(_) => Ok(Enqueued::New(call_id)),
             Err(e) => {
                 let key = idempotency_key.as_deref().map(idem_key).zip(key_revision);

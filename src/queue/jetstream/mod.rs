@@ -140,6 +140,9 @@ pub struct JetStreamConfig {
     pub lease: Duration,
     /// How long start-up waits for the server.
     pub connect_timeout: Duration,
+    /// Longest an enqueue keeps trying while the cluster has no leader for the bucket or the
+    /// stream (an election); then the caller is told the queue is unavailable.
+    pub enqueue_within: Duration,
 }
 
 /// Longest delay handed to the server (its durations are signed 64-bit nanoseconds).
@@ -299,6 +302,18 @@ struct FetchTimedOut;
 #[derive(Debug, thiserror::Error)]
 #[error("call {0} was being stored and is gone; try again")]
 struct Vanished(String);
+
+/// An enqueue ran out of time while the cluster could not take it (an election, say).
+#[derive(Debug, thiserror::Error)]
+#[error("could not {what} within {within:?} (last error: {last})")]
+struct NoLeader {
+    /// The step that did not complete.
+    what: &'static str,
+    /// The enqueue's bound.
+    within: Duration,
+    /// The last attempt's error.
+    last: String,
+}
 
 /// Too many writers at once on one record.
 #[derive(Debug, thiserror::Error)]

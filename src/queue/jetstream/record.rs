@@ -344,6 +344,15 @@ impl JetStreamQueue {
             );
         let key = record_key(&record.call_id);
         if revision == 0 {
+            // A write expecting no entry first. (The client's create writes the same way but
+            // reads the key back after any failure, which, while the bucket has no leader,
+            // waits out the whole request timeout.) Only when an entry is there (a call, or a
+            // delete marker the create may write over) is the create asked.
+            match self.kv.update(&key, value.clone(), 0).await {
+                Ok(r) => return Ok(Some(r)),
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+                Err(e) => return Err(unavailable(e)),
+            }
             return match self.kv.create(key, value).await {
                 Ok(r) => Ok(Some(r)),
                 Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),

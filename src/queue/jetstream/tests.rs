@@ -47,6 +47,7 @@ impl NatsServer {
             retention: Duration::from_secs(3600),
             result_cap: 64 * 1024,
             lease: Duration::from_secs(30),
+            enqueue_within: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
         })
         .await
@@ -93,6 +94,7 @@ async fn a_conflicting_stream_is_refused_and_a_big_request_is_too_large() {
         retention: Duration::from_secs(3600),
         result_cap: 1024,
         lease: Duration::from_secs(30),
+        enqueue_within: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
     })
     .await
