@@ -272,17 +272,7 @@ mod tests {
     use super::*;
 
     fn policy(labels: &[(&str, &str)]) -> ScalePolicy {
-        let spec = super::super::types::FunctionDeployment {
-            service: "f".into(),
-            labels: Some(
-                labels
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
-            ),
-            ..Default::default()
-        };
-        ScalePolicy::of(&spec).unwrap()
+        ScalePolicy::of(&crate::gateway::scaling::tests::with(labels)).unwrap()
     }
 
     /// Drives the alert at one round a second with `rps` successful calls per second for

@@ -202,10 +202,11 @@ impl ScalePolicy {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn with(labels: &[(&str, &str)]) -> FunctionDeployment {
+    /// A deployment with `labels` (for tests here and in the autoscaler's).
+    pub(crate) fn with(labels: &[(&str, &str)]) -> FunctionDeployment {
         FunctionDeployment {
             service: "f".into(),
             labels: Some(
