@@ -9,12 +9,14 @@
 //! long, the function returns to min.
 //!
 //! **Target tracking** (a `type` or `target` label): the count is set to
-//! `ceil(load / (target × target-proportion))`. Load is what the function's `com.openfaas.scale.type` names: calls in flight (`capacity`,
-//! sync and async calls alike, sampled each round), calls per second (`rps`, over the last
-//! round), or CPU in millicores (`cpu`, over the last round, when the provider can tell).
-//! Scaling up happens at once; scaling down only to the highest count wanted during the last
-//! `scale_down_window`, so a short lull does not drop replicas that the next burst needs. A
-//! function with `com.openfaas.scale.zero=true` that saw no call for `zero-duration` goes to
+//! `ceil(load / (target × target-proportion))`. Load is what the function's
+//! `com.openfaas.scale.type` names: calls in flight (`capacity`, sync and async calls alike,
+//! sampled each round), calls per second (`rps`, over the last round), or CPU in millicores
+//! (`cpu`, over the last round, when the provider can tell). Scaling up happens at once;
+//! scaling down only to the highest count wanted during the last `scale_down_window`, so a
+//! short lull does not drop replicas that the next burst needs.
+//!
+//! Either way, a function with `com.openfaas.scale.zero=true` that saw no call for `zero-duration` goes to
 //! zero replicas; its next call wakes it (see [`super::registry::Registry::resolve`]). Every
 //! change is logged, and the figures behind it are in the metrics
 //! (`gateway_service_target_load`, `gateway_service_load`, `gateway_service_desired_replicas`,
