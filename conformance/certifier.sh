@@ -299,7 +299,7 @@ provider_docker_start() {
 	[[ $EUID -eq 0 ]] || die "the docker provider needs root (it runs a rootful Podman)"
 	local tool ulimits="" runtime=""
 	# default_ulimits = [] and runtime = "runc" (unless CERTIFIER_RUNC=0): on some cgroup layouts
-	# (this machine's: cgroup v1 controllers, no systemd) crun fails to create containers, and a
+	# (cgroup v1 controllers without systemd, say) crun fails to create containers, and a
 	# sandboxed host may refuse Podman's default ulimits; runc without them works there too.
 	[[ ${CERTIFIER_RUNC:-1} == 0 ]] || ulimits='default_ulimits = []' runtime='runtime = "runc"'
 	for tool in "${PODMAN:-podman}" ip ${runtime:+runc}; do
