@@ -165,13 +165,8 @@ pub async fn enqueue(
         }
         Err(e) => {
             tracing::error!(error = %proxy::error_chain(&e), call_id = %retry_id, "cannot enqueue");
-            let mut resp = text(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The queue cannot store the request right now; try again after Retry-After seconds with the same X-Call-Id (the call runs once however many times it is sent).\n".into(),
-            );
-            resp.headers_mut().insert(
-                header::RETRY_AFTER,
-                HeaderValue::from_static(QUEUE_RETRY_AFTER),
+            let mut resp = retry_later(
+                "The queue cannot store the request right now; try again after Retry-After seconds with the same X-Call-Id (the call runs once however many times it is sent).\n",
             );
             if let Ok(v) = HeaderValue::from_str(&retry_id) {
                 resp.headers_mut().insert(X_CALL_ID, v);
@@ -255,10 +250,12 @@ pub async fn cancel(gateway: &Gateway, call_id: &str) -> Response<ResponseBody> 
 
 pub(super) fn unavailable(e: &crate::queue::QueueError) -> Response<ResponseBody> {
     tracing::error!(error = %proxy::error_chain(e), "queue unavailable");
-    let mut resp = text(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "The queue is unavailable right now.\n".into(),
-    );
+    retry_later("The queue is unavailable right now.\n")
+}
+
+/// 503 with `message` and [`QUEUE_RETRY_AFTER`].
+fn retry_later(message: &str) -> Response<ResponseBody> {
+    let mut resp = text(StatusCode::SERVICE_UNAVAILABLE, message.to_string());
     resp.headers_mut().insert(
         header::RETRY_AFTER,
         HeaderValue::from_static(QUEUE_RETRY_AFTER),

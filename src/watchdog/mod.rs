@@ -205,7 +205,7 @@ impl Watchdog {
                 Mode::Serializing | Mode::Streaming | Mode::Http
             ))
         .then(|| (req.method().clone(), req.uri().clone()));
-        let reply = match (self.config.mode, &self.launcher) {
+        let mut reply = match (self.config.mode, &self.launcher) {
             (Mode::Http, _) => match self.upstream.get() {
                 Some(upstream) => {
                     upstream
@@ -237,7 +237,6 @@ impl Watchdog {
             tracing::debug!("HEAD request: body dropped by the server");
         }
         measure.set_code(reply.status);
-        let mut reply = reply;
         let line = logged.map(|(method, uri)| {
             let line = request_log::RequestLine::new(method, uri, reply.status, start);
             reply.body = line.count(std::mem::replace(&mut reply.body, body::empty()));

@@ -56,30 +56,27 @@ impl JetStreamQueue {
         tokio::spawn(async move {
             // Tried again while the cluster cannot take it (an election), for FORGET_WITHIN.
             let deadline = tokio::time::Instant::now() + FORGET_WITHIN;
-            let mut pause = RETRY_PAUSE;
-            loop {
-                let undo = undo(&kv, &record, revision, key.as_ref());
-                match tokio::time::timeout(ATTEMPT, undo).await {
-                    Ok(Ok(())) => return,
-                    Ok(Err(e)) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
-                        tracing::debug!(key = record, "a failed enqueue's record is in use; kept");
-                        return;
+            let removed = within(
+                deadline,
+                FORGET_WITHIN,
+                "remove what a failed enqueue stored",
+                || async {
+                    match undo(&kv, &record, revision, key.as_ref()).await {
+                        Ok(()) => Ok(true),
+                        Err(e) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => Ok(false),
+                        Err(e) => Err(unavailable(e)),
                     }
-                    Ok(Err(e)) if tokio::time::Instant::now() + pause >= deadline => {
-                        tracing::warn!(key = record, error = %e, "cannot remove what a failed enqueue stored");
-                        return;
-                    }
-                    Err(_) if tokio::time::Instant::now() + pause >= deadline => {
-                        tracing::warn!(
-                            key = record,
-                            "timed out removing what a failed enqueue stored"
-                        );
-                        return;
-                    }
-                    _ => {}
+                },
+            )
+            .await;
+            match removed {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::debug!(key = record, "a failed enqueue's record is in use; kept");
                 }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(RETRY_PAUSE_MAX);
+                Err(e) => {
+                    tracing::warn!(key = record, error = %e, "cannot remove what a failed enqueue stored")
+                }
             }
         });
     }
@@ -147,7 +144,8 @@ const RETRY_PAUSE_MAX: Duration = Duration::from_millis(400);
 
 /// Runs `step` until it succeeds, retrying what the queue calls unavailable (no leader, no
 /// responders, timeouts) until `deadline`; each attempt is bounded by [`ATTEMPT`]. Other
-/// errors return at once. `what` names the step in the final error.
+/// errors return at once. `what` names the step in the final error, `within` the bound.
+/// Enqueue steps and the undo of a failed enqueue share it.
 async fn within<T, F, Fut>(
     deadline: tokio::time::Instant,
     within: Duration,
