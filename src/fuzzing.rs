@@ -15,7 +15,7 @@ use std::time::Duration;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::config::{HealthcheckConfig, WatchdogConfig, parse};
-use crate::gateway::auth::BasicAuth;
+use crate::gateway::access::auth::BasicAuth;
 use crate::gateway::types::{DeleteFunctionRequest, FunctionDeployment, ScaleServiceRequest};
 use crate::queue::{Outcome, QueueRequest};
 

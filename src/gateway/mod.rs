@@ -1,44 +1,39 @@
 //! fgateway: routes, the function registry and its providers, the system API, auth and metrics.
 //!
-//! Routes: `/function/NAME[.NS][/path]` ([`invoke`]), `/system/*` ([`system`], behind basic
-//! auth when enabled), `/healthz`, `/metrics`. [`run`] takes a bound listener and a shutdown
+//! Routes (dispatched in `router`): `/function/NAME[.NS][/path]` ([`invoke`]),
+//! `/async-function/...` ([`asynchronous`]), `/system/*` ([`system`], behind basic auth when
+//! enabled, see [`access`]), `/ui/` ([`ui`]), `/healthz`, `/metrics`. The registry
+//! ([`registry`], with its SQLite store; [`secrets`], [`types`]) holds what is deployed, a [`provider`]
+//! runs it, and [`scaling`] sets replica counts. [`run`] takes a bound listener and a shutdown
 //! future; on shutdown it stops accepting, drains in-flight calls (bounded), then stops the
 //! provider's functions.
 
-pub mod async_api;
+pub mod access;
 pub mod asynchronous;
-pub mod auth;
-pub mod autoscaler;
 pub mod cli;
-pub mod csrf;
 pub mod invoke;
 pub mod logs;
 pub mod metrics;
 pub mod provider;
 pub mod registry;
+mod router;
 pub mod scaling;
 pub mod secrets;
 pub mod stack;
-pub mod store;
 pub mod system;
 pub mod types;
 pub mod ui;
 
-use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Response, StatusCode, header};
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::parse;
-use crate::http::body::ResponseBody;
 use crate::http::egress::EgressPolicy;
 use crate::http::pinned::Pinned;
 use crate::http::proxy;
@@ -47,15 +42,14 @@ use crate::queue::Queue;
 use crate::queue::embedded::{EmbeddedConfig, EmbeddedQueue};
 use crate::queue::jetstream::{JetStreamConfig, JetStreamQueue};
 use crate::queue::worker::{Worker, WorkerConfig};
-use auth::BasicAuth;
+use access::auth::{self, BasicAuth};
 use cli::{ProviderKind, QueueArgs, UpArgs, WorkerArgs};
-use invoke::text;
 use metrics::GatewayMetrics;
 use provider::Provider;
 use provider::local::LocalProvider;
 use provider::upstreams::UpstreamsProvider;
 use registry::Registry;
-use store::Store;
+use registry::store::{self, Store};
 
 /// How long function replicas get to stop after the gateway drained.
 const PROVIDER_STOP_GRACE: Duration = Duration::from_secs(10);
@@ -133,7 +127,7 @@ pub struct GatewayConfig {
     /// Longest life of an upgraded connection (websocket) through the gateway.
     pub upgrade_timeout: Duration,
     /// The autoscaler's settings, when it runs.
-    pub autoscale: Option<autoscaler::AutoscalerConfig>,
+    pub autoscale: Option<scaling::autoscaler::AutoscalerConfig>,
     /// How long in-flight calls get on shutdown.
     pub shutdown_timeout: Duration,
     /// Largest asynchronous request body.
@@ -313,10 +307,12 @@ impl Gateway {
                 read_idle_timeout: args.read_idle_timeout,
                 max_connections: (args.max_connections > 0).then_some(args.max_connections),
                 upgrade_timeout: args.upgrade_timeout,
-                autoscale: args.autoscale.then_some(autoscaler::AutoscalerConfig {
-                    interval: args.autoscale_interval,
-                    scale_down_window: args.scale_down_window,
-                }),
+                autoscale: args
+                    .autoscale
+                    .then_some(scaling::autoscaler::AutoscalerConfig {
+                        interval: args.autoscale_interval,
+                        scale_down_window: args.scale_down_window,
+                    }),
                 shutdown_timeout: args.shutdown_timeout,
                 max_async_body: args.max_async_body,
                 callback_allowlist: args.callback_allowlist.clone(),
@@ -394,100 +390,6 @@ impl Gateway {
             );
         }
     }
-
-    /// Answers one request.
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-        peer: SocketAddr,
-        pinned: Arc<Pinned>,
-    ) -> Result<Response<ResponseBody>, Infallible> {
-        let path = req.uri().path().to_string();
-        let system_write = path.starts_with("/system/")
-            || (path.starts_with("/async-function/") && req.method() == http::Method::DELETE);
-        let resp = if system_write && csrf::refused(req.method(), req.headers()) {
-            text(
-                StatusCode::FORBIDDEN,
-                "Cross-site request refused: the system API changes state only for requests from the gateway's own pages or from non-browser clients.\n".into(),
-            )
-        } else if path == "/" && ui::wants_html(req.headers()) {
-            ui::redirect("/ui/")
-        } else if path == "/ui" || path.starts_with("/ui/") {
-            match &self.auth {
-                Some(auth) if !auth.allows(req.headers()) => unauthorized(),
-                _ => ui::serve(&path),
-            }
-        } else if let Some(tail) = path.strip_prefix("/async-function/") {
-            match (req.method(), tail.strip_prefix("status/")) {
-                // Reading a result or cancelling a call needs the same credentials as the
-                // system API: call ids can be chosen by callers, so they may be guessable.
-                (&http::Method::GET, Some(_)) | (&http::Method::DELETE, _)
-                    if self.auth.as_ref().is_some_and(|a| !a.allows(req.headers())) =>
-                {
-                    unauthorized()
-                }
-                (&http::Method::GET, Some(call_id)) => asynchronous::status(&self, call_id).await,
-                (&http::Method::DELETE, _) if !tail.is_empty() && !tail.contains('/') => {
-                    asynchronous::cancel(&self, tail).await
-                }
-                _ => match invoke::parse_path(tail) {
-                    Some(target) => asynchronous::enqueue(&self, req, target).await,
-                    None => text(
-                        StatusCode::NOT_FOUND,
-                        "No function named in the path.\n".into(),
-                    ),
-                },
-            }
-        } else if let Some(tail) = path.strip_prefix("/function/") {
-            match invoke::parse_path(tail) {
-                Some(target) => invoke::invoke(&self, req, peer, target, &pinned).await,
-                None => text(
-                    StatusCode::NOT_FOUND,
-                    "No function named in the path.\n".into(),
-                ),
-            }
-        } else if path.starts_with("/system/") {
-            match &self.auth {
-                Some(auth) if !auth.allows(req.headers()) => unauthorized(),
-                _ if path.starts_with("/system/async/") => async_api::handle(&self, req).await,
-                _ => system::handle(&self, req).await,
-            }
-        } else if path == "/healthz" {
-            text(StatusCode::OK, "OK\n".into())
-        } else if path == "/metrics" {
-            let stats = self.queue.stats().await.unwrap_or_default();
-            self.metrics.upgrades_open(self.tunnels.open());
-            match self.metrics.encode(&self.registry.list(None), &stats) {
-                Ok(text_body) => {
-                    let mut resp = text(StatusCode::OK, text_body);
-                    resp.headers_mut().insert(
-                        header::CONTENT_TYPE,
-                        HeaderValue::from_static(
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        ),
-                    );
-                    resp
-                }
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
-            }
-        } else {
-            text(StatusCode::NOT_FOUND, "Not found.\n".into())
-        };
-        Ok(resp)
-    }
-}
-
-/// 401 with the challenge.
-fn unauthorized() -> Response<ResponseBody> {
-    let mut resp = text(
-        StatusCode::UNAUTHORIZED,
-        "Authentication required.\n".into(),
-    );
-    resp.headers_mut().insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"fgateway\", charset=\"UTF-8\""),
-    );
-    resp
 }
 
 /// Serves `gateway` on `listener` until `shutdown` resolves; then stops accepting, lets
@@ -506,7 +408,7 @@ pub async fn run(
         stop_worker.clone(),
     ));
     let autoscaler = gateway.config.autoscale.map(|config| {
-        tokio::spawn(autoscaler::run(
+        tokio::spawn(scaling::autoscaler::run(
             Arc::clone(&gateway),
             config,
             stop_worker.clone(),

@@ -17,7 +17,7 @@
 //! short lull does not drop replicas that the next burst needs.
 //!
 //! Either way, a function with `com.openfaas.scale.zero=true` that saw no call for `zero-duration` goes to
-//! zero replicas; its next call wakes it (see [`super::registry::Registry::resolve`]). Every
+//! zero replicas; its next call wakes it (see [`crate::gateway::registry::Registry::resolve`]). Every
 //! change is logged, and the figures behind it are in the metrics
 //! (`gateway_service_target_load`, `gateway_service_load`, `gateway_service_desired_replicas`,
 //! `gateway_service_replicas`).
@@ -28,11 +28,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::Gateway;
-use super::scaling::{
-    ALERT_FOR, ALERT_REPEAT, ALERT_RPS, ALERT_WINDOW, LoadKind, ScaleMode, ScalePolicy,
-};
-use super::types::display_name;
+use super::{ALERT_FOR, ALERT_REPEAT, ALERT_RPS, ALERT_WINDOW, LoadKind, ScaleMode, ScalePolicy};
+use crate::gateway::Gateway;
+use crate::gateway::types::display_name;
 
 /// How the autoscaler runs.
 #[derive(Debug, Clone, Copy)]
@@ -274,7 +272,7 @@ mod tests {
     use super::*;
 
     fn policy(labels: &[(&str, &str)]) -> ScalePolicy {
-        ScalePolicy::of(&crate::gateway::scaling::tests::with(labels)).unwrap()
+        ScalePolicy::of(&super::super::tests::with(labels)).unwrap()
     }
 
     /// Drives the alert at one round a second with `rps` successful calls per second for

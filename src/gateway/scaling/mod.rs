@@ -7,6 +7,10 @@
 //!   `max` replicas at a time; once the rate falls, it goes back to `min`;
 //! - `type` or `target` given: target tracking, `target` load per replica (of the kind `type`
 //!   names) times `target-proportion`, as OpenFaaS Pro's autoscaler does.
+//!
+//! [`autoscaler`] applies the policy to every function, round after round.
+
+pub mod autoscaler;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -6,9 +6,9 @@ use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
 
-use super::Gateway;
-use super::asynchronous::unavailable;
-use super::invoke::{self, text};
+use super::unavailable;
+use crate::gateway::Gateway;
+use crate::gateway::invoke::{self, text};
 use crate::http::body::ResponseBody;
 use crate::queue::{CallFilter, CallState, Cursor, MAX_PAGE, PageQuery};
 
@@ -72,7 +72,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
         };
         if path == "/system/async/calls" {
             return match gateway.queue.list_calls(&filter, &page).await {
-                Ok(list) => super::system::json(StatusCode::OK, &list),
+                Ok(list) => crate::gateway::system::json(StatusCode::OK, &list),
                 Err(e) => unavailable(&e),
             };
         }
@@ -80,7 +80,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
             Ok(list) => {
                 // The body stays a plain array (as before paging); the next page's position
                 // is a header.
-                let mut resp = super::system::json(StatusCode::OK, &list.calls);
+                let mut resp = crate::gateway::system::json(StatusCode::OK, &list.calls);
                 if let Some(next) = list.next.and_then(|n| HeaderValue::from_str(&n).ok()) {
                     resp.headers_mut().insert("x-next-after", next);
                 }
@@ -91,7 +91,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
     }
     if req.method() == Method::GET && path == "/system/async/stats" {
         return match gateway.queue.stats().await {
-            Ok(stats) => super::system::json(
+            Ok(stats) => crate::gateway::system::json(
                 StatusCode::OK,
                 &serde_json::json!({
                     "depth": stats.depth,
@@ -133,7 +133,10 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
             match gateway.queue.redrive(id.as_deref()).await {
                 Ok(n) => {
                     gateway.wake.notify_one();
-                    super::system::json(StatusCode::OK, &serde_json::json!({ "redriven": n }))
+                    crate::gateway::system::json(
+                        StatusCode::OK,
+                        &serde_json::json!({ "redriven": n }),
+                    )
                 }
                 Err(e) => unavailable(&e),
             }
@@ -144,7 +147,10 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
                 Err(why) => return text(StatusCode::BAD_REQUEST, why),
             };
             match gateway.queue.purge(id.as_deref()).await {
-                Ok(n) => super::system::json(StatusCode::OK, &serde_json::json!({ "purged": n })),
+                Ok(n) => crate::gateway::system::json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "purged": n }),
+                ),
                 Err(e) => unavailable(&e),
             }
         }

@@ -6,7 +6,7 @@ use std::sync::{Mutex, PoisonError};
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::types::{FunctionDeployment, FunctionNamespace};
+use crate::gateway::types::{FunctionDeployment, FunctionNamespace};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "fgateway.db";

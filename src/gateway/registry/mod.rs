@@ -3,6 +3,8 @@
 //! provider, then persisted; a new function that fails either step is removed from the provider
 //! again, so nothing runs that the store does not know about.
 
+pub mod store;
+
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
@@ -10,11 +12,11 @@ use std::time::{Duration, SystemTime};
 use super::provider::{Endpoint, Provider, ProviderError};
 use super::scaling::ScalePolicy;
 use super::secrets::{SecretError, SecretStore};
-use super::store::{Store, StoreError, StoredFunction};
 use super::types::{
     DEFAULT_NAMESPACE, FunctionDeployment, FunctionNamespace, FunctionStatus, display_name,
     function_key, validate_name,
 };
+use store::{Store, StoreError, StoredFunction};
 
 /// The most replicas a function may be scaled to.
 pub const MAX_REPLICAS: u64 = 100;

@@ -1,6 +1,9 @@
 //! Asynchronous invocation: `POST /async-function/NAME[/path]` (enqueue, 202 + `X-Call-Id`),
 //! `GET /async-function/status/CALL_ID`, `DELETE /async-function/CALL_ID` (cancel), the
 //! dead-letter endpoints of the system API, and the invokers the worker calls functions with.
+//! [`admin`] holds the rest of the asynchronous system API (`/system/async/*`).
+
+pub mod admin;
 
 use std::sync::Arc;
 use std::time::Duration;
