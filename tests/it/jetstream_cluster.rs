@@ -1,191 +1,350 @@
 //! The JetStream queue on a real three-node NATS cluster (three `nats-server -js` processes of
-//! the test's own): the gateway given the cluster's server list, streams with three replicas,
-//! and the leaders of the request stream and of the status bucket SIGKILLed under async load
-//! with callbacks.
+//! the test's own): two gateways and two separate workers given the cluster's server list,
+//! streams with three replicas, async load with callbacks while the leaders of the request
+//! stream and of the status bucket are SIGKILLed, then while a gateway and a worker are.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::Full;
+use http_body_util::{BodyExt, Full};
+use nix::sys::signal::Signal;
 
 use crate::callback::Receiver;
 use crate::gateway_jetstream::{runs, stack};
-use crate::harness::{Gateway, eventually, send};
+use crate::harness::{Gateway, KillOnDrop, eventually, fgateway_bin, free_port};
 use crate::nats_cluster::Cluster;
+
+/// The lease: longer than an election, so that a call finished during one keeps its outcome.
+const LEASE: &str = "20s";
 
 /// What the load saw.
 #[derive(Default)]
 struct Seen {
     /// Call ids answered 202.
     accepted: Vec<String>,
-    /// 503 answers (retried).
+    /// 503 answers (retried with the same call id).
     unavailable: usize,
+    /// Requests that got no answer (the gateway was down; retried on the other one).
+    unanswered: usize,
     /// Any other answer: status and body.
     other: Vec<(u16, String)>,
     /// The slowest answer.
     slowest: Duration,
 }
 
+/// Clients posting async calls, each with a call id of its own, to either gateway.
+struct Load {
+    seen: Arc<Mutex<Seen>>,
+    stop: Arc<AtomicBool>,
+    clients: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    /// Starts `n` clients; client `c` begins with gateway `c % 2` and moves to the other when
+    /// its gateway does not answer.
+    fn start(n: usize, gateways: [SocketAddr; 2], callback: String, phase: &str) -> Load {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let clients = (0..n)
+            .map(|c| {
+                let (seen, stop, url) = (Arc::clone(&seen), Arc::clone(&stop), callback.clone());
+                let phase = phase.to_string();
+                tokio::spawn(async move {
+                    let mut at = c % 2;
+                    let mut n = 0;
+                    // A call not answered 202 is sent again with the same id (after the
+                    // Retry-After a 503 gives).
+                    let mut pending: Option<String> = None;
+                    while !stop.load(Ordering::SeqCst) || pending.is_some() {
+                        let id = pending.take().unwrap_or_else(|| {
+                            n += 1;
+                            format!("{phase}-{c}-{n}")
+                        });
+                        let asked = std::time::Instant::now();
+                        let answer = try_post(gateways[at], &id, &url).await;
+                        let took = asked.elapsed();
+                        let mut pause = Duration::from_millis(50);
+                        {
+                            let mut seen = seen.lock().unwrap();
+                            match answer {
+                                Ok((202, _, _)) => {
+                                    seen.slowest = seen.slowest.max(took);
+                                    seen.accepted.push(id);
+                                }
+                                Ok((503, retry_after, _)) => {
+                                    seen.slowest = seen.slowest.max(took);
+                                    seen.unavailable += 1;
+                                    pause = Duration::from_secs(retry_after.unwrap());
+                                    pending = Some(id);
+                                }
+                                Ok((status, _, body)) => seen.other.push((status, body)),
+                                Err(_) => {
+                                    seen.unanswered += 1;
+                                    at = 1 - at;
+                                    pending = Some(id);
+                                }
+                            }
+                        }
+                        tokio::time::sleep(pause).await;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            seen,
+            stop,
+            clients,
+        }
+    }
+
+    /// How many calls were accepted so far.
+    fn accepted(&self) -> usize {
+        self.seen.lock().unwrap().accepted.len()
+    }
+
+    /// Waits until `more` calls have been accepted since now.
+    async fn flowing(&self, more: usize, what: &str) {
+        let before = self.accepted();
+        eventually(what, Duration::from_secs(60), || {
+            (self.accepted() >= before + more).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops the clients (each finishes the call it is retrying) and returns what they saw.
+    async fn stop(self) -> Seen {
+        self.stop.store(true, Ordering::SeqCst);
+        for c in self.clients {
+            c.await.unwrap();
+        }
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+}
+
+/// POSTs one async call with call id `id`: status, `Retry-After` seconds, body; an error when
+/// the gateway did not answer.
+async fn try_post(
+    addr: SocketAddr,
+    id: &str,
+    callback: &str,
+) -> Result<(u16, Option<u64>, String), String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let req = Request::post("/async-function/record")
+        .header("host", "localhost")
+        .header("x-call-id", id)
+        .header("x-callback-url", callback)
+        .body(Full::new(Bytes::from(id.to_string())))
+        .map_err(|e| e.to_string())?;
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = resp.status().as_u16();
+    let retry_after = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((
+        status,
+        retry_after,
+        String::from_utf8_lossy(&body).into_owned(),
+    ))
+}
+
+/// `fgateway up --no-worker` on the cluster, on `port`, its data in `data`.
+async fn gateway(data: &Path, file: &Path, urls: &str, port: u16) -> Gateway {
+    std::fs::create_dir_all(data).unwrap();
+    let port = port.to_string();
+    let args = [
+        "-f",
+        file.to_str().unwrap(),
+        "--queue",
+        urls,
+        "--nats-replicas",
+        "3",
+        "--no-worker",
+        "--port",
+        &port,
+    ];
+    Gateway::start(data, &args, &[]).await
+}
+
+/// `fgateway worker` on the cluster, calling functions through the gateway on `port`.
+fn worker(cwd: &Path, urls: &str, port: u16) -> KillOnDrop {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(cwd.join(format!("worker-{port}.log")))
+        .unwrap();
+    KillOnDrop(
+        Command::new(fgateway_bin())
+            .current_dir(cwd)
+            .args(["worker", "--gateway", &format!("http://127.0.0.1:{port}")])
+            .args(["--queue", urls, "--nats-replicas", "3", "--lease", LEASE])
+            .args(["--retry-backoff", "50ms", "--callback-backoff", "100ms"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits until every call in `accepted` was called back, then returns how often each ran.
+async fn all_called_back(
+    receiver: &Receiver,
+    accepted: &HashSet<String>,
+    dir: &Path,
+    status_from: SocketAddr,
+) -> HashMap<String, usize> {
+    let missing = || {
+        let got: HashSet<String> = receiver
+            .got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|c| c.header("x-call-id"))
+            .collect();
+        accepted.difference(&got).cloned().collect::<Vec<String>>()
+    };
+    let end = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = missing();
+        if left.is_empty() {
+            break;
+        }
+        if std::time::Instant::now() > end {
+            let mut states = Vec::new();
+            for id in left.iter().take(5) {
+                let r =
+                    crate::harness::get(status_from, &format!("/async-function/status/{id}")).await;
+                states.push(r.text());
+            }
+            panic!(
+                "{} accepted calls not called back, for example: {states:#?}",
+                left.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ran = runs(dir, "record");
+    let never: Vec<&String> = accepted
+        .iter()
+        .filter(|id| !ran.contains_key(*id))
+        .collect();
+    assert!(never.is_empty(), "accepted calls that never ran: {never:?}");
+    ran
+}
+
+/// Checks what the load saw: only 202 and 503, none slower than the enqueue bound (5 s) by
+/// more than a margin.
+fn answered_in_time(seen: &Seen, phase: &str) {
+    assert!(
+        seen.other.is_empty(),
+        "{phase}: answers other than 202/503: {:?}",
+        &seen.other[..seen.other.len().min(5)]
+    );
+    assert!(
+        seen.slowest < Duration::from_secs(7),
+        "{phase}: an enqueue took {:?}",
+        seen.slowest
+    );
+}
+
 /// Every call accepted while the leaders of the request stream, then of the status bucket, are
-/// SIGKILLed (and restarted) is run and called back; nothing but 202 and 503 (with
-/// `Retry-After` and the call id, retried as it says) is answered, none later than the enqueue
-/// bound; the streams come back to three current replicas.
+/// SIGKILLed (and restarted) runs once and is called back; nothing but 202 and 503 (with
+/// `Retry-After`, retried as it says) is answered, none later than the enqueue bound. Then
+/// every call accepted while a gateway and a worker are SIGKILLed and restarted runs and is
+/// called back. The streams come back to three current replicas.
 #[tokio::test]
-async fn every_accepted_call_survives_the_loss_of_stream_and_bucket_leaders() {
+async fn accepted_calls_survive_leader_gateway_and_worker_loss() {
     let dir = tempfile::tempdir().unwrap();
+    eprintln!("dir {}", dir.path().display());
     let mut cluster = Cluster::start(&dir.path().join("nats")).await;
     let file = stack(dir.path());
     let urls = cluster.urls();
-    let gw = Gateway::start(
-        &dir.path().join("gw"),
-        &[
-            "-f",
-            file.to_str().unwrap(),
-            "--queue",
-            &urls,
-            "--nats-replicas",
-            "3",
-            "--lease",
-            "20s",
-            "--retry-backoff",
-            "50ms",
-            "--callback-backoff",
-            "100ms",
-        ],
-        &[],
-    )
-    .await;
+    let ports = [free_port(), free_port()];
+    let mut a = gateway(&dir.path().join("a"), &file, &urls, ports[0]).await;
+    let b = gateway(&dir.path().join("b"), &file, &urls, ports[1]).await;
+    let mut w1 = worker(dir.path(), &urls, ports[0]);
+    let _w2 = worker(dir.path(), &urls, ports[1]);
     cluster.all_current().await;
     let receiver = Receiver::start(0).await;
 
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut clients = Vec::new();
-    for c in 0..4 {
-        let (seen, stop, addr, url) = (
-            Arc::clone(&seen),
-            Arc::clone(&stop),
-            gw.addr,
-            receiver.url(),
-        );
-        clients.push(tokio::spawn(async move {
-            let mut n = 0;
-            // A call answered 503 is sent again, as the answer says: after Retry-After, with
-            // the call id it gave.
-            let mut again: Option<String> = None;
-            while !stop.load(Ordering::SeqCst) || again.is_some() {
-                n += 1;
-                let mut req =
-                    Request::post("/async-function/record").header("x-callback-url", url.as_str());
-                if let Some(id) = &again {
-                    req = req.header("x-call-id", id.as_str());
-                }
-                let asked = std::time::Instant::now();
-                let r = send(
-                    addr,
-                    req.body(Full::new(Bytes::from(format!("{c}-{n}"))))
-                        .unwrap(),
-                )
-                .await;
-                let took = asked.elapsed();
-                let mut pause = Duration::from_millis(50);
-                {
-                    let mut seen = seen.lock().unwrap();
-                    seen.slowest = seen.slowest.max(took);
-                    match r.status() {
-                        202 => {
-                            seen.accepted.push(r.header("x-call-id").unwrap());
-                            again = None;
-                        }
-                        503 => {
-                            seen.unavailable += 1;
-                            let wait: u64 = r.header("retry-after").unwrap().parse().unwrap();
-                            pause = Duration::from_secs(wait);
-                            again = Some(r.header("x-call-id").unwrap());
-                        }
-                        other => seen.other.push((other, r.text())),
-                    }
-                }
-                tokio::time::sleep(pause).await;
-            }
-        }));
-    }
-    let accepted = || seen.lock().unwrap().accepted.len();
-
+    // Leader changes: a pause, no error, no call run twice.
+    let load = Load::start(8, [a.addr, b.addr], receiver.url(), "leaders");
     for stream in ["faas-request", "KV_faas-request-calls"] {
-        let before = accepted();
-        eventually("calls flowing", Duration::from_secs(60), || {
-            (accepted() >= before + 30).then_some(())
-        })
-        .await;
+        load.flowing(30, "calls flowing").await;
         let leader = cluster.leader(stream).await;
         eprintln!(
             "killing n{leader}, leader of {stream}, after {} calls",
-            accepted()
+            load.accepted()
         );
         cluster.kill(leader).await;
-        let before = accepted();
-        eventually(
-            "calls accepted without that node",
-            Duration::from_secs(60),
-            || (accepted() >= before + 50).then_some(()),
-        )
-        .await;
+        load.flowing(50, "calls accepted without that node").await;
         cluster.restart(leader).await;
         cluster.all_current().await;
     }
-    stop.store(true, Ordering::SeqCst);
-    for c in clients {
-        c.await.unwrap();
-    }
-
-    let seen = std::mem::take(&mut *seen.lock().unwrap());
-    assert!(
-        seen.other.is_empty(),
-        "answers other than 202/503: {:?}",
-        &seen.other[..seen.other.len().min(5)]
-    );
+    let seen = load.stop().await;
+    answered_in_time(&seen, "leaders");
+    assert_eq!(seen.unanswered, 0, "a gateway did not answer");
     let accepted: HashSet<String> = seen.accepted.iter().cloned().collect();
-    eventually(
-        "every accepted call called back",
-        Duration::from_secs(120),
-        || {
-            let got: HashSet<String> = receiver
-                .got
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|c| c.header("x-call-id"))
-                .collect();
-            accepted.is_subset(&got).then_some(())
-        },
-    )
-    .await;
-    let ran = runs(dir.path(), "record");
-    let twice = accepted
-        .iter()
-        .filter(|id| ran.get(*id).copied().unwrap_or(0) > 1)
-        .count();
-    assert!(
-        accepted.iter().all(|id| ran.contains_key(id)),
-        "an accepted call never ran"
-    );
+    let ran = all_called_back(&receiver, &accepted, dir.path(), b.addr).await;
+    let twice: Vec<&String> = accepted.iter().filter(|id| ran[*id] > 1).collect();
     eprintln!(
-        "cluster: {} calls accepted, {} answers 503, {} ran more than once, slowest answer {:?}",
+        "leaders: {} calls accepted, {} answers 503, {} ran more than once, slowest answer {:?}",
         accepted.len(),
         seen.unavailable,
-        twice,
+        twice.len(),
         seen.slowest
     );
-    // Leader changes cost a pause of at most the enqueue bound (5 s), then a 503 to retry.
     assert!(
-        seen.slowest < Duration::from_secs(7),
-        "an enqueue took {:?}",
-        seen.slowest
+        twice.is_empty(),
+        "calls run again after a leader change: {twice:?}"
+    );
+
+    // A gateway and a worker SIGKILLed mid-traffic and restarted: nothing accepted is lost (a
+    // call the worker was running when it died runs again, after its lease).
+    let load = Load::start(8, [a.addr, b.addr], receiver.url(), "processes");
+    load.flowing(30, "calls flowing").await;
+    a.signal(Signal::SIGKILL);
+    a.wait_exit(Duration::from_secs(10)).await;
+    load.flowing(30, "calls accepted by the other gateway")
+        .await;
+    let a_again = gateway(&dir.path().join("a"), &file, &urls, ports[0]).await;
+    load.flowing(30, "calls flowing again").await;
+    crate::harness::signal_child(&w1.0, Signal::SIGKILL);
+    let _ = w1.0.wait();
+    load.flowing(30, "calls accepted without that worker").await;
+    w1 = worker(dir.path(), &urls, ports[0]);
+    load.flowing(30, "calls flowing with the worker back").await;
+    let seen = load.stop().await;
+    answered_in_time(&seen, "processes");
+    let accepted: HashSet<String> = seen.accepted.iter().cloned().collect();
+    let ran = all_called_back(&receiver, &accepted, dir.path(), b.addr).await;
+    eprintln!(
+        "processes: {} calls accepted, {} answers 503, {} unanswered (gateway down), {} ran more than once",
+        accepted.len(),
+        seen.unavailable,
+        seen.unanswered,
+        accepted.iter().filter(|id| ran[*id] > 1).count(),
     );
     cluster.all_current().await;
+    drop((w1, a_again, b));
 }

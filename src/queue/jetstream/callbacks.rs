@@ -22,12 +22,14 @@ pub(super) enum BodyError {
 
 impl JetStreamQueue {
     /// Publishes the callback message of a finished call; its sequence and the object holding
-    /// its body, if the body did not fit.
+    /// its body, if the body did not fit. `tag` names this outcome (its worker and attempt): a
+    /// publish tried again after its answer was lost is the same message and the same object.
     pub(super) async fn publish_callback(
         &self,
         record: &Record,
         url: &str,
         outcome: &Outcome,
+        tag: &str,
     ) -> Result<(u64, Option<String>), QueueError> {
         let b64 = base64::engine::general_purpose::STANDARD;
         let mut message = CallbackMessage {
@@ -47,7 +49,7 @@ impl JetStreamQueue {
             source,
         })?;
         if payload.len() + FRAMING > self.max_payload() {
-            let name = format!("{}#{}", record.call_id, uuid::Uuid::new_v4());
+            let name = format!("{}#{tag}", record.call_id);
             let mut body: &[u8] = &outcome.body;
             self.results
                 .put(name.as_str(), &mut body)
@@ -64,7 +66,9 @@ impl JetStreamQueue {
             .js
             .send_publish(
                 format!("{}.{}", self.names.callbacks, record_key(&record.call_id)),
-                Publish::build().payload(payload.into()),
+                Publish::build()
+                    .payload(payload.into())
+                    .message_id(format!("callback:{}:{tag}", record.call_id)),
             )
             .await
             .map_err(unavailable)?
@@ -221,7 +225,12 @@ impl JetStreamQueue {
             return Ok(false);
         };
         let (seq, object) = self
-            .publish_callback(record, url, &record.outcome())
+            .publish_callback(
+                record,
+                url,
+                &record.outcome(),
+                &uuid::Uuid::new_v4().to_string(),
+            )
             .await?;
         let moved = self
             .modify_from(call_id, Some(current), |record| {
@@ -332,27 +341,45 @@ impl JetStreamQueue {
             .as_ref()
             .and_then(|m| m.info().ok().map(|i| i.stream_sequence))
             .or_else(|| settled.as_ref().and_then(|v| v.record.callback_seq));
-        let changed = self
-            .modify_from(call_id, settled, |record| {
-                if record.callback != CallbackState::Pending
-                    || delivered_seq.is_some_and(|s| record.callback_seq != Some(s))
-                {
-                    return Step::Keep(None);
-                }
-                note(record);
-                record.callback_due = due;
-                if state != CallbackState::Pending {
-                    // Only a carried callback needs them; it is done with.
-                    record.result_headers = Vec::new();
-                    record.duration = None;
-                }
-                Step::Write(
-                    record
+        // Through an election, as a call's outcome: else the callback would be sent again.
+        // The count of attempts this write stores, to know it again should its answer be lost.
+        let wrote = Mutex::new(None);
+        let mut first = settled;
+        let within_lease = self.config.lease;
+        let changed = within(
+            tokio::time::Instant::now() + within_lease,
+            within_lease,
+            "record a callback's delivery",
+            || {
+                self.modify_from(call_id, first.take(), |record| {
+                    let this = record
                         .callback_seq
-                        .map(|seq| (seq, record.callback_object.clone())),
-                )
-            })
-            .await?;
+                        .map(|seq| (seq, record.callback_object.clone()));
+                    let mut wrote = wrote.lock().unwrap_or_else(PoisonError::into_inner);
+                    if wrote.is_some_and(|n| n == record.callback_attempts)
+                        && record.callback == state
+                        && record.callback_due == due
+                    {
+                        return Step::Keep(this);
+                    }
+                    if record.callback != CallbackState::Pending
+                        || delivered_seq.is_some_and(|s| record.callback_seq != Some(s))
+                    {
+                        return Step::Keep(None);
+                    }
+                    note(record);
+                    record.callback_due = due;
+                    if state != CallbackState::Pending {
+                        // Only a carried callback needs them; it is done with.
+                        record.result_headers = Vec::new();
+                        record.duration = None;
+                    }
+                    *wrote = Some(record.callback_attempts);
+                    Step::Write(this)
+                })
+            },
+        )
+        .await?;
         if let Some(carrier) = &carrier {
             // Delivered or given up (or no longer pending): the request message is done with.
             release_carrier(call_id, carrier).await;

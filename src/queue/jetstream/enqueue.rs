@@ -132,47 +132,6 @@ impl JetStreamQueue {
     }
 }
 
-/// Longest one attempt of an enqueue step may take: a server that has a leader answers in
-/// milliseconds, and one that has none answers a read never.
-const ATTEMPT: Duration = Duration::from_secs(2);
-
-/// First pause between attempts of an enqueue step; it doubles up to [`RETRY_PAUSE_MAX`].
-const RETRY_PAUSE: Duration = Duration::from_millis(25);
-
-/// Longest pause between attempts of an enqueue step.
-const RETRY_PAUSE_MAX: Duration = Duration::from_millis(400);
-
-/// Runs `step` until it succeeds, retrying what the queue calls unavailable (no leader, no
-/// responders, timeouts) until `deadline`; each attempt is bounded by [`ATTEMPT`]. Other
-/// errors return at once. `what` names the step in the final error, `within` the bound.
-/// Enqueue steps and the undo of a failed enqueue share it.
-async fn within<T, F, Fut>(
-    deadline: tokio::time::Instant,
-    within: Duration,
-    what: &'static str,
-    mut step: F,
-) -> Result<T, QueueError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, QueueError>>,
-{
-    let mut pause = RETRY_PAUSE;
-    loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let last = match tokio::time::timeout(ATTEMPT.min(left), step()).await {
-            Ok(Ok(value)) => return Ok(value),
-            Ok(Err(QueueError::Unavailable(e))) => e.to_string(),
-            Ok(Err(other)) => return Err(other),
-            Err(_) => format!("no answer within {ATTEMPT:?}"),
-        };
-        if tokio::time::Instant::now() + pause >= deadline {
-            return Err(unavailable(NoLeader { what, within, last }));
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(RETRY_PAUSE_MAX);
-    }
-}
-
 impl JetStreamQueue {
     /// [`Queue::enqueue`]: the status record, the idempotency key, then the request message; what
     /// fails half-way is undone. While the cluster cannot take a step (a leader election), the
@@ -215,52 +174,15 @@ impl JetStreamQueue {
         let forget = || self.forget(&call_id, revision, None);
         let mut key_revision = None;
         if let Some(key) = &idempotency_key {
-            let ik = idem_key(key);
-            let value = Bytes::from(call_id.clone());
-            match self.kv.create(&ik, value.clone()).await {
-                Ok(r) => key_revision = Some(r),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => {
-                    let (first, held_at) = match self.entry(&ik).await {
-                        Ok(Stored::Found((value, at))) => {
-                            (String::from_utf8_lossy(&value).into_owned(), at)
-                        }
-                        Ok(_) => {
-                            forget();
-                            return Err(unavailable(Vanished(call_id)));
-                        }
-                        Err(e) => {
-                            forget();
-                            return Err(e);
-                        }
-                    };
-                    if first == call_id {
-                        // Our own create landed although its answer was lost.
-                        key_revision = Some(held_at);
-                    } else {
-                        match self.read(&first).await {
-                            Ok(Some(_)) => {
-                                forget();
-                                return self.duplicate(&first, &request).await;
-                            }
-                            // The first call's enqueue failed and was undone: the key is
-                            // this call's now.
-                            Ok(None) => match self.kv.update(&ik, value, held_at).await {
-                                Ok(r) => key_revision = Some(r),
-                                Err(e) => {
-                                    forget();
-                                    return Err(unavailable(e));
-                                }
-                            },
-                            Err(e) => {
-                                forget();
-                                return Err(e);
-                            }
-                        }
-                    }
+            match self.claim_key(&call_id, key, deadline).await {
+                Ok(Claim::Ours(r)) => key_revision = Some(r),
+                Ok(Claim::Theirs(first)) => {
+                    forget();
+                    return self.duplicate(&first, &request).await;
                 }
                 Err(e) => {
                     forget();
-                    return Err(unavailable(e));
+                    return Err(e);
                 }
             }
         }
@@ -282,6 +204,60 @@ impl JetStreamQueue {
                 self.forget(&call_id, revision, key);
                 Err(e)
             }
+        }
+    }
+}
+
+/// Who an idempotency key names.
+enum Claim {
+    /// This call, at the key entry's revision.
+    Ours(u64),
+    /// Another call, live.
+    Theirs(String),
+}
+
+impl JetStreamQueue {
+    /// Claims idempotency key `key` for `call_id`, each step tried again through elections until
+    /// `deadline`: the key is this call's if it names no call, names this one (a create whose
+    /// answer was lost), or names a call whose enqueue failed and was undone.
+    async fn claim_key(
+        &self,
+        call_id: &str,
+        key: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<Claim, QueueError> {
+        let bound = self.config.enqueue_within;
+        let ik = idem_key(key);
+        let value = Bytes::from(call_id.to_string());
+        let created = within(deadline, bound, "claim the idempotency key", || {
+            self.create_entry(&ik, value.clone())
+        })
+        .await?;
+        if let Some(r) = created {
+            return Ok(Claim::Ours(r));
+        }
+        let (first, held_at) = match within(deadline, bound, "read the idempotency key", || {
+            self.entry(&ik)
+        })
+        .await?
+        {
+            Stored::Found((value, at)) => (String::from_utf8_lossy(&value).into_owned(), at),
+            _ => return Err(unavailable(Vanished(call_id.to_string()))),
+        };
+        if first == call_id {
+            return Ok(Claim::Ours(held_at));
+        }
+        let live = within(deadline, bound, "read the call the key names", || {
+            self.read(&first)
+        })
+        .await?;
+        if live.is_some() {
+            return Ok(Claim::Theirs(first));
+        }
+        // The first call's enqueue failed and was undone: the key is this call's now.
+        match self.kv.update(&ik, value, held_at).await {
+            Ok(r) => Ok(Claim::Ours(r)),
+            Err(e) => Err(unavailable(e)),
         }
     }
 }

@@ -108,6 +108,7 @@ use super::{
 
 mod callbacks;
 mod dead_letters;
+mod elections;
 mod enqueue;
 mod finish;
 mod lease;
@@ -117,6 +118,7 @@ mod setup;
 #[cfg(test)]
 mod tests;
 
+use elections::within;
 use lease::*;
 use listing::entry;
 use record::*;
@@ -302,18 +304,6 @@ struct FetchTimedOut;
 #[derive(Debug, thiserror::Error)]
 #[error("call {0} was being stored and is gone; try again")]
 struct Vanished(String);
-
-/// An enqueue ran out of time while the cluster could not take it (an election, say).
-#[derive(Debug, thiserror::Error)]
-#[error("could not {what} within {within:?} (last error: {last})")]
-struct NoLeader {
-    /// The step that did not complete.
-    what: &'static str,
-    /// The enqueue's bound.
-    within: Duration,
-    /// The last attempt's error.
-    last: String,
-}
 
 /// Too many writers at once on one record.
 #[derive(Debug, thiserror::Error)]

@@ -344,24 +344,33 @@ impl JetStreamQueue {
             );
         let key = record_key(&record.call_id);
         if revision == 0 {
-            // A write expecting no entry first. (The client's create writes the same way but
-            // reads the key back after any failure, which, while the bucket has no leader,
-            // waits out the whole request timeout.) Only when an entry is there (a call, or a
-            // delete marker the create may write over) is the create asked.
-            match self.kv.update(&key, value.clone(), 0).await {
-                Ok(r) => return Ok(Some(r)),
-                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
-                Err(e) => return Err(unavailable(e)),
-            }
-            return match self.kv.create(key, value).await {
-                Ok(r) => Ok(Some(r)),
-                Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
-                Err(e) => Err(unavailable(e)),
-            };
+            return self.create_entry(&key, value).await;
         }
         match self.kv.update(key, value, revision).await {
             Ok(r) => Ok(Some(r)),
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Creates a bucket entry; its revision, or `None` when the key holds one already.
+    pub(super) async fn create_entry(
+        &self,
+        key: &str,
+        value: Bytes,
+    ) -> Result<Option<u64>, QueueError> {
+        // A write expecting no entry first. (The client's create writes the same way but reads
+        // the key back after any failure, which, while the bucket has no leader, waits out the
+        // whole request timeout.) Only when an entry is there (a live one, or a delete marker
+        // the create may write over) is the create asked.
+        match self.kv.update(key, value.clone(), 0).await {
+            Ok(r) => return Ok(Some(r)),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {}
+            Err(e) => return Err(unavailable(e)),
+        }
+        match self.kv.create(key, value).await {
+            Ok(r) => Ok(Some(r)),
+            Err(e) if e.kind() == kv::CreateErrorKind::AlreadyExists => Ok(None),
             Err(e) => Err(unavailable(e)),
         }
     }
