@@ -252,8 +252,8 @@ async fn all_called_back(
     ran
 }
 
-/// Checks what the load saw: only 202 and 503, none slower than the enqueue bound (5 s) by
-/// more than a margin.
+/// Checks what the load saw: only 202 and 503, none slower than the enqueue bound (5 s) plus
+/// a second for the request's way through a loaded machine.
 fn answered_in_time(seen: &Seen, phase: &str) {
     assert!(
         seen.other.is_empty(),
@@ -261,7 +261,7 @@ fn answered_in_time(seen: &Seen, phase: &str) {
         &seen.other[..seen.other.len().min(5)]
     );
     assert!(
-        seen.slowest < Duration::from_secs(7),
+        seen.slowest < Duration::from_secs(6),
         "{phase}: an enqueue took {:?}",
         seen.slowest
     );

@@ -91,9 +91,15 @@ impl JetStreamQueue {
         &self,
         call_id: &str,
         request: &QueueRequest,
+        deadline: tokio::time::Instant,
     ) -> Result<Enqueued, QueueError> {
+        let bound = self.config.enqueue_within;
         for _ in 0..CAS_ATTEMPTS {
-            let Some(v) = self.read(call_id).await? else {
+            let read = within(deadline, bound, "read the call's record", || {
+                self.read(call_id)
+            })
+            .await?;
+            let Some(v) = read else {
                 // The first enqueue failed and removed its record meanwhile: not a call to
                 // point at.
                 return Err(unavailable(Vanished(call_id.to_string())));
@@ -106,7 +112,11 @@ impl JetStreamQueue {
             }
             // Store the record again, unchanged: a failed first enqueue removes it only at
             // the revision it wrote, so the call this answer names cannot be undone after it.
-            if self.write(&v.record, v.revision).await?.is_none() {
+            let written = within(deadline, bound, "store the call's record", || {
+                self.write(&v.record, v.revision)
+            })
+            .await?;
+            if written.is_none() {
                 continue;
             }
             let mut again = request.clone();
@@ -124,8 +134,11 @@ impl JetStreamQueue {
             // (a message of this record is never dropped by a worker while it is unseen).
             // No revision: the record may be a redriven one, which `Record::queued` does not
             // make again.
-            self.publish_request(&again.function, v.record.msg_id(), payload.into(), None)
-                .await?;
+            let payload = Bytes::from(payload);
+            within(deadline, bound, "publish the call's request", || {
+                self.publish_request(&again.function, v.record.msg_id(), payload.clone(), None)
+            })
+            .await?;
             return Ok(Enqueued::Duplicate(call_id.to_string()));
         }
         Err(unavailable(Contended(call_id.to_string())))
@@ -169,7 +182,7 @@ impl JetStreamQueue {
         })
         .await?;
         let Some(revision) = created else {
-            return self.duplicate(&call_id, &request).await;
+            return self.duplicate(&call_id, &request, deadline).await;
         };
         let forget = || self.forget(&call_id, revision, None);
         let mut key_revision = None;
@@ -178,7 +191,7 @@ impl JetStreamQueue {
                 Ok(Claim::Ours(r)) => key_revision = Some(r),
                 Ok(Claim::Theirs(first)) => {
                     forget();
-                    return self.duplicate(&first, &request).await;
+                    return self.duplicate(&first, &request, deadline).await;
                 }
                 Err(e) => {
                     forget();
