@@ -171,6 +171,40 @@ impl Cluster {
             .unwrap_or_else(|| panic!("unknown leader {name}"))
     }
 
+    /// Moves `stream`'s leadership to node `i` (asking the leader to step down until the
+    /// election picks it).
+    pub async fn make_leader(&self, stream: &str, i: usize) {
+        let js = self.client().await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            let leader = self.leader(stream).await;
+            if leader == i {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "n{i} never became the leader of {stream}"
+            );
+            // A refusal (an election under way) is asked again on the next turn.
+            let _ = js
+                .client()
+                .request(
+                    format!("$JS.API.STREAM.LEADER.STEPDOWN.{stream}"),
+                    bytes::Bytes::new(),
+                )
+                .await;
+            // The next leader is elected in a few seconds; `leader` waits for it.
+            eventually_async("the old leader stepping down", DEADLINE, || async {
+                cluster_of(&js, stream)
+                    .await
+                    .and_then(|c| c.leader)
+                    .filter(|l| *l != self.nodes[leader].name)
+                    .map(drop)
+            })
+            .await;
+        }
+    }
+
     /// Waits until every stream of the queue has a leader and two current, online followers.
     pub async fn all_current(&self) {
         let js = self.client().await;
