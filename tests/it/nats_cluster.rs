@@ -194,14 +194,13 @@ impl Cluster {
                 )
                 .await;
             // The next leader is elected in a few seconds; `leader` waits for it.
-            eventually_async("the old leader stepping down", DEADLINE, || async {
-                cluster_of(&js, stream)
-                    .await
-                    .and_then(|c| c.leader)
-                    .filter(|l| *l != self.nodes[leader].name)
-                    .map(drop)
-            })
-            .await;
+            let old = &self.nodes[leader].name;
+            for _ in 0..100 {
+                match cluster_of(&js, stream).await.and_then(|c| c.leader) {
+                    Some(l) if l != *old => break,
+                    _ => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
         }
     }
 
