@@ -62,6 +62,10 @@ pub enum ProviderKind {
     /// Functions run elsewhere, at a fixed URL (stack file `upstream:`) or at the URL made from
     /// --upstream-template.
     Static,
+    /// Each function is a Deployment and a Service on a Kubernetes cluster (in a pod: its
+    /// service account; outside: KUBECONFIG or ~/.kube/config), which holds what is deployed;
+    /// calls go straight to ready pods.
+    Kubernetes,
 }
 
 /// Options of `fgateway up`.
@@ -93,6 +97,10 @@ pub struct UpArgs {
     /// Where functions run.
     #[arg(long, env = "provider", value_enum, default_value_t = ProviderKind::Local)]
     pub provider: ProviderKind,
+
+    /// Kubernetes provider: how function pods are probed for readiness and liveness.
+    #[arg(long, env = "kube_probe", value_enum, default_value_t = crate::gateway::provider::kubernetes::ProbeKind::Http)]
+    pub kube_probe: crate::gateway::provider::kubernetes::ProbeKind,
 
     /// Static provider: URL of functions without a fixed upstream, with {name} and {namespace}
     /// filled in, e.g. http://{name}.{namespace}.svc.cluster.local:8080.

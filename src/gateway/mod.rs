@@ -90,6 +90,9 @@ pub enum GatewayError {
     /// The container engine cannot be used.
     #[error("docker provider")]
     Provider(#[source] provider::docker::ConnectError),
+    /// The Kubernetes cluster cannot be used.
+    #[error("kubernetes provider")]
+    Kubernetes(#[source] provider::kubernetes::KubernetesError),
     /// The listener has no address.
     #[error("cannot read the listening address")]
     LocalAddr(#[source] std::io::Error),
@@ -297,9 +300,23 @@ impl Gateway {
             ProviderKind::Static => {
                 Arc::new(UpstreamsProvider::new(args.upstream_template.clone()))
             }
+            ProviderKind::Kubernetes => Arc::new(
+                provider::kubernetes::KubernetesProvider::connect(provider::kubernetes::Shape {
+                    pull: args.image_pull,
+                    probe: args.kube_probe,
+                })
+                .await
+                .map_err(GatewayError::Kubernetes)?,
+            ),
         };
         let secret_store = Arc::new(secrets::SecretStore::open(&data_dir)?);
+        let observed = provider.observe();
         let registry = Registry::open(store, provider, Arc::clone(&secret_store))?;
+        if let Some(observed) = &observed
+            && let Some(seen) = observed.borrow().clone()
+        {
+            registry.observe(&seen);
+        }
         let gateway = Arc::new(Gateway {
             config: GatewayConfig {
                 upstream_timeout: args.upstream_timeout,
@@ -346,6 +363,19 @@ impl Gateway {
         // Replicas left running by a previous gateway and not adopted by now belong to
         // functions no longer deployed.
         gateway.registry.provider().restored().await;
+        if let Some(mut observed) = observed {
+            // The registry follows a provider that holds the deployed set.
+            let weak = Arc::downgrade(&gateway);
+            tokio::spawn(async move {
+                while observed.changed().await.is_ok() {
+                    let seen = observed.borrow_and_update().clone();
+                    let Some(gateway) = weak.upgrade() else { break };
+                    if let Some(seen) = seen {
+                        gateway.registry.observe(&seen);
+                    }
+                }
+            });
+        }
         for spec in gateway.registry.specs() {
             gateway.warn_timeouts(&spec);
         }

@@ -8,8 +8,11 @@
 //!   their replicas write, passed on once.
 //! - [`upstreams`]: functions that already run elsewhere, at a fixed URL or at a URL made from a
 //!   template such as `http://{name}.{namespace}.svc.cluster.local:8080`.
+//! - [`kubernetes`]: each function is a Deployment and a Service on a Kubernetes cluster, which
+//!   holds what is deployed (the registry follows it); calls go straight to ready pods.
 
 pub mod docker;
+pub mod kubernetes;
 pub mod local;
 pub mod replica_log;
 pub mod replicas;
@@ -54,6 +57,20 @@ pub enum Endpoint {
     Unavailable(String),
 }
 
+/// A function as the place that holds the deployed set sees it (see [`Provider::holds_state`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObservedFunction {
+    /// What is deployed.
+    pub spec: FunctionDeployment,
+    /// Replicas asked for.
+    pub replicas: u64,
+    /// When it was created, RFC 3339.
+    pub created_at: String,
+}
+
+/// The deployed set as it changes, from a provider that holds it.
+pub type Observed = tokio::sync::watch::Receiver<Option<Arc<Vec<ObservedFunction>>>>;
+
 /// Runs or locates functions. Implementations are cheap to call from request handlers.
 pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The provider's name, for `/system/info` and logs.
@@ -79,6 +96,29 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Makes `spec` run with `replicas` replicas: starts it, or reconfigures it when it already
     /// runs (a changed spec replaces every replica; a new count adds or stops replicas).
     fn apply(&self, spec: &Arc<FunctionDeployment>, replicas: u64) -> Result<(), ProviderError>;
+
+    /// [`Provider::apply`] for a deployment: returns once the change is accepted where it is
+    /// kept (a provider that writes to a cluster waits for the cluster's answer).
+    fn deploy<'a>(
+        &'a self,
+        spec: &'a Arc<FunctionDeployment>,
+        replicas: u64,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move { self.apply(spec, replicas) })
+    }
+
+    /// Whether the deployed set lives with the provider (a cluster) rather than in the
+    /// gateway's store: the registry then keeps no copy of its own and follows
+    /// [`Provider::observe`].
+    fn holds_state(&self) -> bool {
+        false
+    }
+
+    /// The deployed set as the provider sees it, updated on every change (`None` until first
+    /// known), when the provider holds it.
+    fn observe(&self) -> Option<Observed> {
+        None
+    }
 
     /// Stops a function and forgets it. Functions are named by their key, `NAME.NAMESPACE`
     /// ([`FunctionDeployment::key`]).

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use super::provider::{Endpoint, Provider, ProviderError};
+use super::provider::{Endpoint, ObservedFunction, Provider, ProviderError};
 use super::scaling::ScalePolicy;
 use super::secrets::{SecretError, SecretStore};
 use super::types::{
@@ -137,7 +137,14 @@ impl Registry {
         secrets: Arc<SecretStore>,
     ) -> Result<Registry, StoreError> {
         let mut functions = BTreeMap::new();
-        for stored in store.functions()? {
+        // A provider that holds the deployed set (a cluster) is followed instead (see
+        // [`Registry::observe`]).
+        let stored = if provider.holds_state() {
+            Vec::new()
+        } else {
+            store.functions()?
+        };
+        for stored in stored {
             let spec = Arc::new(stored.spec);
             if let Err(e) = secrets.mount_dir(spec.namespace(), &spec.service, &spec.secrets) {
                 tracing::error!(function = %spec.service, error = %e, "cannot start stored function");
@@ -210,6 +217,10 @@ impl Registry {
             .map_err(|e| RegistryError::Invalid(e.to_string()))?;
         let spec = Arc::new(spec);
         let is_new = existing.is_none();
+        if self.provider.holds_state() {
+            drop(_change);
+            return self.deploy_held(spec, replicas).await;
+        }
         if let Err(e) = self.provider.apply(&spec, replicas) {
             if is_new {
                 // Nothing of a function that failed to deploy may keep running.
@@ -238,6 +249,73 @@ impl Registry {
         Ok(())
     }
 
+    /// [`Registry::deploy`] to a provider that holds the deployed set: the provider's answer
+    /// is awaited (outside the change lock), then the function is listed at once (its own
+    /// observation follows).
+    async fn deploy_held(
+        &self,
+        spec: Arc<FunctionDeployment>,
+        replicas: u64,
+    ) -> Result<(), RegistryError> {
+        self.provider.deploy(&spec, replicas).await?;
+        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = spec.key();
+        let created_at = self.entry(&key).map_or_else(now, |e| e.created_at);
+        self.functions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                key,
+                Entry {
+                    spec,
+                    replicas,
+                    created_at,
+                    changed_at: std::time::Instant::now(),
+                },
+            );
+        Ok(())
+    }
+
+    /// Follows the deployed set a provider holds: functions it no longer has are dropped, new
+    /// ones added, changed ones updated (a spec or count unchanged keeps its identity and the
+    /// time its count last changed, which the autoscaler reads).
+    pub fn observe(&self, seen: &[ObservedFunction]) {
+        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut functions = self
+            .functions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let keys: std::collections::HashSet<String> = seen.iter().map(|f| f.spec.key()).collect();
+        functions.retain(|k, _| keys.contains(k));
+        for f in seen {
+            let key = f.spec.key();
+            let entry = match functions.get(&key) {
+                Some(e) if *e.spec == f.spec && e.replicas == f.replicas => continue,
+                Some(e) => Entry {
+                    spec: if *e.spec == f.spec {
+                        Arc::clone(&e.spec)
+                    } else {
+                        Arc::new(f.spec.clone())
+                    },
+                    replicas: f.replicas,
+                    created_at: f.created_at.clone(),
+                    changed_at: if e.replicas == f.replicas {
+                        e.changed_at
+                    } else {
+                        std::time::Instant::now()
+                    },
+                },
+                None => Entry {
+                    spec: Arc::new(f.spec.clone()),
+                    replicas: f.replicas,
+                    created_at: f.created_at.clone(),
+                    changed_at: std::time::Instant::now(),
+                },
+            };
+            functions.insert(key, entry);
+        }
+    }
+
     /// Removes a function; returns what was deployed.
     pub fn delete(
         &self,
@@ -248,7 +326,9 @@ impl Registry {
         let Some((key, entry)) = self.find(name, namespace) else {
             return Err(not_found(name, namespace));
         };
-        self.store.remove(&key)?;
+        if !self.provider.holds_state() {
+            self.store.remove(&key)?;
+        }
         self.functions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -568,6 +648,9 @@ impl Registry {
     }
 
     fn persist(&self, e: &Entry) -> Result<(), StoreError> {
+        if self.provider.holds_state() {
+            return Ok(());
+        }
         self.store.save(&StoredFunction {
             spec: (*e.spec).clone(),
             replicas: e.replicas,

@@ -1,0 +1,260 @@
+//! Functions on a Kubernetes cluster: each is a Deployment and a Service in its namespace
+//! ([`objects`]), and the cluster holds what is deployed. The provider watches the functions'
+//! Deployments (so the registry lists what the cluster has, whoever deployed it) and their
+//! Endpoints ([`routes`]), and sends calls straight to ready pods' IPs, round robin, over the
+//! gateway's pooled connections.
+//!
+//! The client is configured as kubectl's is: inside a pod, from its service account; outside,
+//! from `KUBECONFIG` or `~/.kube/config`.
+
+pub mod objects;
+pub mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::{Api, Client};
+
+use super::{BoxFuture, Endpoint, Observed, ObservedFunction, Provider, ProviderError};
+use crate::gateway::types::{FUNCTION_NAME_LABEL, FunctionDeployment};
+pub use objects::{ProbeKind, Shape};
+use routes::Routes;
+
+/// The field manager our server-side applies are made as.
+const MANAGER: &str = "fgateway";
+
+/// How long one request to the API server may take.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The Kubernetes provider.
+pub struct KubernetesProvider {
+    /// The API client.
+    client: Client,
+    /// How objects are built.
+    shape: Shape,
+    /// Ready pods per function, from the watched Endpoints.
+    routes: Arc<Routes>,
+    /// The functions' Deployments, as the registry should list them.
+    observed: Observed,
+    /// The watches.
+    tasks: tokio_util::task::AbortOnDropHandle<()>,
+}
+
+impl std::fmt::Debug for KubernetesProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubernetesProvider")
+            .field("shape", &self.shape)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the provider could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubernetesError {
+    /// No usable client configuration.
+    #[error(
+        "cannot configure a Kubernetes client (in a pod: its service account; outside: KUBECONFIG or ~/.kube/config)"
+    )]
+    Config(#[source] kube::config::InferConfigError),
+    /// The client could not be built from it.
+    #[error("cannot build a Kubernetes client")]
+    Client(#[source] kube::Error),
+    /// The API server did not answer the first listing.
+    #[error(
+        "cannot list functions on the cluster (is the API server reachable, and may this account list and watch Deployments and Endpoints?)"
+    )]
+    List(#[source] kube::Error),
+}
+
+impl KubernetesProvider {
+    /// Connects with the inferred configuration, starts the watches and waits for their first
+    /// listing.
+    pub async fn connect(shape: Shape) -> Result<KubernetesProvider, KubernetesError> {
+        let mut config = kube::Config::infer()
+            .await
+            .map_err(KubernetesError::Config)?;
+        config.read_timeout = Some(API_TIMEOUT);
+        config.connect_timeout = Some(Duration::from_secs(10));
+        let client = Client::try_from(config).map_err(KubernetesError::Client)?;
+        // One listing now, so that a cluster that cannot be reached (or an account that may
+        // not list) stops start-up with its reason.
+        let deployments: Api<Deployment> = Api::all(client.clone());
+        deployments
+            .list_metadata(
+                &kube::api::ListParams::default()
+                    .labels(FUNCTION_NAME_LABEL)
+                    .limit(1),
+            )
+            .await
+            .map_err(KubernetesError::List)?;
+        let routes = Arc::new(Routes::default());
+        let (observed_tx, observed) = tokio::sync::watch::channel(None);
+        let tasks = tokio::spawn(routes::watch(
+            client.clone(),
+            Arc::clone(&routes),
+            observed_tx,
+        ));
+        let mut first = observed.clone();
+        // The registry starts from the cluster's set.
+        let _ = first.wait_for(Option::is_some).await;
+        Ok(KubernetesProvider {
+            client,
+            shape,
+            routes,
+            observed,
+            tasks: tokio_util::task::AbortOnDropHandle::new(tasks),
+        })
+    }
+
+    /// Server-side applies `spec`'s Service and Deployment.
+    async fn put(
+        client: Client,
+        spec: Arc<FunctionDeployment>,
+        replicas: u64,
+        shape: Shape,
+    ) -> Result<(), ProviderError> {
+        let deployment =
+            objects::deployment(&spec, replicas, shape).map_err(ProviderError::Invalid)?;
+        let service = objects::service(&spec);
+        let ns = spec.namespace();
+        let params = PatchParams::apply(MANAGER).force();
+        let services: Api<Service> = Api::namespaced(client.clone(), ns);
+        services
+            .patch(&spec.service, &params, &Patch::Apply(&service))
+            .await
+            .map_err(|e| refused(&spec, e))?;
+        let deployments: Api<Deployment> = Api::namespaced(client, ns);
+        deployments
+            .patch(&spec.service, &params, &Patch::Apply(&deployment))
+            .await
+            .map_err(|e| refused(&spec, e))?;
+        Ok(())
+    }
+}
+
+/// The cluster's refusal as a provider error: what it refuses for the request's sake (a
+/// missing namespace, an invalid object) is the deployment's fault; the rest is unavailability.
+fn refused(spec: &FunctionDeployment, e: kube::Error) -> ProviderError {
+    match &e {
+        kube::Error::Api(status) if (400..500).contains(&status.code) && status.code != 429 => {
+            ProviderError::Invalid(format!(
+                "the cluster refused function {} in namespace {}: {}",
+                spec.service,
+                spec.namespace(),
+                status.message
+            ))
+        }
+        _ => ProviderError::Unavailable(format!(
+            "cannot reach the cluster to deploy function {}: {}",
+            spec.service,
+            crate::http::proxy::error_chain(&e)
+        )),
+    }
+}
+
+/// Splits a function key (`NAME.NAMESPACE`) into its name and namespace.
+fn split_key(key: &str) -> (&str, &str) {
+    key.split_once('.')
+        .unwrap_or((key, crate::gateway::types::DEFAULT_NAMESPACE))
+}
+
+impl Provider for KubernetesProvider {
+    fn name(&self) -> &'static str {
+        "kubernetes"
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        spec: &'a FunctionDeployment,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        // What the cluster could not take is refused before anything is written.
+        let checked = objects::deployment(spec, 1, self.shape)
+            .map(drop)
+            .map_err(ProviderError::Invalid);
+        Box::pin(async move { checked })
+    }
+
+    fn apply(&self, spec: &Arc<FunctionDeployment>, replicas: u64) -> Result<(), ProviderError> {
+        // A scale (the API, the autoscaler, a cold start): written in the background; the
+        // watch brings the result back.
+        objects::deployment(spec, replicas, self.shape).map_err(ProviderError::Invalid)?;
+        let (client, spec, shape) = (self.client.clone(), Arc::clone(spec), self.shape);
+        tokio::spawn(async move {
+            if let Err(e) = Self::put(client, Arc::clone(&spec), replicas, shape).await {
+                tracing::error!(function = %spec.key(), replicas, error = %e, "cannot scale the function's Deployment");
+            }
+        });
+        Ok(())
+    }
+
+    fn deploy<'a>(
+        &'a self,
+        spec: &'a Arc<FunctionDeployment>,
+        replicas: u64,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(Self::put(
+            self.client.clone(),
+            Arc::clone(spec),
+            replicas,
+            self.shape,
+        ))
+    }
+
+    fn holds_state(&self) -> bool {
+        true
+    }
+
+    fn observe(&self) -> Option<Observed> {
+        Some(self.observed.clone())
+    }
+
+    fn remove(&self, key: &str) {
+        let (name, ns) = split_key(key);
+        let (name, ns, client) = (name.to_string(), ns.to_string(), self.client.clone());
+        tokio::spawn(async move {
+            let params = DeleteParams::background();
+            let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+            if let Err(e) = deployments.delete(&name, &params).await {
+                tracing::warn!(function = %name, namespace = %ns, error = %e, "cannot delete the function's Deployment");
+            }
+            let services: Api<Service> = Api::namespaced(client, &ns);
+            if let Err(e) = services.delete(&name, &params).await {
+                tracing::debug!(function = %name, namespace = %ns, error = %e, "cannot delete the function's Service");
+            }
+        });
+    }
+
+    fn available(&self, key: &str) -> u64 {
+        let (name, ns) = split_key(key);
+        self.routes.ready(ns, name) as u64
+    }
+
+    fn endpoint<'a>(&'a self, key: &'a str, wait: Duration) -> BoxFuture<'a, Endpoint> {
+        Box::pin(async move {
+            let (name, ns) = split_key(key);
+            self.routes.pick(ns, name, wait).await
+        })
+    }
+
+    fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
+        // Functions keep running: the cluster holds them, not this process.
+        self.tasks.abort();
+        Box::pin(async {})
+    }
+}
+
+/// Turns watched Deployments into the registry's view.
+pub(crate) fn observed_functions(deployments: &[Arc<Deployment>]) -> Vec<ObservedFunction> {
+    deployments
+        .iter()
+        .filter_map(|d| objects::observe(d))
+        .map(|o| ObservedFunction {
+            spec: o.spec,
+            replicas: o.replicas,
+            created_at: o.created_at,
+        })
+        .collect()
+}

@@ -1,0 +1,195 @@
+//! Where a function's calls go: the ready addresses of its core/v1 Endpoints (which every
+//! Kubernetes version serves), watched; and the watch of the functions' Deployments that the
+//! registry follows.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Endpoints;
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, reflector};
+use kube::{Api, Client, ResourceExt};
+
+use super::objects::FUNCTION_PORT;
+use super::observed_functions;
+use crate::gateway::provider::{Endpoint, ObservedFunction};
+use crate::gateway::types::FUNCTION_NAME_LABEL;
+
+/// A function on the cluster: `(namespace, name)`.
+type Name = (String, String);
+
+/// Ready pod addresses per function.
+#[derive(Debug, Default)]
+pub struct Routes {
+    /// `host:port` of each ready pod.
+    ready: RwLock<HashMap<Name, Arc<Vec<String>>>>,
+    /// Bumped on every change, to wake calls waiting for a pod.
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Round robin.
+    next: AtomicUsize,
+    /// During a (re)listing: the objects listed so far (what is not listed is gone).
+    listing: std::sync::Mutex<Option<std::collections::HashSet<Name>>>,
+}
+
+impl Routes {
+    /// How many pods of the function are ready.
+    pub fn ready(&self, namespace: &str, name: &str) -> usize {
+        self.addresses(namespace, name).map_or(0, |a| a.len())
+    }
+
+    fn addresses(&self, namespace: &str, name: &str) -> Option<Arc<Vec<String>>> {
+        self.ready
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// A ready pod of the function, waiting up to `wait` for one.
+    pub async fn pick(&self, namespace: &str, name: &str, wait: Duration) -> Endpoint {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut changes = self.changed.subscribe();
+        loop {
+            if let Some(addresses) = self.addresses(namespace, name).filter(|a| !a.is_empty()) {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) % addresses.len();
+                return match format!("http://{}", addresses[i]).parse() {
+                    Ok(uri) => Endpoint::Ready(uri),
+                    Err(e) => {
+                        Endpoint::Unavailable(format!("bad pod address {}: {e}", addresses[i]))
+                    }
+                };
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                _ => {
+                    return Endpoint::Unavailable(format!(
+                        "no ready pod of {name} in namespace {namespace} within {wait:?}"
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Records one Endpoints object.
+    fn set(&self, ep: &Endpoints) {
+        let key = (ep.namespace().unwrap_or_default(), ep.name_any());
+        let addresses: Vec<String> = ep
+            .subsets
+            .iter()
+            .flatten()
+            .flat_map(|s| {
+                let port = s
+                    .ports
+                    .iter()
+                    .flatten()
+                    .find(|p| p.name.as_deref() == Some("http"))
+                    .or_else(|| s.ports.iter().flatten().next())
+                    .map_or(FUNCTION_PORT, |p| p.port);
+                s.addresses
+                    .iter()
+                    .flatten()
+                    .map(move |a| format!("{}:{port}", a.ip))
+            })
+            .collect();
+        self.ready
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key, Arc::new(addresses));
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// A (re)listing begins.
+    fn relist(&self) {
+        *self.listing.lock().unwrap_or_else(PoisonError::into_inner) = Some(Default::default());
+    }
+
+    /// One object of a listing.
+    fn listed(&self, ep: &Endpoints) {
+        if let Some(seen) = self
+            .listing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+        {
+            seen.insert((ep.namespace().unwrap_or_default(), ep.name_any()));
+        }
+        self.set(ep);
+    }
+
+    /// A listing is complete: what it did not list was deleted while the watch was down.
+    fn listed_all(&self) {
+        let Some(seen) = self
+            .listing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        self.ready
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|k, _| seen.contains(k));
+        self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// Forgets one Endpoints object.
+    fn unset(&self, ep: &Endpoints) {
+        let key = (ep.namespace().unwrap_or_default(), ep.name_any());
+        self.ready
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// Watches, until aborted, the functions' Endpoints into `routes` and their Deployments into
+/// `observed`. A watch that fails is restarted with backoff (the watcher re-lists).
+pub async fn watch(
+    client: Client,
+    routes: Arc<Routes>,
+    observed: tokio::sync::watch::Sender<Option<Arc<Vec<ObservedFunction>>>>,
+) {
+    let config = watcher::Config::default().labels(FUNCTION_NAME_LABEL);
+    let endpoints = {
+        let api: Api<Endpoints> = Api::all(client.clone());
+        let routes = Arc::clone(&routes);
+        watcher::watcher(api, config.clone())
+            .default_backoff()
+            .for_each(move |event| {
+                match event {
+                    Ok(Event::Apply(ep)) => routes.set(&ep),
+                    Ok(Event::Delete(ep)) => routes.unset(&ep),
+                    Ok(Event::Init) => routes.relist(),
+                    Ok(Event::InitApply(ep)) => routes.listed(&ep),
+                    Ok(Event::InitDone) => routes.listed_all(),
+                    Err(e) => tracing::warn!(error = %e, "watching the functions' Endpoints"),
+                }
+                std::future::ready(())
+            })
+    };
+    let deployments = {
+        let api: Api<Deployment> = Api::all(client);
+        let (reader, writer) = reflector::store();
+        reflector::reflector(writer, watcher::watcher(api, config).default_backoff()).for_each(
+            move |event| {
+                match event {
+                    // Once the first listing is complete, and on every change after it.
+                    Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_)) => {
+                        let functions = observed_functions(&reader.state());
+                        observed.send_replace(Some(Arc::new(functions)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "watching the functions' Deployments"),
+                }
+                std::future::ready(())
+            },
+        )
+    };
+    tokio::join!(endpoints, deployments);
+}
