@@ -17,6 +17,8 @@ mod gateway_jetstream;
 mod harness;
 mod hostile;
 mod jetstream_cluster;
+mod kube_cluster;
+mod kubernetes;
 mod nats_cluster;
 mod podman;
 mod provider_docker;
