@@ -47,7 +47,7 @@ impl Secret {
     }
 
     /// The value's bytes.
-    fn bytes(&self) -> Result<Vec<u8>, SecretError> {
+    pub fn bytes(&self) -> Result<Vec<u8>, SecretError> {
         match (&self.raw_value, &self.value) {
             (Some(raw), _) => base64::engine::general_purpose::STANDARD
                 .decode(raw.trim())
@@ -90,6 +90,9 @@ pub enum SecretError {
         /// The functions that name it.
         functions: String,
     },
+    /// Where secrets are kept (a cluster) cannot be reached now (503).
+    #[error("{0}")]
+    Unavailable(String),
     /// The files could not be read or written (500).
     #[error("cannot store secrets under {dir}")]
     Io {

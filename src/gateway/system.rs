@@ -76,10 +76,12 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
         }
         ("/system/secrets", Method::GET) => {
             let namespace = query_namespace(req.uri().query());
-            match gateway
-                .secrets
-                .list(namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE))
-            {
+            let namespace = namespace.as_deref().unwrap_or(DEFAULT_NAMESPACE);
+            let listed = match gateway.registry.provider().secrets() {
+                Some(held) => held.list(namespace).await,
+                None => gateway.secrets.list(namespace),
+            };
+            match listed {
                 Ok(list) => json(StatusCode::OK, &list),
                 Err(e) => secret_failure(&e),
             }
@@ -88,7 +90,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
             let method = req.method().clone();
             match read_json::<Secret>(gateway, req).await {
                 Err(resp) => resp,
-                Ok(secret) => change_secret(gateway, &method, &secret),
+                Ok(secret) => change_secret(gateway, &method, &secret).await,
             }
         }
         (p, Method::GET) if p.starts_with("/system/function/") => {
@@ -238,15 +240,31 @@ fn query_namespace(query: Option<&str>) -> Option<String> {
 }
 
 /// `POST` (create), `PUT` (update) or `DELETE /system/secrets`.
-fn change_secret(gateway: &Gateway, method: &Method, secret: &Secret) -> Response<ResponseBody> {
+async fn change_secret(
+    gateway: &Gateway,
+    method: &Method,
+    secret: &Secret,
+) -> Response<ResponseBody> {
     let (name, namespace) = (&secret.name, secret.namespace());
-    let result = match *method {
-        Method::POST => gateway.secrets.create(secret).map(|()| StatusCode::CREATED),
-        Method::PUT => gateway.secrets.update(secret).map(|()| StatusCode::OK),
-        _ => gateway
-            .registry
-            .delete_secret(namespace, name)
-            .map(|()| StatusCode::OK),
+    let result = if let Some(held) = gateway.registry.provider().secrets() {
+        // Kept by the provider (a cluster's Secrets).
+        match *method {
+            Method::POST => held.create(secret).await.map(|()| StatusCode::CREATED),
+            Method::PUT => held.update(secret).await.map(|()| StatusCode::OK),
+            _ => match gateway.registry.secret_users(namespace, name) {
+                Err(e) => Err(e),
+                Ok(()) => held.delete(namespace, name).await.map(|()| StatusCode::OK),
+            },
+        }
+    } else {
+        match *method {
+            Method::POST => gateway.secrets.create(secret).map(|()| StatusCode::CREATED),
+            Method::PUT => gateway.secrets.update(secret).map(|()| StatusCode::OK),
+            _ => gateway
+                .registry
+                .delete_secret(namespace, name)
+                .map(|()| StatusCode::OK),
+        }
     };
     match result {
         Ok(status) => {
@@ -263,6 +281,7 @@ fn secret_failure(e: &SecretError) -> Response<ResponseBody> {
         SecretError::Invalid(_) => StatusCode::BAD_REQUEST,
         SecretError::Exists { .. } | SecretError::InUse { .. } => StatusCode::CONFLICT,
         SecretError::NotFound { .. } => StatusCode::NOT_FOUND,
+        SecretError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         SecretError::Io { .. } => {
             tracing::error!(error = %crate::http::proxy::error_chain(e), "secret store failed");
             StatusCode::INTERNAL_SERVER_ERROR

@@ -15,6 +15,9 @@ use serde_json::json;
 /// The function image every test deploys: the static fwatchdog and a static busybox.
 pub const IMAGE: &str = "localhost/fwatchdog-k8s-test:latest";
 
+/// The same, run as user 12000 (not root).
+pub const NONROOT_IMAGE: &str = "localhost/fwatchdog-k8s-test:nonroot";
+
 /// The running cluster.
 pub struct Kube {
     /// Its admin kubeconfig.
@@ -68,23 +71,26 @@ pub fn kube() -> &'static Kube {
             .into_iter()
             .find(|p| Path::new(p).exists())
             .expect("a static busybox (Debian package busybox-static)");
-        let mut args = vec![
-            "image".to_string(),
-            IMAGE.into(),
-            "/fwatchdog".into(),
-            format!("{}:/fwatchdog", fwatchdog.display()),
-        ];
-        for applet in ["sh", "cat", "hostname", "echo", "sleep", "ls", "env", "id"] {
-            args.push(format!("{busybox}:/bin/{applet}"));
+        for (name, user) in [(IMAGE, None), (NONROOT_IMAGE, Some("--user=12000"))] {
+            let mut args = vec![
+                "image".to_string(),
+                name.into(),
+                "/fwatchdog".into(),
+                format!("{}:/fwatchdog", fwatchdog.display()),
+            ];
+            for applet in ["sh", "cat", "hostname", "echo", "sleep", "ls", "env", "id"] {
+                args.push(format!("{busybox}:/bin/{applet}"));
+            }
+            args.extend(user.map(String::from));
+            args.extend(["--env".into(), "PATH=/bin".into(), "fprocess=cat".into()]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let image = run_script(&args);
+            assert!(
+                image.status.success(),
+                "cannot load the test image {name}: {}",
+                String::from_utf8_lossy(&image.stderr)
+            );
         }
-        args.extend(["--env".into(), "PATH=/bin".into(), "fprocess=cat".into()]);
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let image = run_script(&args);
-        assert!(
-            image.status.success(),
-            "cannot load the test image: {}",
-            String::from_utf8_lossy(&image.stderr)
-        );
         Kube {
             kubeconfig: run.join("admin.kubeconfig"),
             server: "https://10.250.0.1:6443".into(),

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use crate::callback::Receiver;
 use crate::harness::{Gateway, eventually_async, get, post};
-use crate::kube_cluster::{IMAGE, kube};
+use crate::kube_cluster::{IMAGE, NONROOT_IMAGE, kube};
 
 /// `fgateway up --provider kubernetes` on the test cluster.
 async fn gateway(data: &Path, extra: &[&str]) -> Gateway {
@@ -259,4 +259,95 @@ async fn scale_to_zero_and_back_and_async_calls() {
     let got = receiver.wait_for(1).await;
     assert_eq!(got[0].header("x-function-status"), "200");
     assert_eq!(got[0].body, "later");
+}
+
+/// Secrets through the system API are Kubernetes Secrets in the function's namespace, mounted
+/// where OpenFaaS mounts them and readable by a function that does not run as root; one a
+/// function names cannot be deleted, and a function naming a missing one is refused.
+#[tokio::test]
+async fn secrets_are_the_clusters_and_reach_non_root_functions() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = kube().namespace("secrets");
+    let gw = gateway(&dir.path().join("gw"), &[]).await;
+    let secret = json!({"name": "api-key", "namespace": ns.name, "value": "s3cret"});
+    let r = post(gw.addr, "/system/secrets", secret.to_string()).await;
+    assert_eq!(r.status(), 201, "{}", r.text());
+    let r = post(gw.addr, "/system/secrets", secret.to_string()).await;
+    assert_eq!(r.status(), 409, "{}", r.text());
+    let listed = get(gw.addr, &format!("/system/secrets?namespace={}", ns.name)).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&listed.text()).unwrap(),
+        json!([{"name": "api-key", "namespace": ns.name}])
+    );
+    let (code, s) = kube().api(
+        "GET",
+        &format!("/api/v1/namespaces/{}/secrets/api-key", ns.name),
+        None,
+    );
+    assert_eq!(code, 200, "{s}");
+    assert_eq!(
+        s["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "openfaas"
+    );
+
+    let deploy_with = |name: &str, secret: &str| {
+        json!({
+            "service": name,
+            "namespace": ns.name,
+            "image": NONROOT_IMAGE,
+            "envProcess": "sh -c 'id -u; cat /var/openfaas/secrets/api-key'",
+            "secrets": [secret],
+        })
+        .to_string()
+    };
+    let r = post(
+        gw.addr,
+        "/system/functions",
+        deploy_with("reader", "missing"),
+    )
+    .await;
+    assert_eq!(r.status(), 400, "{}", r.text());
+    assert!(
+        r.text().contains("secret missing not found"),
+        "{}",
+        r.text()
+    );
+    let r = post(
+        gw.addr,
+        "/system/functions",
+        deploy_with("reader", "api-key"),
+    )
+    .await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    available(&gw, "reader", &ns.name, 1).await;
+    let r = post(gw.addr, &format!("/function/reader.{}", ns.name), "").await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    assert_eq!(r.text(), "12000\ns3cret");
+
+    let delete_secret = || {
+        crate::harness::send(
+            gw.addr,
+            http::Request::delete("/system/secrets")
+                .body(http_body_util::Full::new(bytes::Bytes::from(
+                    json!({"name": "api-key", "namespace": ns.name}).to_string(),
+                )))
+                .unwrap(),
+        )
+    };
+    let r = delete_secret().await;
+    assert_eq!(r.status(), 409, "{}", r.text());
+    let r = crate::harness::send(
+        gw.addr,
+        http::Request::delete("/system/functions")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                json!({"functionName": "reader", "namespace": ns.name}).to_string(),
+            )))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    let r = delete_secret().await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    let r = delete_secret().await;
+    assert_eq!(r.status(), 404, "{}", r.text());
 }

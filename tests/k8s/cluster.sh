@@ -9,7 +9,7 @@
 #                                       # sha256; a no-op when the cache holds it
 #   bash tests/k8s/cluster.sh up        # start it (builds first if needed); prints the env file
 #   bash tests/k8s/cluster.sh import F  # load an image archive (docker or OCI) into the node
-#   bash tests/k8s/cluster.sh image localhost/NAME:TAG /ENTRYPOINT SRC:DEST... [--env K=V...]
+#   bash tests/k8s/cluster.sh image localhost/NAME:TAG /ENTRYPOINT SRC:DEST... [--user=UID] [--env K=V...]
 #                                       # pack files into a FROM-scratch image and load it
 #   bash tests/k8s/cluster.sh down      # stop it and remove everything it put on the host
 #   bash tests/k8s/cluster.sh status    # exit 0 when it is up and its node Ready
@@ -141,14 +141,17 @@ build() {
 
 # Packs a FROM-scratch image as an OCI archive, with no engine: $1 the archive, $2 its name
 # (localhost/NAME:TAG), $3 the entrypoint (a path in the image), then SRC:DEST files (each
-# owned by root, mode kept), and ENV=VALUE settings after a `--env`.
+# owned by root, mode kept), `--user=UID` to run as that user, and ENV=VALUE settings after a
+# `--env`.
 pack_image() {
   python3 - "$@" <<'PY'
 import hashlib, io, json, os, sys, tarfile
 out, ref, entry, *rest = sys.argv[1:]
-files, env = [], []
+files, env, user = [], [], ""
 for a in rest:
-    if "=" in a and ":" not in a.split("=", 1)[0]:
+    if a.startswith("--user="):
+        user = a.split("=", 1)[1]
+    elif "=" in a and ":" not in a.split("=", 1)[0]:
         env.append(a)
     elif a != "--env":
         files.append(a.split(":", 1))
@@ -183,7 +186,7 @@ layer_desc = blob(layer.getvalue())
 config = json.dumps({
     "architecture": {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine),
     "os": "linux",
-    "config": {"Entrypoint": [entry], "Env": env},
+    "config": {"Entrypoint": [entry], "Env": env, **({"User": user} if user else {})},
     "rootfs": {"type": "layers", "diff_ids": [layer_desc["digest"]]},
 }).encode()
 config_desc = blob(config)

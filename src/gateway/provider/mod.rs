@@ -23,6 +23,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::secrets::{Secret, SecretError};
 use super::types::FunctionDeployment;
 
 /// A boxed future, for the provider trait's async methods.
@@ -71,6 +72,22 @@ pub struct ObservedFunction {
 /// The deployed set as it changes, from a provider that holds it.
 pub type Observed = tokio::sync::watch::Receiver<Option<Arc<Vec<ObservedFunction>>>>;
 
+/// Secrets kept by a provider (a cluster's), for the system API.
+pub trait HeldSecrets: Send + Sync {
+    /// Stores a new secret; [`SecretError::Exists`] when it does.
+    fn create<'a>(&'a self, secret: &'a Secret) -> BoxFuture<'a, Result<(), SecretError>>;
+    /// Replaces a secret's value; [`SecretError::NotFound`] when there is none.
+    fn update<'a>(&'a self, secret: &'a Secret) -> BoxFuture<'a, Result<(), SecretError>>;
+    /// Removes a secret (the caller checked that no function uses it).
+    fn delete<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> BoxFuture<'a, Result<(), SecretError>>;
+    /// The secrets of `namespace` (names only), sorted.
+    fn list<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<Vec<Secret>, SecretError>>;
+}
+
 /// Runs or locates functions. Implementations are cheap to call from request handlers.
 pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The provider's name, for `/system/info` and logs.
@@ -117,6 +134,11 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The deployed set as the provider sees it, updated on every change (`None` until first
     /// known), when the provider holds it.
     fn observe(&self) -> Option<Observed> {
+        None
+    }
+
+    /// The secrets, when the provider keeps them (else the gateway's own store does).
+    fn secrets(&self) -> Option<&dyn HeldSecrets> {
         None
     }
 

@@ -204,6 +204,11 @@ impl Registry {
         let replicas = existing
             .as_ref()
             .map_or(policy.min, |e| policy.clamp(e.replicas));
+        if self.provider.holds_state() {
+            // The provider keeps the secrets too (and `prepare` checked them).
+            drop(_change);
+            return self.deploy_held(Arc::new(spec), replicas).await;
+        }
         for name in &spec.secrets {
             if !self.secrets.exists(spec.namespace(), name) {
                 return Err(RegistryError::Invalid(format!(
@@ -217,10 +222,6 @@ impl Registry {
             .map_err(|e| RegistryError::Invalid(e.to_string()))?;
         let spec = Arc::new(spec);
         let is_new = existing.is_none();
-        if self.provider.holds_state() {
-            drop(_change);
-            return self.deploy_held(spec, replicas).await;
-        }
         if let Err(e) = self.provider.apply(&spec, replicas) {
             if is_new {
                 // Nothing of a function that failed to deploy may keep running.
@@ -515,6 +516,12 @@ impl Registry {
     /// deploy copying the secret cannot slip between the check and the delete).
     pub fn delete_secret(&self, namespace: &str, name: &str) -> Result<(), SecretError> {
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        self.secret_users(namespace, name)?;
+        self.secrets.delete(namespace, name)
+    }
+
+    /// [`SecretError::InUse`] when a deployed function names the secret.
+    pub fn secret_users(&self, namespace: &str, name: &str) -> Result<(), SecretError> {
         let users: Vec<String> = self
             .specs()
             .iter()
@@ -527,7 +534,7 @@ impl Registry {
                 functions: users.join(", "),
             });
         }
-        self.secrets.delete(namespace, name)
+        Ok(())
     }
 
     /// Every namespace: the default one, those created through the system API, and those

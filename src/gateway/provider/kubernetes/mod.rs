@@ -9,6 +9,7 @@
 
 pub mod objects;
 pub mod routes;
+pub mod secrets;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,7 +19,9 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 
-use super::{BoxFuture, Endpoint, Observed, ObservedFunction, Provider, ProviderError};
+use super::{
+    BoxFuture, Endpoint, HeldSecrets, Observed, ObservedFunction, Provider, ProviderError,
+};
 use crate::gateway::types::{FUNCTION_NAME_LABEL, FunctionDeployment};
 pub use objects::{ProbeKind, Shape};
 use routes::Routes;
@@ -39,6 +42,8 @@ pub struct KubernetesProvider {
     routes: Arc<Routes>,
     /// The functions' Deployments, as the registry should list them.
     observed: Observed,
+    /// The system API's secrets, as the cluster's.
+    secrets: secrets::ClusterSecrets,
     /// The watches.
     tasks: tokio_util::task::AbortOnDropHandle<()>,
 }
@@ -101,6 +106,9 @@ impl KubernetesProvider {
         // The registry starts from the cluster's set.
         let _ = first.wait_for(Option::is_some).await;
         Ok(KubernetesProvider {
+            secrets: secrets::ClusterSecrets {
+                client: client.clone(),
+            },
             client,
             shape,
             routes,
@@ -170,11 +178,25 @@ impl Provider for KubernetesProvider {
         &'a self,
         spec: &'a FunctionDeployment,
     ) -> BoxFuture<'a, Result<(), ProviderError>> {
-        // What the cluster could not take is refused before anything is written.
-        let checked = objects::deployment(spec, 1, self.shape)
-            .map(drop)
-            .map_err(ProviderError::Invalid);
-        Box::pin(async move { checked })
+        Box::pin(async move {
+            // What the cluster could not take is refused before anything is written.
+            objects::deployment(spec, 1, self.shape).map_err(ProviderError::Invalid)?;
+            // A missing secret would leave the pods waiting for it: refused now, as faas-netes
+            // refuses it.
+            for name in &spec.secrets {
+                match self.secrets.exists(spec.namespace(), name).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        return Err(ProviderError::Invalid(format!(
+                            "secret {name} not found in namespace {}: create it first (POST /system/secrets, faas-cli secret create)",
+                            spec.namespace()
+                        )));
+                    }
+                    Err(e) => return Err(ProviderError::Unavailable(e.to_string())),
+                }
+            }
+            Ok(())
+        })
     }
 
     fn apply(&self, spec: &Arc<FunctionDeployment>, replicas: u64) -> Result<(), ProviderError> {
@@ -209,6 +231,10 @@ impl Provider for KubernetesProvider {
 
     fn observe(&self) -> Option<Observed> {
         Some(self.observed.clone())
+    }
+
+    fn secrets(&self) -> Option<&dyn HeldSecrets> {
+        Some(&self.secrets)
     }
 
     fn remove(&self, key: &str) {
