@@ -62,6 +62,9 @@ pub struct GatewayMetrics {
     /// Calls per function: running, finished, last seen (for `invocationCount` and the
     /// autoscaler).
     activity: std::sync::Mutex<std::collections::HashMap<String, Activity>>,
+    /// Other gateways' calls per function, by gateway (gateways sharing a cluster publish
+    /// theirs): counted in with this gateway's by [`GatewayMetrics::activity`].
+    peers: std::sync::RwLock<std::collections::HashMap<String, PeerActivity>>,
     /// The autoscaler's figures.
     pub scaling: ScalingMetrics,
     /// `gateway_upgraded_connections`: websockets (and other upgrades) open now.
@@ -82,6 +85,26 @@ pub struct Activity {
     /// When a call last started or finished.
     pub last: Option<Instant>,
 }
+
+/// One function's calls on a gateway, as gateways publish them to each other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SharedActivity {
+    /// Calls running now.
+    #[serde(rename = "r")]
+    pub in_flight: i64,
+    /// Calls finished.
+    #[serde(rename = "f")]
+    pub finished: u64,
+    /// Calls finished with a 2xx status.
+    #[serde(rename = "s")]
+    pub succeeded: u64,
+    /// How long ago a call last started or finished, milliseconds, when one did.
+    #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+    pub idle_ms: Option<u64>,
+}
+
+/// One gateway's calls per function (by the function's label).
+pub type PeerActivity = std::collections::HashMap<String, SharedActivity>;
 
 /// What the autoscaler decided, and cold starts.
 #[derive(Debug, Clone)]
@@ -259,6 +282,7 @@ impl GatewayMetrics {
             queue_oldest,
             queue_in_flight,
             activity: std::sync::Mutex::default(),
+            peers: std::sync::RwLock::default(),
             scaling,
             upgrades_open,
             upgrades_opened,
@@ -278,12 +302,62 @@ impl GatewayMetrics {
 
     /// The calls of `function` so far.
     pub fn activity(&self, function: &str) -> Activity {
-        self.activity
+        let mut sum = self
+            .activity
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(function)
             .copied()
-            .unwrap_or_default()
+            .unwrap_or_default();
+        let peers = self
+            .peers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        for peer in peers.values() {
+            let Some(a) = peer.get(function) else {
+                continue;
+            };
+            sum.in_flight += a.in_flight;
+            sum.finished += a.finished;
+            sum.succeeded += a.succeeded;
+            let last = a
+                .idle_ms
+                .and_then(|ms| now.checked_sub(std::time::Duration::from_millis(ms)));
+            sum.last = sum.last.max(last);
+        }
+        sum
+    }
+
+    /// This gateway's own calls per function, to publish to the others.
+    pub fn own_activity(&self) -> PeerActivity {
+        let now = Instant::now();
+        self.activity
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(function, a)| {
+                (
+                    function.clone(),
+                    SharedActivity {
+                        in_flight: a.in_flight,
+                        finished: a.finished,
+                        succeeded: a.succeeded,
+                        idle_ms: a.last.map(|t| {
+                            u64::try_from(now.duration_since(t).as_millis()).unwrap_or(u64::MAX)
+                        }),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Replaces the other gateways' calls (by gateway id) with what they published last.
+    pub fn set_peers(&self, peers: std::collections::HashMap<String, PeerActivity>) {
+        *self
+            .peers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = peers;
     }
 
     fn touch(&self, function: &str, change: impl FnOnce(&mut Activity)) {

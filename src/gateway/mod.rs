@@ -260,6 +260,7 @@ impl Gateway {
         let worker_config =
             worker_config(&args.worker, args.upstream_timeout, args.shutdown_timeout)?;
         let function_logs = Arc::new(logs::FunctionLogs::new(args.function_log_buffer));
+        let metrics = Arc::new(GatewayMetrics::new());
         let provider: Arc<dyn Provider> = match args.provider {
             ProviderKind::Local => {
                 let fwatchdog = args
@@ -301,10 +302,14 @@ impl Gateway {
                 Arc::new(UpstreamsProvider::new(args.upstream_template.clone()))
             }
             ProviderKind::Kubernetes => Arc::new(
-                provider::kubernetes::KubernetesProvider::connect(provider::kubernetes::Shape {
-                    pull: args.image_pull,
-                    probe: args.kube_probe,
-                })
+                provider::kubernetes::KubernetesProvider::connect(
+                    provider::kubernetes::Shape {
+                        pull: args.image_pull,
+                        probe: args.kube_probe,
+                    },
+                    Arc::clone(&function_logs),
+                    Arc::clone(&metrics),
+                )
                 .await
                 .map_err(GatewayError::Kubernetes)?,
             ),
@@ -338,7 +343,7 @@ impl Gateway {
                 },
             },
             registry,
-            metrics: Arc::new(GatewayMetrics::new()),
+            metrics,
             auth,
             client: proxy::client(),
             queue,

@@ -13,14 +13,20 @@ use crate::callback::Receiver;
 use crate::harness::{Gateway, eventually_async, get, post};
 use crate::kube_cluster::{IMAGE, NONROOT_IMAGE, kube};
 
-/// `fgateway up --provider kubernetes` on the test cluster.
-async fn gateway(data: &Path, extra: &[&str]) -> Gateway {
+/// `fgateway up --provider kubernetes` on the test cluster, its leases (shared with the
+/// test's other gateways) in the test's namespace.
+async fn gateway(data: &Path, namespace: &str) -> Gateway {
     std::fs::create_dir_all(data).unwrap();
-    let k = kube();
-    let mut args = vec!["--provider", "kubernetes"];
-    args.extend_from_slice(extra);
-    let kubeconfig = k.kubeconfig.display().to_string();
-    Gateway::start(data, &args, &[("KUBECONFIG", kubeconfig.as_str())]).await
+    let kubeconfig = kube().kubeconfig.display().to_string();
+    Gateway::start(
+        data,
+        &["--provider", "kubernetes"],
+        &[
+            ("KUBECONFIG", kubeconfig.as_str()),
+            ("POD_NAMESPACE", namespace),
+        ],
+    )
+    .await
 }
 
 /// Deploys `name` in `namespace` through `gw`'s system API.
@@ -78,7 +84,7 @@ async fn available(gw: &Gateway, name: &str, namespace: &str, n: u64) {
 async fn deploy_call_scale_and_delete_on_a_cluster() {
     let dir = tempfile::tempdir().unwrap();
     let ns = kube().namespace("crud");
-    let gw = gateway(&dir.path().join("gw"), &[]).await;
+    let gw = gateway(&dir.path().join("gw"), &ns.name).await;
     deploy(&gw, "echo", &ns.name, "cat", json!({})).await;
     available(&gw, "echo", &ns.name, 1).await;
     let r = post(gw.addr, &format!("/function/echo.{}", ns.name), "hello pod").await;
@@ -164,8 +170,8 @@ async fn deploy_call_scale_and_delete_on_a_cluster() {
 async fn gateways_share_the_functions_the_cluster_holds() {
     let dir = tempfile::tempdir().unwrap();
     let ns = kube().namespace("shared");
-    let a = gateway(&dir.path().join("a"), &[]).await;
-    let b = gateway(&dir.path().join("b"), &[]).await;
+    let a = gateway(&dir.path().join("a"), &ns.name).await;
+    let b = gateway(&dir.path().join("b"), &ns.name).await;
     deploy(&a, "through-a", &ns.name, "cat", json!({})).await;
     available(&b, "through-a", &ns.name, 1).await;
     let r = post(b.addr, &format!("/function/through-a.{}", ns.name), "via b").await;
@@ -227,7 +233,7 @@ async fn gateways_share_the_functions_the_cluster_holds() {
 async fn scale_to_zero_and_back_and_async_calls() {
     let dir = tempfile::tempdir().unwrap();
     let ns = kube().namespace("zero");
-    let gw = gateway(&dir.path().join("gw"), &[]).await;
+    let gw = gateway(&dir.path().join("gw"), &ns.name).await;
     deploy(&gw, "sleepy", &ns.name, "cat", json!({})).await;
     available(&gw, "sleepy", &ns.name, 1).await;
     let r = post(
@@ -268,7 +274,7 @@ async fn scale_to_zero_and_back_and_async_calls() {
 async fn secrets_are_the_clusters_and_reach_non_root_functions() {
     let dir = tempfile::tempdir().unwrap();
     let ns = kube().namespace("secrets");
-    let gw = gateway(&dir.path().join("gw"), &[]).await;
+    let gw = gateway(&dir.path().join("gw"), &ns.name).await;
     let secret = json!({"name": "api-key", "namespace": ns.name, "value": "s3cret"});
     let r = post(gw.addr, "/system/secrets", secret.to_string()).await;
     assert_eq!(r.status(), 201, "{}", r.text());
@@ -350,4 +356,144 @@ async fn secrets_are_the_clusters_and_reach_non_root_functions() {
     assert_eq!(r.status(), 200, "{}", r.text());
     let r = delete_secret().await;
     assert_eq!(r.status(), 404, "{}", r.text());
+}
+
+/// Function logs come from the pods: every replica's lines, merged, named after its pod, with
+/// follow.
+#[tokio::test]
+async fn logs_come_from_every_pod_with_follow() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = tempfile::tempdir().unwrap();
+    let ns = kube().namespace("logs");
+    let gw = gateway(&dir.path().join("gw"), &ns.name).await;
+    // The handler's stderr goes to the watchdog's log, not into the answer.
+    let r = post(
+        gw.addr,
+        "/system/functions",
+        json!({
+            "service": "talk",
+            "namespace": ns.name,
+            "image": IMAGE,
+            "envProcess": "sh -c 'echo said $Http_Query >&2; cat'",
+            "envVars": {"combine_output": "false"},
+            "labels": {"com.openfaas.scale.min": "2"},
+        })
+        .to_string(),
+    )
+    .await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    available(&gw, "talk", &ns.name, 2).await;
+    let path = format!("/system/logs?name=talk&namespace={}&follow=false", ns.name);
+    let pods = eventually_async("lines from both pods", Duration::from_secs(60), || async {
+        let r = post(gw.addr, &format!("/function/talk.{}?n=1", ns.name), "").await;
+        assert_eq!(r.status(), 200, "{}", r.text());
+        let body = get(gw.addr, &path).await.text();
+        let pods: HashSet<String> = body
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["text"].as_str().is_some_and(|t| t.contains("said n=1")))
+            .map(|l| l["instance"].as_str().unwrap_or_default().to_string())
+            .collect();
+        (pods.len() == 2).then_some(pods)
+    })
+    .await;
+    assert!(pods.iter().all(|p| p.starts_with("talk-")), "{pods:?}");
+
+    let mut follower = std::net::TcpStream::connect(gw.addr).unwrap();
+    follower
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        follower,
+        "GET /system/logs?name=talk&namespace={}&tail=1&follow=true HTTP/1.1\r\nHost: t\r\n\r\n",
+        ns.name
+    )
+    .unwrap();
+    let mut reader = BufReader::new(follower);
+    let mut line = String::new();
+    while line != "\r\n" {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    let r = post(gw.addr, &format!("/function/talk.{}?n=late", ns.name), "").await;
+    assert_eq!(r.status(), 200, "{}", r.text());
+    let found = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return false;
+            }
+            if line.contains("said n=late") {
+                return true;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(found, "the followed log never showed the late call");
+}
+
+/// With two gateways, one at a time autoscales, from the calls of both; listings count both
+/// gateways' calls; when the autoscaling gateway dies, the other takes over.
+#[tokio::test]
+async fn one_gateway_autoscales_from_every_gateways_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = kube().namespace("lead");
+    let mut gateways = vec![
+        gateway(&dir.path().join("a"), &ns.name).await,
+        gateway(&dir.path().join("b"), &ns.name).await,
+    ];
+    let leads = |g: &Gateway| g.log.text().contains("autoscaler lease taken");
+    let leader = eventually_async("one gateway leading", Duration::from_secs(30), || async {
+        match (leads(&gateways[0]), leads(&gateways[1])) {
+            (true, false) => Some(0),
+            (false, true) => Some(1),
+            _ => None,
+        }
+    })
+    .await;
+    let other = 1 - leader;
+    deploy(
+        &gateways[other],
+        "busy",
+        &ns.name,
+        "cat",
+        json!({"com.openfaas.scale.min": "1", "com.openfaas.scale.max": "5"}),
+    )
+    .await;
+    available(&gateways[other], "busy", &ns.name, 1).await;
+
+    // Calls through the gateway that does not autoscale: the other scales up (the rate alert:
+    // above 5 calls/s for 5 s), and lists them.
+    let addr = gateways[other].addr;
+    let url = format!("/function/busy.{}", ns.name);
+    let load = tokio::spawn(async move {
+        for _ in 0..400 {
+            let r = post(addr, &url, "x").await;
+            assert_eq!(r.status(), 200, "{}", r.text());
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+    });
+    eventually_async(
+        "the leading gateway scaling up from the other's calls",
+        Duration::from_secs(60),
+        || async {
+            let s = status(&gateways[leader], "busy", &ns.name).await?;
+            (s["replicas"].as_u64()? >= 2 && s["invocationCount"].as_f64()? > 10.0).then_some(())
+        },
+    )
+    .await;
+    load.abort();
+
+    // The leader dies without giving the lease up: the other takes it once it lapses.
+    gateways[leader].signal(nix::sys::signal::Signal::SIGKILL);
+    gateways[leader].wait_exit(Duration::from_secs(10)).await;
+    let survivor = gateways.swap_remove(other);
+    eventually_async(
+        "the other gateway taking over",
+        Duration::from_secs(30),
+        || async { leads(&survivor).then_some(()) },
+    )
+    .await;
 }

@@ -320,7 +320,7 @@ up() {
     --service-cluster-ip-range=10.96.0.0/16 \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
-    --endpoint-reconciler-type=none
+    --endpoint-reconciler-type=none --kubelet-preferred-address-types=InternalIP
   wait_for "containerd" 30 test -S "$RUN/containerd.sock"
   pack_image "$RUN/pause.tar" localhost/pause:local /pause "$bin/pause:/pause"
   wait_for "containerd answering" 30 ctr_ version

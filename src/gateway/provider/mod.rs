@@ -137,6 +137,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Whether this gateway runs the autoscaler (with several gateways on one cluster, one at
+    /// a time does).
+    fn leads(&self) -> bool {
+        true
+    }
+
     /// The secrets, when the provider keeps them (else the gateway's own store does).
     fn secrets(&self) -> Option<&dyn HeldSecrets> {
         None

@@ -151,6 +151,11 @@ pub async fn run(gateway: Arc<Gateway>, config: AutoscalerConfig, stop: Cancella
 
 /// One round over every function.
 fn round(gateway: &Gateway, config: &AutoscalerConfig, tracked: &mut HashMap<String, Tracked>) {
+    if !gateway.registry.provider().leads() {
+        // Another gateway on the cluster scales; what this one tracked is stale once it leads.
+        tracked.clear();
+        return;
+    }
     let now = Instant::now();
     let specs = gateway.registry.specs();
     tracked.retain(|key, _| specs.iter().any(|s| s.key() == *key));

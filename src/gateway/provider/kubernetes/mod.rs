@@ -7,7 +7,9 @@
 //! The client is configured as kubectl's is: inside a pod, from its service account; outside,
 //! from `KUBECONFIG` or `~/.kube/config`.
 
+pub mod coordination;
 pub mod objects;
+pub mod pod_logs;
 pub mod routes;
 pub mod secrets;
 
@@ -44,6 +46,8 @@ pub struct KubernetesProvider {
     observed: Observed,
     /// The system API's secrets, as the cluster's.
     secrets: secrets::ClusterSecrets,
+    /// This gateway among the others on the cluster (who autoscales, everyone's calls).
+    coordination: Arc<coordination::Coordination>,
     /// The watches.
     tasks: tokio_util::task::AbortOnDropHandle<()>,
 }
@@ -77,7 +81,11 @@ pub enum KubernetesError {
 impl KubernetesProvider {
     /// Connects with the inferred configuration, starts the watches and waits for their first
     /// listing.
-    pub async fn connect(shape: Shape) -> Result<KubernetesProvider, KubernetesError> {
+    pub async fn connect(
+        shape: Shape,
+        logs: Arc<crate::gateway::logs::FunctionLogs>,
+        metrics: Arc<crate::gateway::metrics::GatewayMetrics>,
+    ) -> Result<KubernetesProvider, KubernetesError> {
         let mut config = kube::Config::infer()
             .await
             .map_err(KubernetesError::Config)?;
@@ -97,15 +105,21 @@ impl KubernetesProvider {
             .map_err(KubernetesError::List)?;
         let routes = Arc::new(Routes::default());
         let (observed_tx, observed) = tokio::sync::watch::channel(None);
-        let tasks = tokio::spawn(routes::watch(
+        let watches = routes::watch(client.clone(), Arc::clone(&routes), observed_tx);
+        let followed = pod_logs::follow(client.clone(), logs);
+        let coordination = Arc::new(coordination::Coordination::new(
             client.clone(),
-            Arc::clone(&routes),
-            observed_tx,
+            coordination::lease_namespace(),
         ));
+        let coordinated = Arc::clone(&coordination).run(metrics);
+        let tasks = tokio::spawn(async move {
+            tokio::join!(watches, followed, coordinated);
+        });
         let mut first = observed.clone();
         // The registry starts from the cluster's set.
         let _ = first.wait_for(Option::is_some).await;
         Ok(KubernetesProvider {
+            coordination,
             secrets: secrets::ClusterSecrets {
                 client: client.clone(),
             },
@@ -265,10 +279,16 @@ impl Provider for KubernetesProvider {
         })
     }
 
+    fn leads(&self) -> bool {
+        self.coordination.leads()
+    }
+
     fn shutdown(&self, _grace: Duration) -> BoxFuture<'_, ()> {
         // Functions keep running: the cluster holds them, not this process.
-        self.tasks.abort();
-        Box::pin(async {})
+        Box::pin(async move {
+            self.tasks.abort();
+            self.coordination.leave().await;
+        })
     }
 }
 
