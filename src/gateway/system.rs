@@ -185,8 +185,16 @@ async fn namespace(
             Err(e) => failure(&e),
         };
     }
+    let held = gateway.registry.provider().namespaces();
     if method == Method::DELETE {
-        return match gateway.registry.delete_namespace(&name) {
+        let removed = match held {
+            Some(held) => match gateway.registry.removable_namespace(&name) {
+                Ok(()) => held.delete(&name).await,
+                Err(e) => Err(e),
+            },
+            None => gateway.registry.delete_namespace(&name),
+        };
+        return match removed {
             Ok(()) => accepted(&format!("Namespace {name} removed.\n")),
             Err(e) => failure(&e),
         };
@@ -214,7 +222,15 @@ async fn namespace(
         }
         _ => {}
     }
-    let result = if method == Method::POST {
+    let result = if let Some(held) = held {
+        match crate::gateway::types::validate_name(&ns.name) {
+            Err(e) => Err(RegistryError::Invalid(format!("namespace: {e}"))),
+            Ok(()) if method == Method::POST => {
+                held.create(&ns).await.map(|()| StatusCode::CREATED)
+            }
+            Ok(()) => held.update(&ns).await.map(|()| StatusCode::ACCEPTED),
+        }
+    } else if method == Method::POST {
         gateway
             .registry
             .create_namespace(&ns)

@@ -497,3 +497,83 @@ async fn one_gateway_autoscales_from_every_gateways_calls() {
     )
     .await;
 }
+
+/// Function namespaces are the cluster's namespaces labelled `openfaas: "1"`: listed, created,
+/// relabelled and removed through the system API; the default one and one holding functions
+/// cannot be removed.
+#[tokio::test]
+async fn namespaces_are_the_clusters_labelled_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let ns = kube().namespace("names");
+    let gw = gateway(&dir.path().join("gw"), &ns.name).await;
+    let names = || async {
+        serde_json::from_str::<Vec<String>>(&get(gw.addr, "/system/namespaces").await.text())
+            .unwrap()
+    };
+    eventually_async(
+        "the test's namespace listed",
+        Duration::from_secs(30),
+        || async { names().await.contains(&ns.name).then_some(()) },
+    )
+    .await;
+
+    let made = format!("{}-made", ns.name);
+    let r = post(
+        gw.addr,
+        "/system/namespace/",
+        json!({"name": made, "labels": {"team": "a"}}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status(), 201, "{}", r.text());
+    let (code, k) = kube().api("GET", &format!("/api/v1/namespaces/{made}"), None);
+    assert_eq!(code, 200, "{k}");
+    assert_eq!(k["metadata"]["labels"]["openfaas"], "1");
+    assert_eq!(k["metadata"]["labels"]["team"], "a");
+    eventually_async(
+        "the made namespace listed",
+        Duration::from_secs(30),
+        || async {
+            let r = get(gw.addr, &format!("/system/namespace/{made}")).await;
+            (r.status() == 200
+                && serde_json::from_str::<serde_json::Value>(&r.text()).ok()?["labels"]
+                    == json!({"team": "a"}))
+            .then_some(())
+        },
+    )
+    .await;
+    let r = crate::harness::send(
+        gw.addr,
+        http::Request::put(format!("/system/namespace/{made}"))
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                json!({"name": made, "labels": {"team": "b"}, "annotations": {"owner": "me"}})
+                    .to_string(),
+            )))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    let (_, k) = kube().api("GET", &format!("/api/v1/namespaces/{made}"), None);
+    assert_eq!(k["metadata"]["labels"]["team"], "b");
+    assert_eq!(k["metadata"]["annotations"]["owner"], "me");
+
+    let delete = |name: String| {
+        crate::harness::send(
+            gw.addr,
+            http::Request::delete(format!("/system/namespace/{name}"))
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .unwrap(),
+        )
+    };
+    assert_eq!(delete("openfaas-fn".into()).await.status(), 409);
+    deploy(&gw, "inside", &ns.name, "cat", json!({})).await;
+    let r = delete(ns.name.clone()).await;
+    assert_eq!(r.status(), 409, "{}", r.text());
+    let r = delete(made.clone()).await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    eventually_async(
+        "the made namespace gone",
+        Duration::from_secs(60),
+        || async { (!names().await.contains(&made)).then_some(()) },
+    )
+    .await;
+}

@@ -23,8 +23,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::registry::RegistryError;
 use super::secrets::{Secret, SecretError};
-use super::types::FunctionDeployment;
+use super::types::{FunctionDeployment, FunctionNamespace};
 
 /// A boxed future, for the provider trait's async methods.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -88,6 +89,18 @@ pub trait HeldSecrets: Send + Sync {
     fn list<'a>(&'a self, namespace: &'a str) -> BoxFuture<'a, Result<Vec<Secret>, SecretError>>;
 }
 
+/// Function namespaces kept by a provider (a cluster's), for the system API.
+pub trait HeldNamespaces: Send + Sync {
+    /// Every function namespace, as last seen.
+    fn list(&self) -> Vec<FunctionNamespace>;
+    /// Creates one; [`RegistryError::Conflict`] when it exists.
+    fn create<'a>(&'a self, ns: &'a FunctionNamespace) -> BoxFuture<'a, Result<(), RegistryError>>;
+    /// Replaces its labels and annotations.
+    fn update<'a>(&'a self, ns: &'a FunctionNamespace) -> BoxFuture<'a, Result<(), RegistryError>>;
+    /// Removes one (the caller checked that it holds no function).
+    fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), RegistryError>>;
+}
+
 /// Runs or locates functions. Implementations are cheap to call from request handlers.
 pub trait Provider: Send + Sync + std::fmt::Debug {
     /// The provider's name, for `/system/info` and logs.
@@ -141,6 +154,11 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// a time does).
     fn leads(&self) -> bool {
         true
+    }
+
+    /// The function namespaces, when the provider keeps them (else the gateway's store does).
+    fn namespaces(&self) -> Option<&dyn HeldNamespaces> {
+        None
     }
 
     /// The secrets, when the provider keeps them (else the gateway's own store does).

@@ -540,12 +540,12 @@ impl Registry {
     /// Every namespace: the default one, those created through the system API, and those
     /// functions were deployed to.
     pub fn namespaces(&self) -> Result<Vec<String>, RegistryError> {
-        let mut names: std::collections::BTreeSet<String> = self
-            .store
-            .namespaces()?
-            .into_iter()
-            .map(|ns| ns.name)
-            .collect();
+        let kept = match self.provider.namespaces() {
+            Some(held) => held.list(),
+            None => self.store.namespaces()?,
+        };
+        let mut names: std::collections::BTreeSet<String> =
+            kept.into_iter().map(|ns| ns.name).collect();
         names.insert(DEFAULT_NAMESPACE.to_string());
         names.extend(self.specs().iter().map(|s| s.namespace().to_string()));
         Ok(names.into_iter().collect())
@@ -553,12 +553,11 @@ impl Registry {
 
     /// One namespace.
     pub fn namespace(&self, name: &str) -> Result<FunctionNamespace, RegistryError> {
-        if let Some(ns) = self
-            .store
-            .namespaces()?
-            .into_iter()
-            .find(|ns| ns.name == name)
-        {
+        let kept = match self.provider.namespaces() {
+            Some(held) => held.list(),
+            None => self.store.namespaces()?,
+        };
+        if let Some(ns) = kept.into_iter().find(|ns| ns.name == name) {
             return Ok(ns);
         }
         if self.namespaces()?.iter().any(|n| n == name) {
@@ -595,6 +594,14 @@ impl Registry {
     /// Removes a namespace; 409 while functions are in it, and for the default namespace.
     pub fn delete_namespace(&self, name: &str) -> Result<(), RegistryError> {
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        self.removable_namespace(name)?;
+        self.store.remove_namespace(name)?;
+        Ok(())
+    }
+
+    /// Whether a namespace may be removed: it exists, is not the default one, and holds no
+    /// function.
+    pub fn removable_namespace(&self, name: &str) -> Result<(), RegistryError> {
         if !self.namespaces()?.iter().any(|n| n == name) {
             return Err(RegistryError::NoNamespace(name.to_string()));
         }
@@ -615,7 +622,6 @@ impl Registry {
                 inside.join(", ")
             )));
         }
-        self.store.remove_namespace(name)?;
         Ok(())
     }
 

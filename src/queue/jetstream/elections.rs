@@ -12,7 +12,7 @@ use super::{QueueError, unavailable};
 
 /// Longest one attempt may take: a server that has a leader answers in milliseconds, and one
 /// that has none answers a read never.
-const ATTEMPT: Duration = Duration::from_secs(2);
+pub(super) const ATTEMPT: Duration = Duration::from_secs(2);
 
 /// First pause between attempts; it doubles up to [`RETRY_PAUSE_MAX`].
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
@@ -42,6 +42,21 @@ pub(super) async fn within<T, F, Fut>(
     deadline: Instant,
     within: Duration,
     what: &'static str,
+    step: F,
+) -> Result<T, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, QueueError>>,
+{
+    within_each(deadline, within, ATTEMPT, what, step).await
+}
+
+/// [`within`], each attempt bounded by `attempt` (a step that moves much data).
+pub(super) async fn within_each<T, F, Fut>(
+    deadline: Instant,
+    within: Duration,
+    attempt: Duration,
+    what: &'static str,
     mut step: F,
 ) -> Result<T, QueueError>
 where
@@ -51,11 +66,11 @@ where
     let mut pause = RETRY_PAUSE;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let last = match tokio::time::timeout(ATTEMPT.min(left), step()).await {
+        let last = match tokio::time::timeout(attempt.min(left), step()).await {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(QueueError::Unavailable(e))) => e.to_string(),
             Ok(Err(other)) => return Err(other),
-            Err(_) => format!("no answer within {:?}", ATTEMPT.min(left)),
+            Err(_) => format!("no answer within {:?}", attempt.min(left)),
         };
         if Instant::now() + pause >= deadline {
             return Err(unavailable(NoLeader { what, within, last }));

@@ -140,9 +140,10 @@ impl JetStreamQueue {
     ) -> Result<Option<(Versioned, bool)>, QueueError> {
         let deadline = tokio::time::Instant::now() + how.within;
         let attempts = current.record.attempts;
-        // Names this outcome: a publish tried again after its answer was lost is deduplicated
-        // by the server rather than stored twice.
-        let tag = format!("{owner}.{attempts}");
+        // Names this outcome (this finish, not only this attempt: a redriven call counts its
+        // attempts from zero again): a publish tried again after its answer was lost is
+        // deduplicated by the server rather than stored twice.
+        let tag = format!("{owner}.{attempts}.{}", uuid::Uuid::new_v4().simple());
         let copy = if how.dead {
             // The copy first: a dead letter must never exist without its request.
             let ack = within(
@@ -169,10 +170,16 @@ impl JetStreamQueue {
             None
         };
         let callback = match &current.record.callback_url {
+            // A large body goes to the object store first, which may take longer than one
+            // attempt of a small write: each attempt gets a third of the bound.
             Some(url) if !how.carried => Some(
-                within(deadline, how.within, "queue the callback", || {
-                    self.publish_callback(&current.record, url, outcome, &tag)
-                })
+                within_each(
+                    deadline,
+                    how.within,
+                    (how.within / 3).max(ATTEMPT),
+                    "queue the callback",
+                    || self.publish_callback(&current.record, url, outcome, &tag),
+                )
                 .await?,
             ),
             _ => None,

@@ -118,7 +118,7 @@ mod setup;
 #[cfg(test)]
 mod tests;
 
-use elections::within;
+use elections::{ATTEMPT, within, within_each};
 use lease::*;
 use listing::entry;
 use record::*;

@@ -1,7 +1,7 @@
 //! Gateways sharing a cluster, through `coordination.k8s.io/v1` Leases in one namespace:
 //!
-//! - each gateway keeps a Lease of its own (`fgateway-member-ID`), renewed every
-//!   [`RENEW`], that carries its calls per function (annotation [`ACTIVITY`]); every gateway
+//! - each gateway keeps a Lease of its own (`fgateway-member-ID`), renewed every [`RENEW`],
+//!   that carries its calls per function (annotation `fgateway/activity`); every gateway
 //!   reads the others' (those renewed within [`TERM`]) and counts them in with its own, so
 //!   invocation counts and the autoscaler's load are the whole cluster's;
 //! - one gateway at a time holds the Lease `fgateway-autoscaler` and runs the autoscaler and
@@ -47,6 +47,9 @@ pub struct Coordination {
     id: String,
     /// Whether this gateway holds the autoscaler's lease.
     leads: AtomicBool,
+    /// When this gateway last renewed the autoscaler's lease: it stops acting as the leader
+    /// before the lease can lapse for the others, however slow the next renewal is.
+    renewed: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Coordination {
@@ -96,12 +99,18 @@ impl Coordination {
             namespace,
             id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             leads: AtomicBool::new(false),
+            renewed: std::sync::Mutex::new(None),
         }
     }
 
     /// Whether this gateway runs the autoscaler now.
     pub fn leads(&self) -> bool {
-        self.leads.load(Ordering::Relaxed)
+        let fresh = self
+            .renewed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some_and(|t| t.elapsed() < TERM - RENEW);
+        fresh && self.leads.load(Ordering::Relaxed)
     }
 
     fn api(&self) -> Api<Lease> {
@@ -120,6 +129,7 @@ impl Coordination {
                     tracing::warn!(namespace = %self.namespace, error = %e, "cannot read the other gateways' leases")
                 }
             }
+            let asked = std::time::Instant::now();
             let leads = match self.elect().await {
                 Ok(leads) => leads,
                 Err(e) => {
@@ -127,6 +137,13 @@ impl Coordination {
                     false
                 }
             };
+            if leads {
+                // Counted from before the request: the lease was renewed at least that late.
+                *self
+                    .renewed
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(asked);
+            }
             if leads != self.leads.swap(leads, Ordering::Relaxed) {
                 tracing::info!(gateway = %self.id, leads, "autoscaler lease {}", if leads { "taken" } else { "lost" });
             }

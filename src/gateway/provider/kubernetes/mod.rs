@@ -8,9 +8,11 @@
 //! from `KUBECONFIG` or `~/.kube/config`.
 
 pub mod coordination;
+pub mod namespaces;
 pub mod objects;
 pub mod pod_logs;
 pub mod routes;
+pub mod scales;
 pub mod secrets;
 
 use std::sync::Arc;
@@ -22,7 +24,8 @@ use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::{Api, Client};
 
 use super::{
-    BoxFuture, Endpoint, HeldSecrets, Observed, ObservedFunction, Provider, ProviderError,
+    BoxFuture, Endpoint, HeldNamespaces, HeldSecrets, Observed, ObservedFunction, Provider,
+    ProviderError,
 };
 use crate::gateway::types::{FUNCTION_NAME_LABEL, FunctionDeployment};
 pub use objects::{ProbeKind, Shape};
@@ -44,8 +47,12 @@ pub struct KubernetesProvider {
     routes: Arc<Routes>,
     /// The functions' Deployments, as the registry should list them.
     observed: Observed,
+    /// Replica counts being written.
+    scales: Arc<scales::Scales>,
     /// The system API's secrets, as the cluster's.
     secrets: secrets::ClusterSecrets,
+    /// The function namespaces, as the cluster's.
+    namespaces: namespaces::ClusterNamespaces,
     /// This gateway among the others on the cluster (who autoscales, everyone's calls).
     coordination: Arc<coordination::Coordination>,
     /// The watches.
@@ -89,7 +96,8 @@ impl KubernetesProvider {
         let mut config = kube::Config::infer()
             .await
             .map_err(KubernetesError::Config)?;
-        config.read_timeout = Some(API_TIMEOUT);
+        // No read timeout: it would cut watches and log follows, which stay quiet for minutes;
+        // single requests are bounded one by one (API_TIMEOUT).
         config.connect_timeout = Some(Duration::from_secs(10));
         let client = Client::try_from(config).map_err(KubernetesError::Client)?;
         // One listing now, so that a cluster that cannot be reached (or an account that may
@@ -112,14 +120,18 @@ impl KubernetesProvider {
             coordination::lease_namespace(),
         ));
         let coordinated = Arc::clone(&coordination).run(metrics);
+        let namespaces = namespaces::ClusterNamespaces::new(client.clone());
+        let namespaced = namespaces.clone().watch();
         let tasks = tokio::spawn(async move {
-            tokio::join!(watches, followed, coordinated);
+            tokio::join!(watches, followed, coordinated, namespaced);
         });
         let mut first = observed.clone();
         // The registry starts from the cluster's set.
         let _ = first.wait_for(Option::is_some).await;
         Ok(KubernetesProvider {
+            scales: Arc::default(),
             coordination,
+            namespaces,
             secrets: secrets::ClusterSecrets {
                 client: client.clone(),
             },
@@ -131,8 +143,24 @@ impl KubernetesProvider {
         })
     }
 
-    /// Server-side applies `spec`'s Service and Deployment.
+    /// Server-side applies `spec`'s Service and Deployment, within [`API_TIMEOUT`].
     async fn put(
+        client: Client,
+        spec: Arc<FunctionDeployment>,
+        replicas: u64,
+        shape: Shape,
+    ) -> Result<(), ProviderError> {
+        let key = spec.key();
+        tokio::time::timeout(API_TIMEOUT, Self::put_now(client, spec, replicas, shape))
+            .await
+            .unwrap_or_else(|_| {
+                Err(ProviderError::Unavailable(format!(
+                    "the cluster did not answer within {API_TIMEOUT:?} for function {key}"
+                )))
+            })
+    }
+
+    async fn put_now(
         client: Client,
         spec: Arc<FunctionDeployment>,
         replicas: u64,
@@ -161,7 +189,9 @@ impl KubernetesProvider {
 /// missing namespace, an invalid object) is the deployment's fault; the rest is unavailability.
 fn refused(spec: &FunctionDeployment, e: kube::Error) -> ProviderError {
     match &e {
-        kube::Error::Api(status) if (400..500).contains(&status.code) && status.code != 429 => {
+        kube::Error::Api(status)
+            if (400..500).contains(&status.code) && ![401, 403, 429].contains(&status.code) =>
+        {
             ProviderError::Invalid(format!(
                 "the cluster refused function {} in namespace {}: {}",
                 spec.service,
@@ -214,15 +244,11 @@ impl Provider for KubernetesProvider {
     }
 
     fn apply(&self, spec: &Arc<FunctionDeployment>, replicas: u64) -> Result<(), ProviderError> {
-        // A scale (the API, the autoscaler, a cold start): written in the background; the
-        // watch brings the result back.
-        objects::deployment(spec, replicas, self.shape).map_err(ProviderError::Invalid)?;
-        let (client, spec, shape) = (self.client.clone(), Arc::clone(spec), self.shape);
-        tokio::spawn(async move {
-            if let Err(e) = Self::put(client, Arc::clone(&spec), replicas, shape).await {
-                tracing::error!(function = %spec.key(), replicas, error = %e, "cannot scale the function's Deployment");
-            }
-        });
+        // A scale (the API, the autoscaler, a cold start): only the Deployment's replicas are
+        // written (a gateway whose view is behind must not undo another's deploy), in the
+        // background, one write per function at a time and the latest count winning; the watch
+        // brings the result back.
+        self.scales.set(&self.client, spec, replicas);
         Ok(())
     }
 
@@ -249,6 +275,10 @@ impl Provider for KubernetesProvider {
 
     fn secrets(&self) -> Option<&dyn HeldSecrets> {
         Some(&self.secrets)
+    }
+
+    fn namespaces(&self) -> Option<&dyn HeldNamespaces> {
+        Some(&self.namespaces)
     }
 
     fn remove(&self, key: &str) {

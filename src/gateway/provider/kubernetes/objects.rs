@@ -158,7 +158,10 @@ pub fn deployment(
     let mut env: Vec<EnvVar> = spec
         .env_vars
         .iter()
-        .filter(|(k, _)| k.as_str() != "fprocess")
+        // `envProcess` wins over an `fprocess` set in the environment, as OpenFaaS has it.
+        .filter(|(k, _)| {
+            k.as_str() != "fprocess" || spec.env_process.as_deref().is_none_or(str::is_empty)
+        })
         .map(|(k, v)| EnvVar {
             name: k.clone(),
             value: Some(v.clone()),

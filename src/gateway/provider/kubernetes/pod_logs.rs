@@ -65,12 +65,13 @@ fn running(pod: &Pod) -> Option<Run> {
     Some((pod.uid()?, status.restart_count))
 }
 
-/// How often a broken log stream is opened again before the container is given up on.
+/// How often in a row a log stream that broke, ended or could not be opened is opened again
+/// before the container is given up on (it stopped; a restarted one is followed anew).
 const REOPEN: u32 = 30;
 
-/// Follows one container's log into the function's log. A stream that breaks is opened again
-/// from the last line's time (lines at or before it are not passed on twice); one that ends
-/// means the container stopped.
+/// Follows one container's log into the function's log. A stream that breaks or ends is
+/// opened again from the second of the last line passed on (lines at or before that line's
+/// stamp are not passed on twice).
 async fn follow_one(client: Client, logs: Arc<FunctionLogs>, pod: Pod) {
     let Some(namespace) = pod.namespace() else {
         return;
@@ -87,42 +88,40 @@ async fn follow_one(client: Client, logs: Arc<FunctionLogs>, pod: Pod) {
     };
     let api: Api<Pod> = Api::namespaced(client, &namespace);
     let mut last: Option<Timestamp> = None;
-    for attempt in 0..REOPEN {
+    let mut failures = 0;
+    while failures < REOPEN {
         let params = LogParams {
             follow: true,
             timestamps: true,
-            since_time: last,
+            // The API takes whole seconds: from the start of the last line's second.
+            since_time: last.and_then(|t| Timestamp::from_second(t.as_second()).ok()),
             ..LogParams::default()
         };
         let stream = match api.log_stream(&name, &params).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(pod = %name, namespace, attempt, error = %e, "cannot follow the pod's log yet");
+                tracing::debug!(pod = %name, namespace, error = %e, "cannot follow the pod's log yet");
+                failures += 1;
                 tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
         };
         let mut lines = stream.lines();
-        loop {
-            match lines.next().await {
-                Some(Ok(line)) => {
-                    let (stamp, text) = stamped(&line);
-                    if let (Some(stamp), Some(last)) = (stamp, last)
-                        && stamp <= last
-                    {
-                        continue;
-                    }
-                    last = stamp.or(last);
-                    sink.pass_on(text.trim_end_matches('\r'));
-                }
-                // The container stopped.
-                None => return,
-                Some(Err(e)) => {
-                    tracing::debug!(pod = %name, namespace, error = %e, "the pod's log broke; opening it again");
-                    break;
-                }
+        let mut passed = false;
+        while let Some(line) = lines.next().await {
+            let Ok(line) = line else { break };
+            let (stamp, text) = stamped(&line);
+            if let (Some(stamp), Some(last)) = (stamp, last)
+                && stamp <= last
+            {
+                continue;
             }
+            last = stamp.or(last);
+            passed = true;
+            sink.pass_on(text.trim_end_matches('\r'));
         }
+        failures = if passed { 0 } else { failures + 1 };
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 

@@ -37,18 +37,32 @@ fn is_ours(s: &KubeSecret) -> bool {
 /// The cluster's error as a secret error.
 fn failed(secret: &str, namespace: &str, e: kube::Error) -> SecretError {
     match &e {
+        kube::Error::Api(s)
+            if s.code == 404 && s.details.as_ref().is_some_and(|d| d.kind == "namespaces") =>
+        {
+            SecretError::Invalid(format!("namespace {namespace} not found"))
+        }
         kube::Error::Api(s) if s.code == 404 => SecretError::NotFound {
             name: secret.to_string(),
             namespace: namespace.to_string(),
         },
-        kube::Error::Api(s) if s.code == 409 => SecretError::Exists {
-            name: secret.to_string(),
-            namespace: namespace.to_string(),
-        },
-        kube::Error::Api(s) if (400..500).contains(&s.code) => SecretError::Invalid(format!(
-            "the cluster refused secret {secret} in namespace {namespace}: {}",
-            s.message
+        kube::Error::Api(s) if s.code == 409 && s.reason == "AlreadyExists" => {
+            SecretError::Exists {
+                name: secret.to_string(),
+                namespace: namespace.to_string(),
+            }
+        }
+        kube::Error::Api(s) if s.code == 409 => SecretError::Unavailable(format!(
+            "secret {secret} in namespace {namespace} changed meanwhile; try again"
         )),
+        kube::Error::Api(s)
+            if (400..500).contains(&s.code) && ![401, 403, 429].contains(&s.code) =>
+        {
+            SecretError::Invalid(format!(
+                "the cluster refused secret {secret} in namespace {namespace}: {}",
+                s.message
+            ))
+        }
         _ => SecretError::Unavailable(format!(
             "cannot reach the cluster for secret {secret} in namespace {namespace}: {}",
             crate::http::proxy::error_chain(&e)
@@ -83,8 +97,17 @@ impl ClusterSecrets {
         })
     }
 
-    /// Whether our Secret `name` exists in `namespace`.
+    /// Whether Secret `name` exists in `namespace` (ours or not: a function may name one made
+    /// with kubectl, as faas-netes allows).
     pub async fn exists(&self, namespace: &str, name: &str) -> Result<bool, SecretError> {
+        match self.api(namespace).get_opt(name).await {
+            Ok(found) => Ok(found.is_some()),
+            Err(e) => Err(failed(name, namespace, e)),
+        }
+    }
+
+    /// Whether our Secret `name` exists in `namespace`.
+    async fn exists_ours(&self, namespace: &str, name: &str) -> Result<bool, SecretError> {
         match self.api(namespace).get_opt(name).await {
             Ok(found) => Ok(found.is_some_and(|s| is_ours(&s))),
             Err(e) => Err(failed(name, namespace, e)),
@@ -133,7 +156,7 @@ impl HeldSecrets for ClusterSecrets {
         name: &'a str,
     ) -> BoxFuture<'a, Result<(), SecretError>> {
         Box::pin(async move {
-            if !self.exists(namespace, name).await? {
+            if !self.exists_ours(namespace, name).await? {
                 return Err(SecretError::NotFound {
                     name: name.to_string(),
                     namespace: namespace.to_string(),
