@@ -13,6 +13,8 @@
 #
 #   bash benches/kubernetes.sh [SECONDS] [RUNS]      # as root
 #
+# FUNCTION_ENV="K=V ..." adds settings to the function image (log_requests=false, say: the
+# gateway follows every pod's log, so a line per call costs the gateway too).
 # Starts the cluster if it is not running (building it first if this machine has none) and
 # stops it again at the end in that case.
 set -euo pipefail
@@ -50,7 +52,8 @@ static=target/static/$triple/release
 image=localhost/fwatchdog-bench:latest
 bash tests/k8s/cluster.sh image "$image" /fwatchdog "$static/fwatchdog:/fwatchdog" \
   "$static/examples/fast-upstream:/fast-upstream" \
-  --env mode=http fprocess=/fast-upstream upstream_url=http://127.0.0.1:5000 LISTEN_PORT=5000
+  --env mode=http fprocess=/fast-upstream upstream_url=http://127.0.0.1:5000 LISTEN_PORT=5000 \
+  ${FUNCTION_ENV:-}
 api -X POST https://10.250.0.1:6443/api/v1/namespaces \
   -d "{\"apiVersion\":\"v1\",\"kind\":\"Namespace\",\"metadata\":{\"name\":\"$ns\",\"labels\":{\"openfaas\":\"1\"}}}" >/dev/null
 

@@ -64,7 +64,7 @@ pub struct GatewayMetrics {
     activity: std::sync::Mutex<std::collections::HashMap<String, Activity>>,
     /// Other gateways' calls per function, by gateway (gateways sharing a cluster publish
     /// theirs): counted in with this gateway's by [`GatewayMetrics::activity`].
-    peers: std::sync::RwLock<std::collections::HashMap<String, PeerActivity>>,
+    peers: std::sync::RwLock<std::collections::HashMap<String, Peer>>,
     /// The autoscaler's figures.
     pub scaling: ScalingMetrics,
     /// `gateway_upgraded_connections`: websockets (and other upgrades) open now.
@@ -105,6 +105,17 @@ pub struct SharedActivity {
 
 /// One gateway's calls per function (by the function's label).
 pub type PeerActivity = std::collections::HashMap<String, SharedActivity>;
+
+/// Another gateway's calls: as it published them last, and as they were when this gateway
+/// first saw it (the autoscaler counts only what came after: a gateway seen anew must not look
+/// like a burst of every call it ever served).
+#[derive(Debug, Default)]
+struct Peer {
+    /// Its latest figures.
+    now: PeerActivity,
+    /// Its figures when first seen.
+    first: PeerActivity,
+}
 
 /// What the autoscaler decided, and cold starts.
 #[derive(Debug, Clone)]
@@ -302,6 +313,12 @@ impl GatewayMetrics {
 
     /// The calls of `function` so far.
     pub fn activity(&self, function: &str) -> Activity {
+        self.summed(function, true)
+    }
+
+    /// This gateway's and the others' calls to `function`; `since_seen`: the others' counts
+    /// from when this gateway first saw them.
+    fn summed(&self, function: &str, since_seen: bool) -> Activity {
         let mut sum = self
             .activity
             .lock()
@@ -315,12 +332,18 @@ impl GatewayMetrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = Instant::now();
         for peer in peers.values() {
-            let Some(a) = peer.get(function) else {
+            let Some(a) = peer.now.get(function) else {
                 continue;
             };
+            let first = peer
+                .first
+                .get(function)
+                .filter(|_| since_seen)
+                .copied()
+                .unwrap_or_default();
             sum.in_flight += a.in_flight;
-            sum.finished += a.finished;
-            sum.succeeded += a.succeeded;
+            sum.finished += a.finished.saturating_sub(first.finished);
+            sum.succeeded += a.succeeded.saturating_sub(first.succeeded);
             let last = a
                 .idle_ms
                 .and_then(|ms| now.checked_sub(std::time::Duration::from_millis(ms)));
@@ -353,11 +376,19 @@ impl GatewayMetrics {
     }
 
     /// Replaces the other gateways' calls (by gateway id) with what they published last.
-    pub fn set_peers(&self, peers: std::collections::HashMap<String, PeerActivity>) {
-        *self
+    pub fn set_peers(&self, latest: std::collections::HashMap<String, PeerActivity>) {
+        let mut peers = self
             .peers
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = peers;
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        peers.retain(|id, _| latest.contains_key(id));
+        for (id, now) in latest {
+            let peer = peers.entry(id).or_insert_with(|| Peer {
+                first: now.clone(),
+                ..Peer::default()
+            });
+            peer.now = now;
+        }
     }
 
     fn touch(&self, function: &str, change: impl FnOnce(&mut Activity)) {
@@ -377,7 +408,7 @@ impl GatewayMetrics {
     /// Finished calls to `function`, sync and async, whatever their status: the same count as
     /// `gateway_function_invocation_total` summed over codes.
     pub fn invocation_count(&self, function: &str) -> u64 {
-        self.activity(function).finished
+        self.summed(function, false).finished
     }
 
     /// Fills in `invocationCount` of function statuses.

@@ -53,7 +53,8 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
                 Err(resp) => resp,
                 Ok(del) => match gateway
                     .registry
-                    .delete(&del.function_name, del.namespace.as_deref())
+                    .remove(&del.function_name, del.namespace.as_deref())
+                    .await
                 {
                     Ok(spec) => {
                         gateway.logs.remove(&spec.service, spec.namespace());

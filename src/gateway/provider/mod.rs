@@ -137,6 +137,15 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         Box::pin(async move { self.apply(spec, replicas) })
     }
 
+    /// [`Provider::remove`], returning once the removal is accepted where the deployed set is
+    /// kept (a cluster's refusal is an error).
+    fn undeploy<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            self.remove(key);
+            Ok(())
+        })
+    }
+
     /// Whether the deployed set lives with the provider (a cluster) rather than in the
     /// gateway's store: the registry then keeps no copy of its own and follows
     /// [`Provider::observe`].

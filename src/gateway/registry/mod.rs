@@ -92,7 +92,15 @@ pub struct Registry {
     secrets: Arc<SecretStore>,
     /// Calls waiting for a replica, by function key (they are load, not yet in flight).
     waiting: Arc<Mutex<std::collections::HashMap<String, usize>>>,
+    /// With a provider that holds the deployed set: this gateway's own recent changes, by
+    /// function key (when, and whether it was a delete), which an observation older than them
+    /// must not undo.
+    recent: Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
 }
+
+/// How long this gateway's own change of a function wins over what the provider shows: its
+/// watch normally catches up in milliseconds.
+const OWN_CHANGE_WINS: Duration = Duration::from_secs(5);
 
 /// Counts a call as waiting for a replica of a function while it lives.
 struct Waiting {
@@ -170,6 +178,7 @@ impl Registry {
             changes: Mutex::new(()),
             secrets,
             waiting: Arc::default(),
+            recent: Mutex::default(),
         })
     }
 
@@ -261,6 +270,7 @@ impl Registry {
         self.provider.deploy(&spec, replicas).await?;
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
         let key = spec.key();
+        self.changed_here(&key, false);
         let created_at = self.entry(&key).map_or_else(now, |e| e.created_at);
         self.functions
             .write()
@@ -282,14 +292,26 @@ impl Registry {
     /// time its count last changed, which the autoscaler reads).
     pub fn observe(&self, seen: &[ObservedFunction]) {
         let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        recent.retain(|_, (at, _)| at.elapsed() < OWN_CHANGE_WINS);
         let mut functions = self
             .functions
             .write()
             .unwrap_or_else(PoisonError::into_inner);
         let keys: std::collections::HashSet<String> = seen.iter().map(|f| f.spec.key()).collect();
-        functions.retain(|k, _| keys.contains(k));
+        // Gone from the provider, unless this gateway deployed it a moment ago (the
+        // observation may predate it).
+        functions.retain(|k, _| keys.contains(k) || recent.get(k).is_some_and(|(_, del)| !del));
         for f in seen {
             let key = f.spec.key();
+            match recent.get(&key) {
+                // Deleted here a moment ago: an older observation still has it.
+                Some((_, true)) => continue,
+                // Changed here a moment ago: this gateway's version stands until the moment
+                // has passed.
+                Some((_, false)) if functions.contains_key(&key) => continue,
+                _ => {}
+            }
             let entry = match functions.get(&key) {
                 Some(e) if *e.spec == f.spec && e.replicas == f.replicas => continue,
                 Some(e) => Entry {
@@ -315,6 +337,37 @@ impl Registry {
             };
             functions.insert(key, entry);
         }
+    }
+
+    /// Notes a change this gateway made to function `key` (see [`Registry::observe`]).
+    fn changed_here(&self, key: &str, deleted: bool) {
+        self.recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(key.to_string(), (std::time::Instant::now(), deleted));
+    }
+
+    /// [`Registry::delete`], waiting for a provider that holds the deployed set to remove it
+    /// (its refusal is the caller's answer).
+    pub async fn remove(
+        &self,
+        name: &str,
+        namespace: Option<&str>,
+    ) -> Result<Arc<FunctionDeployment>, RegistryError> {
+        if !self.provider.holds_state() {
+            return self.delete(name, namespace);
+        }
+        let Some((key, entry)) = self.find(name, namespace) else {
+            return Err(not_found(name, namespace));
+        };
+        self.provider.undeploy(&key).await?;
+        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
+        self.changed_here(&key, true);
+        self.functions
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&key);
+        Ok(entry.spec)
     }
 
     /// Removes a function; returns what was deployed.
@@ -467,6 +520,9 @@ impl Registry {
         entry.replicas = replicas;
         entry.changed_at = std::time::Instant::now();
         self.provider.apply(&entry.spec, replicas)?;
+        if self.provider.holds_state() {
+            self.changed_here(&key, false);
+        }
         self.persist(&entry)?;
         self.functions
             .write()

@@ -185,6 +185,43 @@ impl KubernetesProvider {
     }
 }
 
+impl KubernetesProvider {
+    /// Deletes a function's Deployment (its pods go in the background), then its Service.
+    async fn delete_objects(client: Client, key: &str) -> Result<(), ProviderError> {
+        let (name, ns) = split_key(key);
+        let params = DeleteParams::background();
+        let gone = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
+        let spec = FunctionDeployment {
+            service: name.to_string(),
+            namespace: Some(ns.to_string()),
+            ..FunctionDeployment::default()
+        };
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+        match tokio::time::timeout(API_TIMEOUT, deployments.delete(name, &params)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if gone(&e) => {}
+            Ok(Err(e)) => return Err(refused(&spec, e)),
+            Err(_) => {
+                return Err(ProviderError::Unavailable(format!(
+                    "the cluster did not answer within {API_TIMEOUT:?} for function {key}"
+                )));
+            }
+        }
+        let services: Api<Service> = Api::namespaced(client, ns);
+        match tokio::time::timeout(API_TIMEOUT, services.delete(name, &params)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if gone(&e) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(function = %key, error = %e, "cannot delete the function's Service");
+            }
+            Err(_) => {
+                tracing::warn!(function = %key, "the cluster did not answer the Service's delete");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The cluster's refusal as a provider error: what it refuses for the request's sake (a
 /// missing namespace, an invalid object) is the deployment's fault; the rest is unavailability.
 fn refused(spec: &FunctionDeployment, e: kube::Error) -> ProviderError {
@@ -282,19 +319,16 @@ impl Provider for KubernetesProvider {
     }
 
     fn remove(&self, key: &str) {
-        let (name, ns) = split_key(key);
-        let (name, ns, client) = (name.to_string(), ns.to_string(), self.client.clone());
+        let (client, key) = (self.client.clone(), key.to_string());
         tokio::spawn(async move {
-            let params = DeleteParams::background();
-            let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
-            if let Err(e) = deployments.delete(&name, &params).await {
-                tracing::warn!(function = %name, namespace = %ns, error = %e, "cannot delete the function's Deployment");
-            }
-            let services: Api<Service> = Api::namespaced(client, &ns);
-            if let Err(e) = services.delete(&name, &params).await {
-                tracing::debug!(function = %name, namespace = %ns, error = %e, "cannot delete the function's Service");
+            if let Err(e) = Self::delete_objects(client, &key).await {
+                tracing::warn!(function = %key, error = %e, "cannot delete the function");
             }
         });
+    }
+
+    fn undeploy<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(Self::delete_objects(self.client.clone(), key))
     }
 
     fn available(&self, key: &str) -> u64 {
