@@ -2,19 +2,23 @@
 //! the provider that runs it. Every system API change goes through here: it is applied to the
 //! provider, then persisted; a new function that fails either step is removed from the provider
 //! again, so nothing runs that the store does not know about.
+//!
+//! With a provider that holds the deployed set itself (a cluster), the registry keeps no store
+//! of functions and follows the provider instead (`held.rs`). Namespaces are in `namespaces.rs`.
 
+mod held;
+mod namespaces;
 pub mod store;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use super::provider::{Endpoint, ObservedFunction, Provider, ProviderError};
+use super::provider::{Endpoint, Provider, ProviderError};
 use super::scaling::ScalePolicy;
 use super::secrets::{SecretError, SecretStore};
 use super::types::{
-    DEFAULT_NAMESPACE, FunctionDeployment, FunctionNamespace, FunctionStatus, display_name,
-    function_key, validate_name,
+    DEFAULT_NAMESPACE, FunctionDeployment, FunctionStatus, display_name, function_key,
 };
 use store::{Store, StoreError, StoredFunction};
 
@@ -97,10 +101,6 @@ pub struct Registry {
     /// must not undo.
     recent: Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
 }
-
-/// How long this gateway's own change of a function wins over what the provider shows: its
-/// watch normally catches up in milliseconds.
-const OWN_CHANGE_WINS: Duration = Duration::from_secs(5);
 
 /// Counts a call as waiting for a replica of a function while it lives.
 struct Waiting {
@@ -257,117 +257,6 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, entry);
         Ok(())
-    }
-
-    /// [`Registry::deploy`] to a provider that holds the deployed set: the provider's answer
-    /// is awaited (outside the change lock), then the function is listed at once (its own
-    /// observation follows).
-    async fn deploy_held(
-        &self,
-        spec: Arc<FunctionDeployment>,
-        replicas: u64,
-    ) -> Result<(), RegistryError> {
-        self.provider.deploy(&spec, replicas).await?;
-        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = spec.key();
-        self.changed_here(&key, false);
-        let created_at = self.entry(&key).map_or_else(now, |e| e.created_at);
-        self.functions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(
-                key,
-                Entry {
-                    spec,
-                    replicas,
-                    created_at,
-                    changed_at: std::time::Instant::now(),
-                },
-            );
-        Ok(())
-    }
-
-    /// Follows the deployed set a provider holds: functions it no longer has are dropped, new
-    /// ones added, changed ones updated (a spec or count unchanged keeps its identity and the
-    /// time its count last changed, which the autoscaler reads).
-    pub fn observe(&self, seen: &[ObservedFunction]) {
-        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        recent.retain(|_, (at, _)| at.elapsed() < OWN_CHANGE_WINS);
-        let mut functions = self
-            .functions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        let keys: std::collections::HashSet<String> = seen.iter().map(|f| f.spec.key()).collect();
-        // Gone from the provider, unless this gateway deployed it a moment ago (the
-        // observation may predate it).
-        functions.retain(|k, _| keys.contains(k) || recent.get(k).is_some_and(|(_, del)| !del));
-        for f in seen {
-            let key = f.spec.key();
-            match recent.get(&key) {
-                // Deleted here a moment ago: an older observation still has it.
-                Some((_, true)) => continue,
-                // Changed here a moment ago: this gateway's version stands until the moment
-                // has passed.
-                Some((_, false)) if functions.contains_key(&key) => continue,
-                _ => {}
-            }
-            let entry = match functions.get(&key) {
-                Some(e) if *e.spec == f.spec && e.replicas == f.replicas => continue,
-                Some(e) => Entry {
-                    spec: if *e.spec == f.spec {
-                        Arc::clone(&e.spec)
-                    } else {
-                        Arc::new(f.spec.clone())
-                    },
-                    replicas: f.replicas,
-                    created_at: f.created_at.clone(),
-                    changed_at: if e.replicas == f.replicas {
-                        e.changed_at
-                    } else {
-                        std::time::Instant::now()
-                    },
-                },
-                None => Entry {
-                    spec: Arc::new(f.spec.clone()),
-                    replicas: f.replicas,
-                    created_at: f.created_at.clone(),
-                    changed_at: std::time::Instant::now(),
-                },
-            };
-            functions.insert(key, entry);
-        }
-    }
-
-    /// Notes a change this gateway made to function `key` (see [`Registry::observe`]).
-    fn changed_here(&self, key: &str, deleted: bool) {
-        self.recent
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.to_string(), (std::time::Instant::now(), deleted));
-    }
-
-    /// [`Registry::delete`], waiting for a provider that holds the deployed set to remove it
-    /// (its refusal is the caller's answer).
-    pub async fn remove(
-        &self,
-        name: &str,
-        namespace: Option<&str>,
-    ) -> Result<Arc<FunctionDeployment>, RegistryError> {
-        if !self.provider.holds_state() {
-            return self.delete(name, namespace);
-        }
-        let Some((key, entry)) = self.find(name, namespace) else {
-            return Err(not_found(name, namespace));
-        };
-        self.provider.undeploy(&key).await?;
-        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        self.changed_here(&key, true);
-        self.functions
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&key);
-        Ok(entry.spec)
     }
 
     /// Removes a function; returns what was deployed.
@@ -589,94 +478,6 @@ impl Registry {
                 name: name.to_string(),
                 functions: users.join(", "),
             });
-        }
-        Ok(())
-    }
-
-    /// Every namespace: the default one, those created through the system API, and those
-    /// functions were deployed to.
-    pub fn namespaces(&self) -> Result<Vec<String>, RegistryError> {
-        let kept = match self.provider.namespaces() {
-            Some(held) => held.list(),
-            None => self.store.namespaces()?,
-        };
-        let mut names: std::collections::BTreeSet<String> =
-            kept.into_iter().map(|ns| ns.name).collect();
-        names.insert(DEFAULT_NAMESPACE.to_string());
-        names.extend(self.specs().iter().map(|s| s.namespace().to_string()));
-        Ok(names.into_iter().collect())
-    }
-
-    /// One namespace.
-    pub fn namespace(&self, name: &str) -> Result<FunctionNamespace, RegistryError> {
-        let kept = match self.provider.namespaces() {
-            Some(held) => held.list(),
-            None => self.store.namespaces()?,
-        };
-        if let Some(ns) = kept.into_iter().find(|ns| ns.name == name) {
-            return Ok(ns);
-        }
-        if self.namespaces()?.iter().any(|n| n == name) {
-            return Ok(FunctionNamespace {
-                name: name.to_string(),
-                ..Default::default()
-            });
-        }
-        Err(RegistryError::NoNamespace(name.to_string()))
-    }
-
-    /// Creates a namespace; 409 when it exists.
-    pub fn create_namespace(&self, ns: &FunctionNamespace) -> Result<(), RegistryError> {
-        validate_name(&ns.name).map_err(|e| RegistryError::Invalid(format!("namespace: {e}")))?;
-        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        if self.namespaces()?.contains(&ns.name) {
-            return Err(RegistryError::Conflict(format!(
-                "namespace {} already exists",
-                ns.name
-            )));
-        }
-        Ok(self.store.save_namespace(ns)?)
-    }
-
-    /// Replaces a namespace's labels and annotations; 404 when it does not exist.
-    pub fn update_namespace(&self, ns: &FunctionNamespace) -> Result<(), RegistryError> {
-        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        if !self.namespaces()?.contains(&ns.name) {
-            return Err(RegistryError::NoNamespace(ns.name.clone()));
-        }
-        Ok(self.store.save_namespace(ns)?)
-    }
-
-    /// Removes a namespace; 409 while functions are in it, and for the default namespace.
-    pub fn delete_namespace(&self, name: &str) -> Result<(), RegistryError> {
-        let _change = self.changes.lock().unwrap_or_else(PoisonError::into_inner);
-        self.removable_namespace(name)?;
-        self.store.remove_namespace(name)?;
-        Ok(())
-    }
-
-    /// Whether a namespace may be removed: it exists, is not the default one, and holds no
-    /// function.
-    pub fn removable_namespace(&self, name: &str) -> Result<(), RegistryError> {
-        if !self.namespaces()?.iter().any(|n| n == name) {
-            return Err(RegistryError::NoNamespace(name.to_string()));
-        }
-        if name == DEFAULT_NAMESPACE {
-            return Err(RegistryError::Conflict(format!(
-                "namespace {name} is the default namespace and cannot be removed"
-            )));
-        }
-        let inside: Vec<String> = self
-            .specs()
-            .iter()
-            .filter(|s| s.namespace() == name)
-            .map(|s| s.service.clone())
-            .collect();
-        if !inside.is_empty() {
-            return Err(RegistryError::Conflict(format!(
-                "namespace {name} still holds functions: {}",
-                inside.join(", ")
-            )));
         }
         Ok(())
     }
