@@ -24,31 +24,10 @@ secs="${1:-10}"
 calls="${2:-20000}"
 source benches/common.sh
 ensure_wrk
-nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
-[ -x "$nats_bin" ] || { echo "nats-server is required (apt-get install nats-server)" >&2; exit 1; }
+find_nats_server
 cargo build --release --quiet --bin fgateway --example fast-upstream --example async-client
+prepare_fast_stack
 
-fgateway=${FGATEWAY:-$PWD/target/release/fgateway}
-start_fast_upstream
-cat >"$work/stack.yml" <<YAML
-functions:
-  fast:
-    upstream: http://127.0.0.1:$up_port
-YAML
-
-# Starts a gateway (extra flags in "$@") and sets gw (its pid) and gw_port.
-start_gateway() {
-  gw_port=$(free_port)
-  RUST_LOG=warn "$fgateway" up --provider static -f "$work/stack.yml" \
-    --port "$gw_port" --data-dir "$work/data-$gw_port" "$@" 2>>"$work/gateway.log" &
-  gw=$!
-  pids+=("$gw")
-  wait_for "http://127.0.0.1:$gw_port/healthz"
-}
-stop_gateway() {
-  kill "$gw" && wait "$gw" 2>/dev/null || true
-}
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 # Runs one phase and prints "rate calls gateway_us_per_call nats_in nats_out nats_us_per_call"
 # (the nats figures 0 when no nats-server runs). $1: "wrk URL CONNS" or "e2e".

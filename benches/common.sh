@@ -51,3 +51,37 @@ start_fast_upstream() {
   pids+=($!)
   wait_for "http://127.0.0.1:$up_port/"
 }
+
+# Sets nats_bin to the nats-server executable (PATH or Debian's /usr/sbin), or stops.
+find_nats_server() {
+  nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  [ -x "$nats_bin" ] || { echo "nats-server is required (apt-get install nats-server)" >&2; exit 1; }
+}
+
+# What the static-provider benchmarks share: the fast upstream (see start_fast_upstream),
+# $work/stack.yml naming it function `fast`, and $fgateway ($FGATEWAY, or the release build).
+prepare_fast_stack() {
+  fgateway=${FGATEWAY:-$PWD/target/release/fgateway}
+  start_fast_upstream
+  cat >"$work/stack.yml" <<YAML
+functions:
+  fast:
+    upstream: http://127.0.0.1:$up_port
+YAML
+}
+
+# Starts a gateway (extra flags in "$@") and sets gw (its pid) and gw_port.
+start_gateway() {
+  gw_port=$(free_port)
+  RUST_LOG=warn "$fgateway" up --provider static -f "$work/stack.yml" \
+    --port "$gw_port" --data-dir "$work/data-$gw_port" "$@" 2>>"$work/gateway.log" &
+  gw=$!
+  pids+=("$gw")
+  wait_for "http://127.0.0.1:$gw_port/healthz"
+}
+stop_gateway() {
+  kill "$gw" && wait "$gw" 2>/dev/null || true
+}
+
+# ticks PID: the process's user + system time so far, in clock ticks.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -19,18 +19,9 @@ secs="${1:-10}"
 calls="${2:-20000}"
 source benches/common.sh
 ensure_wrk
-nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
-[ -x "$nats_bin" ] || { echo "nats-server is required (apt-get install nats-server)" >&2; exit 1; }
+find_nats_server
 cargo build --release --quiet --bin fgateway --example fast-upstream --example async-client
-
-fgateway=${FGATEWAY:-$PWD/target/release/fgateway}
-start_fast_upstream
-cat >"$work/stack.yml" <<YAML
-functions:
-  fast:
-    upstream: http://127.0.0.1:$up_port
-YAML
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+prepare_fast_stack
 hz=$(getconf CLK_TCK)
 
 # Starts NODES nats-servers clustered with each other (one alone when NODES is 1); sets
@@ -71,19 +62,6 @@ nats_ticks() {
   local t=0 p
   for p in "${nats_pids[@]}"; do t=$((t + $(ticks "$p"))); done
   echo "$t"
-}
-
-# Starts a gateway (extra flags in "$@") and sets gw (its pid) and gw_port.
-start_gateway() {
-  gw_port=$(free_port)
-  RUST_LOG=warn "$fgateway" up --provider static -f "$work/stack.yml" \
-    --port "$gw_port" --data-dir "$work/data-$gw_port" "$@" 2>>"$work/gateway.log" &
-  gw=$!
-  pids+=("$gw")
-  wait_for "http://127.0.0.1:$gw_port/healthz"
-}
-stop_gateway() {
-  kill "$gw" && wait "$gw" 2>/dev/null || true
 }
 
 # Runs one phase and prints "rate calls gateway_us_per_call nats_us_per_call".

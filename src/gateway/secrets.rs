@@ -60,6 +60,19 @@ impl Secret {
     }
 }
 
+/// What a listing of `namespace`'s secrets answers: their names only, sorted.
+pub fn listing(namespace: &str, mut names: Vec<String>) -> Vec<Secret> {
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| Secret {
+            name,
+            namespace: Some(namespace.to_string()),
+            ..Secret::default()
+        })
+        .collect()
+}
+
 /// Why a secret operation failed; the system API maps each to a status code.
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -217,22 +230,14 @@ impl SecretStore {
     /// The secrets of `namespace` (names only), sorted.
     pub fn list(&self, namespace: &str) -> Result<Vec<Secret>, SecretError> {
         validate_name(namespace).map_err(|e| SecretError::Invalid(format!("namespace: {e}")))?;
-        let mut names: Vec<String> = std::fs::read_dir(self.values.join(namespace))
+        let names: Vec<String> = std::fs::read_dir(self.values.join(namespace))
             .into_iter()
             .flatten()
             .flatten()
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| validate_secret_name(n).is_ok())
             .collect();
-        names.sort();
-        Ok(names
-            .into_iter()
-            .map(|name| Secret {
-                name,
-                namespace: Some(namespace.to_string()),
-                ..Default::default()
-            })
-            .collect())
+        Ok(listing(namespace, names))
     }
 
     /// Makes the directory of function `function` in `namespace` hold exactly copies of

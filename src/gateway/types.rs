@@ -242,6 +242,11 @@ pub fn function_key(name: &str, namespace: &str) -> String {
     format!("{name}.{namespace}")
 }
 
+/// A function key's name and namespace (the reverse of [`function_key`]; names hold no `.`).
+pub fn split_function_key(key: &str) -> (&str, &str) {
+    key.split_once('.').unwrap_or((key, DEFAULT_NAMESPACE))
+}
+
 /// What metrics and queue messages call a function: its name in the default namespace, else
 /// `NAME.NAMESPACE` (as `/function/NAME.NAMESPACE` routes it).
 pub fn display_name(name: &str, namespace: &str) -> String {

@@ -29,6 +29,29 @@ async fn gateway(data: &Path, namespace: &str) -> Gateway {
     .await
 }
 
+/// Sends `METHOD path` with `body` as JSON (none when it is null) to the gateway at `addr`.
+async fn send_json(
+    addr: std::net::SocketAddr,
+    method: http::Method,
+    path: impl Into<String>,
+    body: serde_json::Value,
+) -> crate::harness::Reply {
+    let body = if body.is_null() {
+        bytes::Bytes::new()
+    } else {
+        bytes::Bytes::from(body.to_string())
+    };
+    crate::harness::send(
+        addr,
+        http::Request::builder()
+            .method(method)
+            .uri(path.into())
+            .body(http_body_util::Full::new(body))
+            .unwrap(),
+    )
+    .await
+}
+
 /// Deploys `name` in `namespace` through `gw`'s system API.
 async fn deploy(
     gw: &Gateway,
@@ -141,13 +164,11 @@ async fn deploy_call_scale_and_delete_on_a_cluster() {
     assert_eq!(pods.len(), 2, "calls reached {pods:?}");
 
     // Deleted: gone from the listing and from the cluster.
-    let r = crate::harness::send(
+    let r = send_json(
         gw.addr,
-        http::Request::delete("/system/functions")
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                json!({"functionName": "echo", "namespace": ns.name}).to_string(),
-            )))
-            .unwrap(),
+        http::Method::DELETE,
+        "/system/functions",
+        json!({"functionName": "echo", "namespace": ns.name}),
     )
     .await;
     assert_eq!(r.status(), 202, "{}", r.text());
@@ -331,24 +352,20 @@ async fn secrets_are_the_clusters_and_reach_non_root_functions() {
     assert_eq!(r.text(), "12000\ns3cret");
 
     let delete_secret = || {
-        crate::harness::send(
+        send_json(
             gw.addr,
-            http::Request::delete("/system/secrets")
-                .body(http_body_util::Full::new(bytes::Bytes::from(
-                    json!({"name": "api-key", "namespace": ns.name}).to_string(),
-                )))
-                .unwrap(),
+            http::Method::DELETE,
+            "/system/secrets",
+            json!({"name": "api-key", "namespace": ns.name}),
         )
     };
     let r = delete_secret().await;
     assert_eq!(r.status(), 409, "{}", r.text());
-    let r = crate::harness::send(
+    let r = send_json(
         gw.addr,
-        http::Request::delete("/system/functions")
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                json!({"functionName": "reader", "namespace": ns.name}).to_string(),
-            )))
-            .unwrap(),
+        http::Method::DELETE,
+        "/system/functions",
+        json!({"functionName": "reader", "namespace": ns.name}),
     )
     .await;
     assert_eq!(r.status(), 202, "{}", r.text());
@@ -362,7 +379,6 @@ async fn secrets_are_the_clusters_and_reach_non_root_functions() {
 /// follow.
 #[tokio::test]
 async fn logs_come_from_every_pod_with_follow() {
-    use std::io::{BufRead, BufReader, Write};
     let dir = tempfile::tempdir().unwrap();
     let ns = kube().namespace("logs");
     let gw = gateway(&dir.path().join("gw"), &ns.name).await;
@@ -399,39 +415,17 @@ async fn logs_come_from_every_pod_with_follow() {
     .await;
     assert!(pods.iter().all(|p| p.starts_with("talk-")), "{pods:?}");
 
-    let mut follower = std::net::TcpStream::connect(gw.addr).unwrap();
-    follower
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .unwrap();
-    write!(
-        follower,
-        "GET /system/logs?name=talk&namespace={}&tail=1&follow=true HTTP/1.1\r\nHost: t\r\n\r\n",
-        ns.name
-    )
-    .unwrap();
-    let mut reader = BufReader::new(follower);
-    let mut line = String::new();
-    while line != "\r\n" {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-    }
+    let follower = crate::system_api::follow_logs(
+        gw.addr,
+        &format!("name=talk&namespace={}&tail=1&follow=true", ns.name),
+        Duration::from_secs(60),
+    );
     let r = post(gw.addr, &format!("/function/talk.{}?n=late", ns.name), "").await;
     assert_eq!(r.status(), 200, "{}", r.text());
-    let found = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return false;
-            }
-            if line.contains("said n=late") {
-                return true;
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert!(found, "the followed log never showed the late call");
+    assert!(
+        crate::system_api::followed(follower, "said n=late").await,
+        "the followed log never showed the late call"
+    );
 }
 
 /// With two gateways, one at a time autoscales, from the calls of both; listings count both
@@ -541,14 +535,11 @@ async fn namespaces_are_the_clusters_labelled_ones() {
         },
     )
     .await;
-    let r = crate::harness::send(
+    let r = send_json(
         gw.addr,
-        http::Request::put(format!("/system/namespace/{made}"))
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                json!({"name": made, "labels": {"team": "b"}, "annotations": {"owner": "me"}})
-                    .to_string(),
-            )))
-            .unwrap(),
+        http::Method::PUT,
+        format!("/system/namespace/{made}"),
+        json!({"name": made, "labels": {"team": "b"}, "annotations": {"owner": "me"}}),
     )
     .await;
     assert_eq!(r.status(), 202, "{}", r.text());
@@ -557,11 +548,11 @@ async fn namespaces_are_the_clusters_labelled_ones() {
     assert_eq!(k["metadata"]["annotations"]["owner"], "me");
 
     let delete = |name: String| {
-        crate::harness::send(
+        send_json(
             gw.addr,
-            http::Request::delete(format!("/system/namespace/{name}"))
-                .body(http_body_util::Full::new(bytes::Bytes::new()))
-                .unwrap(),
+            http::Method::DELETE,
+            format!("/system/namespace/{name}"),
+            serde_json::Value::Null,
         )
     };
     assert_eq!(delete("openfaas-fn".into()).await.status(), 409);

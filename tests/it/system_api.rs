@@ -41,6 +41,49 @@ pub(crate) fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
 
+/// A follower of `/system/logs?QUERY` on the gateway at `addr`, read past the answer's head;
+/// a read waits at most `limit`.
+pub(crate) fn follow_logs(
+    addr: std::net::SocketAddr,
+    query: &str,
+    limit: Duration,
+) -> BufReader<TcpStream> {
+    let mut follower = TcpStream::connect(addr).unwrap();
+    follower.set_read_timeout(Some(limit)).unwrap();
+    write!(
+        follower,
+        "GET /system/logs?{query} HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    .unwrap();
+    let mut reader = BufReader::new(follower);
+    let mut line = String::new();
+    while line != "\r\n" {
+        line.clear();
+        reader.read_line(&mut line).unwrap();
+    }
+    reader
+}
+
+/// Reads a follower's lines until one contains `needle`; false when the stream ends (or a read
+/// times out) first.
+pub(crate) async fn followed(mut reader: BufReader<TcpStream>, needle: &str) -> bool {
+    let needle = needle.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return false;
+            }
+            if line.contains(&needle) {
+                return true;
+            }
+        }
+    })
+    .await
+    .unwrap()
+}
+
 /// The NDJSON lines of a logs answer whose text contains `said`.
 fn said(body: &str) -> Vec<serde_json::Value> {
     body.lines()
@@ -223,37 +266,12 @@ async fn logs_answer_tail_since_instance_and_follow() {
     assert!(said(&none.text()).is_empty());
 
     // follow: a line written after the follower connected arrives on the open stream.
-    let mut follower = TcpStream::connect(gw.addr).unwrap();
-    follower.set_read_timeout(Some(DEADLINE)).unwrap();
-    follower
-        .write_all(b"GET /system/logs?name=talk&tail=1&follow=true HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    let mut reader = BufReader::new(follower);
-    let mut line = String::new();
-    // Past the head.
-    loop {
-        line.clear();
-        reader.read_line(&mut line).unwrap();
-        if line == "\r\n" {
-            break;
-        }
-    }
+    let follower = follow_logs(gw.addr, "name=talk&tail=1&follow=true", DEADLINE);
     assert_eq!(get(gw.addr, "/function/talk?n=late").await.status(), 200);
-    let found = tokio::task::spawn_blocking(move || {
-        let mut line = String::new();
-        loop {
-            line.clear();
-            if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                return false;
-            }
-            if line.contains("\"text\":\"said n=late\"") {
-                return true;
-            }
-        }
-    })
-    .await
-    .unwrap();
-    assert!(found, "the followed stream never showed the new line");
+    assert!(
+        followed(follower, "\"text\":\"said n=late\"").await,
+        "the followed stream never showed the new line"
+    );
 }
 
 #[tokio::test]

@@ -27,7 +27,7 @@ use super::{
     BoxFuture, Endpoint, HeldNamespaces, HeldSecrets, Observed, ObservedFunction, Provider,
     ProviderError,
 };
-use crate::gateway::types::{FUNCTION_NAME_LABEL, FunctionDeployment};
+use crate::gateway::types::{FUNCTION_NAME_LABEL, FunctionDeployment, split_function_key};
 pub use objects::{ProbeKind, Shape};
 use routes::Routes;
 
@@ -188,7 +188,7 @@ impl KubernetesProvider {
 impl KubernetesProvider {
     /// Deletes a function's Deployment (its pods go in the background), then its Service.
     async fn delete_objects(client: Client, key: &str) -> Result<(), ProviderError> {
-        let (name, ns) = split_key(key);
+        let (name, ns) = split_function_key(key);
         let params = DeleteParams::background();
         let gone = |e: &kube::Error| matches!(e, kube::Error::Api(s) if s.code == 404);
         let spec = FunctionDeployment {
@@ -242,12 +242,6 @@ fn refused(spec: &FunctionDeployment, e: kube::Error) -> ProviderError {
             crate::http::proxy::error_chain(&e)
         )),
     }
-}
-
-/// Splits a function key (`NAME.NAMESPACE`) into its name and namespace.
-fn split_key(key: &str) -> (&str, &str) {
-    key.split_once('.')
-        .unwrap_or((key, crate::gateway::types::DEFAULT_NAMESPACE))
 }
 
 impl Provider for KubernetesProvider {
@@ -332,13 +326,13 @@ impl Provider for KubernetesProvider {
     }
 
     fn available(&self, key: &str) -> u64 {
-        let (name, ns) = split_key(key);
+        let (name, ns) = split_function_key(key);
         self.routes.ready(ns, name) as u64
     }
 
     fn endpoint<'a>(&'a self, key: &'a str, wait: Duration) -> BoxFuture<'a, Endpoint> {
         Box::pin(async move {
-            let (name, ns) = split_key(key);
+            let (name, ns) = split_function_key(key);
             self.routes.pick(ns, name, wait).await
         })
     }

@@ -77,7 +77,7 @@ impl ClusterNamespaces {
 
     /// Keeps the list current until aborted.
     pub async fn watch(self) {
-        let api: Api<Namespace> = Api::all(self.client.clone());
+        let api = self.api();
         let selector = format!("{}={}", LABEL.0, LABEL.1);
         let mut listing = BTreeMap::new();
         let mut events = std::pin::pin!(
@@ -100,6 +100,10 @@ impl ClusterNamespaces {
                 Err(e) => tracing::warn!(error = %e, "watching the function namespaces"),
             }
         }
+    }
+
+    fn api(&self) -> Api<Namespace> {
+        Api::all(self.client.clone())
     }
 
     /// The Namespace object for `ns`.
@@ -130,7 +134,7 @@ impl HeldNamespaces for ClusterNamespaces {
 
     fn create<'a>(&'a self, ns: &'a FunctionNamespace) -> BoxFuture<'a, Result<(), RegistryError>> {
         Box::pin(async move {
-            let api: Api<Namespace> = Api::all(self.client.clone());
+            let api = self.api();
             api.create(&PostParams::default(), &Self::object(ns))
                 .await
                 .map(drop)
@@ -140,7 +144,7 @@ impl HeldNamespaces for ClusterNamespaces {
 
     fn update<'a>(&'a self, ns: &'a FunctionNamespace) -> BoxFuture<'a, Result<(), RegistryError>> {
         Box::pin(async move {
-            let api: Api<Namespace> = Api::all(self.client.clone());
+            let api = self.api();
             let mut current = api.get(&ns.name).await.map_err(|e| failed(&ns.name, e))?;
             if current.labels().get(LABEL.0).map(String::as_str) != Some(LABEL.1) {
                 return Err(RegistryError::NoNamespace(ns.name.clone()));
@@ -158,7 +162,7 @@ impl HeldNamespaces for ClusterNamespaces {
 
     fn delete<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<(), RegistryError>> {
         Box::pin(async move {
-            let api: Api<Namespace> = Api::all(self.client.clone());
+            let api = self.api();
             let current = api.get(name).await.map_err(|e| failed(name, e))?;
             if current.labels().get(LABEL.0).map(String::as_str) != Some(LABEL.1) {
                 return Err(RegistryError::NoNamespace(name.to_string()));

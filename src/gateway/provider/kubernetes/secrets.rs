@@ -11,7 +11,7 @@ use kube::{Api, Client};
 
 use super::objects::MANAGED_BY;
 use crate::gateway::provider::{BoxFuture, HeldSecrets};
-use crate::gateway::secrets::{Secret, SecretError, validate_secret_name};
+use crate::gateway::secrets::{Secret, SecretError, listing, validate_secret_name};
 use crate::gateway::types::validate_name;
 
 /// Secrets on the cluster.
@@ -179,20 +179,12 @@ impl HeldSecrets for ClusterSecrets {
                 .list(&ListParams::default().labels(&ours()))
                 .await
                 .map_err(|e| failed("*", namespace, e))?;
-            let mut names: Vec<String> = listed
+            let names = listed
                 .items
                 .into_iter()
                 .filter_map(|s| s.metadata.name)
                 .collect();
-            names.sort();
-            Ok(names
-                .into_iter()
-                .map(|name| Secret {
-                    name,
-                    namespace: Some(namespace.to_string()),
-                    ..Secret::default()
-                })
-                .collect())
+            Ok(listing(namespace, names))
         })
     }
 }
