@@ -102,8 +102,8 @@ impl Registry {
             .insert(key.to_string(), (std::time::Instant::now(), deleted));
     }
 
-    /// [`Registry::delete`], waiting for a provider that holds the deployed set to remove it
-    /// (its refusal is the caller's answer).
+    /// Removes a function; returns what was deployed. A provider that holds the deployed set
+    /// is waited for (its refusal is the caller's answer).
     pub async fn remove(
         &self,
         name: &str,

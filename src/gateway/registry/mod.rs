@@ -259,8 +259,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Removes a function; returns what was deployed.
-    pub fn delete(
+    /// [`Registry::remove`] of a function the store keeps; returns what was deployed.
+    fn delete(
         &self,
         name: &str,
         namespace: Option<&str>,
@@ -269,9 +269,7 @@ impl Registry {
         let Some((key, entry)) = self.find(name, namespace) else {
             return Err(not_found(name, namespace));
         };
-        if !self.provider.holds_state() {
-            self.store.remove(&key)?;
-        }
+        self.store.remove(&key)?;
         self.functions
             .write()
             .unwrap_or_else(PoisonError::into_inner)
