@@ -43,9 +43,15 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Starts a receiver on `port` (0 for any).
+    /// Starts a receiver on `port` (0 for any) of the loopback address.
     pub async fn start(port: u16) -> Receiver {
-        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        Receiver::start_on(std::net::Ipv4Addr::LOCALHOST.into(), port).await
+    }
+
+    /// Starts a receiver on `ip`, `port` (0 for any): an address others than this machine's
+    /// processes can reach.
+    pub async fn start_on(ip: std::net::IpAddr, port: u16) -> Receiver {
+        let listener = TcpListener::bind((ip, port)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let got: Arc<Mutex<Vec<Callback>>> = Arc::default();
         let store = Arc::clone(&got);

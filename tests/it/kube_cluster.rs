@@ -8,7 +8,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
+use std::sync::{OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde_json::json;
 
@@ -17,6 +17,11 @@ pub const IMAGE: &str = "localhost/fwatchdog-k8s-test:latest";
 
 /// The same, run as user 12000 (not root).
 pub const NONROOT_IMAGE: &str = "localhost/fwatchdog-k8s-test:nonroot";
+
+/// Tests that share the cluster hold it for reading (through their [`Namespace`]); a test that
+/// runs gateways watching every namespace of it (the gateway deployed into the cluster) holds
+/// it alone, so that no other test's gateway and functions meet it.
+static IN_USE: RwLock<()> = RwLock::new(());
 
 /// The running cluster.
 pub struct Kube {
@@ -127,7 +132,9 @@ impl Kube {
     }
 
     /// A namespace of the test's own, labelled as function namespaces are; removed on drop.
+    /// Waits while a test has the cluster alone ([`Kube::alone`]).
     pub fn namespace(&'static self, test: &str) -> Namespace {
+        let shared = IN_USE.read().unwrap_or_else(|e| e.into_inner());
         let name = format!(
             "t-{test}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..6]
@@ -142,7 +149,42 @@ impl Kube {
             })),
         );
         assert_eq!(code, 201, "cannot create namespace {name}: {body}");
-        Namespace { kube: self, name }
+        Namespace {
+            kube: self,
+            name,
+            _shared: shared,
+        }
+    }
+
+    /// The cluster for this test alone, until the guard drops: waits for the tests sharing it.
+    pub fn alone(&'static self) -> RwLockWriteGuard<'static, ()> {
+        IN_USE.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs kubectl as the cluster's admin; panics, with its output, unless it succeeds.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = run_script(&[&["kubectl"], args].concat());
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Packs an fgateway `binary` into a FROM-scratch image `name` (`/fgateway`, its
+    /// entrypoint) run as `user`, and loads it.
+    pub fn load_fgateway_image(&self, name: &str, binary: &Path, user: u32) {
+        let file = format!("{}:/fgateway", binary.display());
+        let user = format!("--user={user}");
+        let out = run_script(&["image", name, "/fgateway", &file, &user]);
+        assert!(
+            out.status.success(),
+            "cannot load the image {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -151,6 +193,8 @@ pub struct Namespace {
     kube: &'static Kube,
     /// Its name.
     pub name: String,
+    /// The cluster, shared with other tests while this lives.
+    _shared: RwLockReadGuard<'static, ()>,
 }
 
 impl Drop for Namespace {

@@ -18,6 +18,7 @@ mod harness;
 mod hostile;
 mod jetstream_cluster;
 mod kube_cluster;
+mod kube_deploy;
 mod kubernetes;
 mod nats_cluster;
 mod podman;

@@ -113,45 +113,45 @@ impl Drop for Service {
 /// nothing when it is fresh). Panics unless the result links no shared library.
 pub fn static_fwatchdog() -> PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-            let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
-            let target_dir = root.join("target/static");
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let out = Command::new(cargo)
-                .current_dir(root)
-                .args([
-                    "build",
-                    "--locked",
-                    "--bin",
-                    "fwatchdog",
-                    "--target",
-                    &triple,
-                ])
-                .arg("--target-dir")
-                .arg(&target_dir)
-                .env("RUSTFLAGS", "-C target-feature=+crt-static")
-                .env_remove("CARGO_TARGET_DIR")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success(),
-                "static fwatchdog build failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let bin = target_dir.join(&triple).join("debug/fwatchdog");
-            let ldd = Command::new("ldd").arg(&bin).output().unwrap();
-            let said = String::from_utf8_lossy(&ldd.stdout).to_string()
-                + &String::from_utf8_lossy(&ldd.stderr);
-            assert!(
-                !said.contains("=>") && !said.contains("ld-linux"),
-                "{} links shared libraries: {said}",
-                bin.display()
-            );
-            bin
-        })
-        .clone()
+    BUILT.get_or_init(|| static_binary("fwatchdog")).clone()
+}
+
+/// fgateway built the same way, as `Dockerfile.gateway` builds it for its image.
+pub fn static_fgateway() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| static_binary("fgateway")).clone()
+}
+
+/// Builds binary `name` static (see [`static_fwatchdog`]) and checks it links nothing.
+fn static_binary(name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let triple = format!("{}-unknown-linux-gnu", std::env::consts::ARCH);
+    let target_dir = root.join("target/static");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(root)
+        .args(["build", "--locked", "--bin", name, "--target", &triple])
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("RUSTFLAGS", "-C target-feature=+crt-static")
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "static {name} build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = target_dir.join(&triple).join("debug").join(name);
+    let ldd = Command::new("ldd").arg(&bin).output().unwrap();
+    let said =
+        String::from_utf8_lossy(&ldd.stdout).to_string() + &String::from_utf8_lossy(&ldd.stderr);
+    assert!(
+        !said.contains("=>") && !said.contains("ld-linux"),
+        "{} links shared libraries: {said}",
+        bin.display()
+    );
+    bin
 }
 
 /// Builds image `tag` from a scratch root holding only the static fwatchdog

@@ -13,12 +13,15 @@
 #                                       # pack files into a FROM-scratch image and load it
 #   bash tests/k8s/cluster.sh down      # stop it and remove everything it put on the host
 #   bash tests/k8s/cluster.sh status    # exit 0 when it is up and its node Ready
+#   bash tests/k8s/cluster.sh kubectl ARGS...   # kubectl, as the cluster's admin
 #
 # Every daemon runs in a network namespace of its own (fgwk8s). One veth pair links it to the
 # host: the host end (fgwk8s0) is 10.250.0.2, the cluster's node 10.250.0.1, and the host routes
 # the pod network (10.244.0.0/24) through it, so processes on the host (the tests, fgateway)
-# reach the API server at https://10.250.0.1:6443 and pods on their IPs. The kubelet's iptables
-# chains, the CNI bridge and pod traffic stay in the namespace. `down` stops the daemons by PID,
+# reach the API server at https://10.250.0.1:6443, pods on their IPs and NodePort Services on
+# 10.250.0.1. kube-proxy (iptables mode) gives pods the Service kubernetes (10.96.0.1:443), as
+# in-cluster clients expect; its and the kubelet's iptables chains, the CNI bridge and pod
+# traffic stay in the namespace. There is no cluster DNS. `down` stops the daemons by PID,
 # unmounts what they mounted, deletes the namespace and the veth, and removes the cgroups the
 # kubelet made; `up` runs `down` first, so a run killed half-way is cleaned by the next.
 #
@@ -42,7 +45,7 @@ SRC_TARBALL=kubernetes_1.20.5+really1.20.2.orig.tar.gz
 SRC_SHA256=${FGW_K8S_SRC_SHA256:-}
 TOOL_DEBS=(golang-1.19-go golang-1.19-src golang-github-modern-go-reflect2-dev)
 RUNTIME_DEBS=(containerd containernetworking-plugins etcd-server)
-COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
+COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl)
 HERE=$(cd "$(dirname "$0")" && pwd)
 
 log() { echo "cluster.sh: $*" >&2; }
@@ -93,12 +96,14 @@ build() {
   fetch
   [ -z "$SRC_SHA256" ] || echo "$SRC_SHA256  $CACHE/src/$SRC_TARBALL" | sha256sum -c --quiet ||
     die "the source tarball's checksum differs from FGW_K8S_SRC_SHA256"
-  local out
+  local out c missing=()
   out=$(bin_dir)
-  if [ -f "$out/.done" ]; then
-    return 0
-  fi
-  log "building Kubernetes $VERSION into $out (about 10 minutes on 2 cores, once per machine)"
+  # A cache made before a component joined the list gets just what it lacks.
+  for c in "${COMPONENTS[@]}" pause; do
+    [ -f "$out/.done" ] && [ -x "$out/$c" ] || missing+=("$c")
+  done
+  ((${#missing[@]})) || return 0
+  log "building Kubernetes $VERSION (${missing[*]}) into $out (about 10 minutes on 2 cores, once per machine)"
   local work=$CACHE/build
   rm -rf "$work"
   mkdir -p "$work/gopath/src/k8s.io"
@@ -123,8 +128,12 @@ build() {
   ldflags="-s -w -X $v/component-base/version.gitVersion=$VERSION -X $v/component-base/version.gitMajor=1"
   ldflags+=" -X $v/component-base/version.gitMinor=20 -X $v/client-go/pkg/version.gitVersion=$VERSION"
   ldflags+=" -X $v/client-go/pkg/version.gitMajor=1 -X $v/client-go/pkg/version.gitMinor=20"
+  rm -rf "$out.tmp"
   mkdir -p "$out.tmp"
-  for c in "${COMPONENTS[@]}"; do
+  [ -d "$out" ] && cp -a "$out/." "$out.tmp/"
+  rm -f "$out.tmp/.done"
+  for c in "${missing[@]}"; do
+    [ "$c" != pause ] || continue
     log "building $c"
     (cd "$work/gopath/src/k8s.io/kubernetes" &&
       go build -p 2 -trimpath -ldflags="$ldflags" -o "$out.tmp/$c" "./cmd/$c")
@@ -320,7 +329,7 @@ up() {
     --service-cluster-ip-range=10.96.0.0/16 \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
-    --endpoint-reconciler-type=none --kubelet-preferred-address-types=InternalIP
+    --kubelet-preferred-address-types=InternalIP
   wait_for "containerd" 30 test -S "$RUN/containerd.sock"
   pack_image "$RUN/pause.tar" localhost/pause:local /pause "$bin/pause:/pause"
   wait_for "containerd answering" 30 ctr_ version
@@ -337,10 +346,17 @@ up() {
     --container-runtime-endpoint="unix://$RUN/containerd.sock" --hostname-override=node1 \
     --node-ip="$NODE_IP" --pod-infra-container-image=localhost/pause:local \
     --cert-dir="$RUN/kubelet/pki"
+  # Services' cluster IPs and node ports (iptables rules in the namespace, gone with it): pods
+  # reach the API server at the Service kubernetes (10.96.0.1:443), the host a NodePort
+  # Service on $NODE_IP.
+  daemon kube-proxy "$bin/kube-proxy" --kubeconfig="$k" --hostname-override=node1 \
+    --cluster-cidr="$POD_NET" --proxy-mode=iptables --conntrack-max-per-core=0 \
+    --metrics-bind-address=127.0.0.1:10249 --healthz-bind-address=127.0.0.1:10256
   wait_for "node Ready" 120 node_ready
   cat >"$RUN/env" <<ENV
 KUBECONFIG=$RUN/admin.kubeconfig
 FGW_K8S_NODE_IP=$NODE_IP
+FGW_K8S_KUBECTL=$bin/kubectl
 ENV
   log "up: KUBECONFIG=$RUN/admin.kubeconfig"
   echo "$RUN/env"
@@ -366,7 +382,7 @@ image() {
 }
 
 down() {
-  local names=(kubelet kube-scheduler kube-controller-manager kube-apiserver etcd containerd) n pid
+  local names=(kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver etcd containerd) n pid
   for n in "${names[@]}"; do
     [ -f "$RUN/$n.pid" ] && kill "$(cat "$RUN/$n.pid")" 2>/dev/null || true
   done
@@ -410,7 +426,8 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
+  kubectl) shift; exec "$(bin_dir)/kubectl" --kubeconfig="$RUN/admin.kubeconfig" "$@" ;;
   import) import "${2:?archive}" ;;
   image) shift; image "$@" ;;
-  *) die "usage: cluster.sh build|up|down|status|import ARCHIVE|image NAME ENTRYPOINT SRC:DEST... [--env K=V...]" ;;
+  *) die "usage: cluster.sh build|up|down|status|kubectl ARGS...|import ARCHIVE|image NAME ENTRYPOINT SRC:DEST... [--env K=V...]" ;;
 esac
