@@ -22,6 +22,7 @@ use super::registry::Resolved;
 use crate::http::body::{self, BoxError, ResponseBody};
 use crate::http::pinned::Pinned;
 use crate::http::proxy;
+use crate::http::reclaim::{self, Reclaim};
 
 /// `X-Call-Id`.
 pub const X_CALL_ID: &str = "x-call-id";
@@ -259,81 +260,147 @@ impl CallError {
     }
 }
 
+/// How many replicas a call is sent to at most, when it cannot reach the first (see [`call`]).
+pub const ATTEMPTS: u32 = 3;
+
 /// Makes one call: resolves the function, forwards the request, and waits for the response
 /// headers. The returned record counts the call in the metrics when dropped; keep it with the
 /// response body.
+///
+/// A request that could not reach the replica it was given (refused, unreachable: a replica
+/// that crashed or stopped) is sent to another, up to [`ATTEMPTS`] in all and before the
+/// deadline, as long as nothing of its body was read; so is one whose exchange broke before
+/// any answer, when its method is idempotent. The provider is told, so that it passes over
+/// that replica for a while.
 pub async fn call(
     gateway: &Gateway,
     req: CallRequest<'_>,
 ) -> Result<(Response<Incoming>, CallRecord), (CallError, Option<CallRecord>)> {
-    let wait = req.deadline.saturating_duration_since(Instant::now());
-    let upstream = match gateway
-        .registry
-        .resolve(req.function, req.namespace, wait)
+    let CallRequest {
+        function,
+        namespace,
+        method,
+        path_and_query,
+        mut headers,
+        mut body,
+        peer,
+        deadline,
+        upgrade,
+        pinned,
+        start_time,
+    } = req;
+    let (mut upstream, label, mut key) = resolve(gateway, function, namespace, deadline)
         .await
-    {
-        Resolved::Unknown => return Err((CallError::Unknown, None)),
-        Resolved::Unavailable(why) => return Err((CallError::Unavailable(why), None)),
-        Resolved::Ready {
-            uri,
-            label,
-            cold_start,
-        } => {
-            if let Some(took) = cold_start {
-                gateway.metrics.scaling.cold_start(&label, took);
-            }
-            (uri, label)
-        }
-    };
-    let (upstream, label) = upstream;
+        .map_err(|e| (e, None))?;
     let mut record = CallRecord {
         started: gateway.metrics.call_started(&label),
         metrics: Arc::clone(&gateway.metrics),
         function: label,
         code: 0,
     };
-    let mut headers = req.headers;
-    if proxy::forward_request_headers(&mut headers, req.peer).is_some() && !req.upgrade {
-        // This caller cannot tunnel: the request goes through as a plain one.
-        headers.remove(header::CONNECTION);
-        headers.remove(header::UPGRADE);
-    }
-    headers.insert(X_START_TIME, req.start_time);
-    let uri = match req
-        .path_and_query
-        .parse()
-        .map_err(http::Error::from)
-        .and_then(|pq| proxy::upstream_uri(&upstream, Some(&pq)))
-    {
-        Ok(uri) => uri,
+    let path_and_query = match path_and_query.parse::<http::uri::PathAndQuery>() {
+        Ok(pq) => pq,
         Err(e) => {
             record.code = 400;
             return Err((CallError::BadPath(e.to_string()), Some(record)));
         }
     };
-    let mut forwarded = Request::new(req.body);
-    *forwarded.method_mut() = req.method;
-    *forwarded.uri_mut() = uri;
-    *forwarded.headers_mut() = headers;
-    match proxy::send_via(&gateway.client, forwarded, Some(req.deadline), req.pinned).await {
-        Ok(resp) => {
-            record.code = resp.status().as_u16();
-            Ok((resp, record))
+    if proxy::forward_request_headers(&mut headers, peer).is_some() && !upgrade {
+        // This caller cannot tunnel: the request goes through as a plain one.
+        headers.remove(header::CONNECTION);
+        headers.remove(header::UPGRADE);
+    }
+    headers.insert(X_START_TIME, start_time);
+    let mut attempt = 1;
+    loop {
+        let uri = match proxy::upstream_uri(&upstream, Some(&path_and_query)) {
+            Ok(uri) => uri,
+            Err(e) => {
+                record.code = 400;
+                return Err((CallError::BadPath(e.to_string()), Some(record)));
+            }
+        };
+        let last = attempt == ATTEMPTS || upgrade;
+        let (sent, reclaim) = if last {
+            (body, None)
+        } else {
+            let (sent, reclaim) = reclaim::reclaimable(body);
+            (sent.boxed_unsync(), Some(reclaim))
+        };
+        let mut forwarded = Request::new(sent);
+        *forwarded.method_mut() = method.clone();
+        *forwarded.uri_mut() = uri;
+        *forwarded.headers_mut() = if last {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
+        let error = match proxy::send_via(&gateway.client, forwarded, Some(deadline), pinned).await
+        {
+            Ok(resp) => {
+                record.code = resp.status().as_u16();
+                return Ok((resp, record));
+            }
+            Err(proxy::SendError::TimedOut) => CallError::TimedOut(gateway.config.upstream_timeout),
+            Err(proxy::SendError::Connect(why)) => CallError::Connect(format!("{upstream}: {why}")),
+            Err(proxy::SendError::Failed(why)) => CallError::Failed(format!("{upstream}: {why}")),
+        };
+        let again = match &error {
+            CallError::Connect(_) => true,
+            CallError::Failed(_) => method.is_idempotent(),
+            _ => false,
+        };
+        if matches!(error, CallError::Connect(_) | CallError::Failed(_)) {
+            gateway.registry.unreachable(&key, &upstream);
         }
-        Err(e) => {
-            let error = match e {
-                proxy::SendError::TimedOut => CallError::TimedOut(gateway.config.upstream_timeout),
-                proxy::SendError::Connect(why) => CallError::Connect(format!("{upstream}: {why}")),
-                proxy::SendError::Failed(why) => CallError::Failed(format!("{upstream}: {why}")),
-            };
+        let unread = reclaim
+            .filter(|_| again && Instant::now() < deadline)
+            .and_then(Reclaim::take);
+        let Some(unread) = unread else {
             record.code = error.status().as_u16();
             tracing::warn!(
-                function = req.function,
+                function,
                 status = record.code,
                 "{}",
-                error.message(req.function).trim_end()
+                error.message(function).trim_end()
             );
-            Err((error, Some(record)))
+            return Err((error, Some(record)));
+        };
+        tracing::debug!(function, attempt, "{}", error.message(function).trim_end());
+        body = unread;
+        attempt += 1;
+        (upstream, _, key) = match resolve(gateway, function, namespace, deadline).await {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                record.code = e.status().as_u16();
+                return Err((e, Some(record)));
+            }
+        };
+    }
+}
+
+/// Where a call to `function` goes (waiting for a ready replica until `deadline`): the
+/// replica's URL, the function's label for metrics and messages, and its registry key.
+async fn resolve(
+    gateway: &Gateway,
+    function: &str,
+    namespace: Option<&str>,
+    deadline: Instant,
+) -> Result<(http::Uri, String, String), CallError> {
+    let wait = deadline.saturating_duration_since(Instant::now());
+    match gateway.registry.resolve(function, namespace, wait).await {
+        Resolved::Unknown => Err(CallError::Unknown),
+        Resolved::Unavailable(why) => Err(CallError::Unavailable(why)),
+        Resolved::Ready {
+            uri,
+            label,
+            key,
+            cold_start,
+        } => {
+            if let Some(took) = cold_start {
+                gateway.metrics.scaling.cold_start(&label, took);
+            }
+            Ok((uri, label, key))
         }
     }
 }

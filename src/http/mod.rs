@@ -12,11 +12,14 @@
 //!   upgrade tunnels.
 //! - [`pinned`]: upstream connections kept with one client connection, so its requests after
 //!   the first skip the shared pool.
+//! - [`reclaim`]: a request body taken back when the request could not be sent, to send it
+//!   to another upstream.
 
 pub mod body;
 pub mod connection;
 pub mod egress;
 pub mod pinned;
 pub mod proxy;
+pub mod reclaim;
 pub mod server;
 pub mod tunnels;

@@ -15,7 +15,7 @@ use crate::kube_cluster::{IMAGE, NONROOT_IMAGE, kube};
 
 /// `fgateway up --provider kubernetes` on the test cluster, its leases (shared with the
 /// test's other gateways) in the test's namespace.
-async fn gateway(data: &Path, namespace: &str) -> Gateway {
+pub async fn gateway(data: &Path, namespace: &str) -> Gateway {
     std::fs::create_dir_all(data).unwrap();
     let kubeconfig = kube().kubeconfig.display().to_string();
     Gateway::start(
@@ -53,7 +53,7 @@ async fn send_json(
 }
 
 /// Deploys `name` in `namespace` through `gw`'s system API.
-async fn deploy(
+pub async fn deploy(
     gw: &Gateway,
     name: &str,
     namespace: &str,
@@ -87,7 +87,7 @@ async fn status(gw: &Gateway, name: &str, namespace: &str) -> Option<serde_json:
 }
 
 /// Waits until `name` has `n` available replicas, as `gw` lists it.
-async fn available(gw: &Gateway, name: &str, namespace: &str, n: u64) {
+pub async fn available(gw: &Gateway, name: &str, namespace: &str, n: u64) {
     eventually_async(
         &format!("{name} with {n} available replicas"),
         Duration::from_secs(120),

@@ -19,6 +19,7 @@ mod hostile;
 mod jetstream_cluster;
 mod kube_cluster;
 mod kube_deploy;
+mod kube_failover;
 mod kubernetes;
 mod nats_cluster;
 mod podman;

@@ -186,6 +186,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// become ready.
     fn endpoint<'a>(&'a self, key: &'a str, wait: Duration) -> BoxFuture<'a, Endpoint>;
 
+    /// A call could not reach `uri`, an endpoint of function `key` given by
+    /// [`Provider::endpoint`]: endpoints should avoid it for a while if others are ready.
+    fn unreachable(&self, key: &str, uri: &http::Uri) {
+        let _ = (key, uri);
+    }
+
     /// CPU seconds used so far by the running replicas of function `key` (for the `cpu`
     /// scaling type), when the provider can tell.
     fn cpu_seconds(&self, key: &str) -> Option<f64> {

@@ -61,6 +61,9 @@ pub enum Resolved {
         uri: http::Uri,
         /// The function's name, with `.NAMESPACE` outside the default namespace.
         label: String,
+        /// The function's key (`NAME.NAMESPACE`), to report an unreachable `uri` with
+        /// [`Registry::unreachable`].
+        key: String,
         /// When this request woke the function from zero replicas: how long it took to get a
         /// ready one.
         cold_start: Option<Duration>,
@@ -370,6 +373,7 @@ impl Registry {
                     return Resolved::Ready {
                         uri,
                         label,
+                        key,
                         cold_start: woke.map(|t| t.elapsed()),
                     };
                 }
@@ -380,6 +384,12 @@ impl Registry {
             }
         }
         Resolved::Unavailable(format!("function {name} was scaled to zero while starting"))
+    }
+
+    /// A call to function `key` could not reach `uri` (a replica that stopped or crashed):
+    /// the provider avoids it for a while, when it can.
+    pub fn unreachable(&self, key: &str, uri: &http::Uri) {
+        self.provider.unreachable(key, uri);
     }
 
     /// Starts a function at zero replicas (its minimum, at least one); whether this call did.

@@ -337,6 +337,12 @@ impl Provider for KubernetesProvider {
         })
     }
 
+    fn unreachable(&self, _key: &str, uri: &http::Uri) {
+        if let Some(authority) = uri.authority() {
+            self.routes.avoid(authority.as_str());
+        }
+    }
+
     fn leads(&self) -> bool {
         self.coordination.leads()
     }

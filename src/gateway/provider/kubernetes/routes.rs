@@ -3,7 +3,7 @@
 //! registry follows.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -22,6 +22,10 @@ use crate::gateway::types::FUNCTION_NAME_LABEL;
 /// A function on the cluster: `(namespace, name)`.
 type Name = (String, String);
 
+/// How long a pod address that a call could not reach is passed over while others are ready:
+/// about as long as the cluster takes to mark a crashed container's pod not ready.
+const AVOID_FOR: Duration = Duration::from_secs(3);
+
 /// Ready pod addresses per function.
 #[derive(Debug, Default)]
 pub struct Routes {
@@ -33,6 +37,10 @@ pub struct Routes {
     next: AtomicUsize,
     /// During a (re)listing: the objects listed so far (what is not listed is gone).
     listing: std::sync::Mutex<Option<std::collections::HashSet<Name>>>,
+    /// Pod addresses calls could not reach lately (`host:port`), until when they are avoided.
+    avoided: std::sync::Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Whether `avoided` may hold anything (read on every pick, locked only then).
+    avoiding: AtomicBool,
 }
 
 impl Routes {
@@ -55,12 +63,11 @@ impl Routes {
         let mut changes = self.changed.subscribe();
         loop {
             if let Some(addresses) = self.addresses(namespace, name).filter(|a| !a.is_empty()) {
-                let i = self.next.fetch_add(1, Ordering::Relaxed) % addresses.len();
-                return match format!("http://{}", addresses[i]).parse() {
+                let first = self.next.fetch_add(1, Ordering::Relaxed) % addresses.len();
+                let address = self.usable(&addresses, first);
+                return match format!("http://{address}").parse() {
                     Ok(uri) => Endpoint::Ready(uri),
-                    Err(e) => {
-                        Endpoint::Unavailable(format!("bad pod address {}: {e}", addresses[i]))
-                    }
+                    Err(e) => Endpoint::Unavailable(format!("bad pod address {address}: {e}")),
                 };
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
@@ -72,6 +79,35 @@ impl Routes {
                 }
             }
         }
+    }
+
+    /// The address at `first`, or the next one round that no call failed to reach lately
+    /// (`first` again when every one was).
+    fn usable<'a>(&self, addresses: &'a [String], first: usize) -> &'a str {
+        if !self.avoiding.load(Ordering::Relaxed) {
+            return &addresses[first];
+        }
+        let now = tokio::time::Instant::now();
+        let mut avoided = self.avoided.lock().unwrap_or_else(PoisonError::into_inner);
+        avoided.retain(|_, until| *until > now);
+        if avoided.is_empty() {
+            self.avoiding.store(false, Ordering::Relaxed);
+        }
+        (0..addresses.len())
+            .map(|k| &addresses[(first + k) % addresses.len()])
+            .find(|a| !avoided.contains_key(a.as_str()))
+            .unwrap_or(&addresses[first])
+    }
+
+    /// A call could not reach pod address `address` (`host:port`): pass it over for
+    /// [`AVOID_FOR`] while others are ready.
+    pub fn avoid(&self, address: &str) {
+        let until = tokio::time::Instant::now() + AVOID_FOR;
+        self.avoided
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(address.to_string(), until);
+        self.avoiding.store(true, Ordering::Relaxed);
     }
 
     /// Records one Endpoints object.
@@ -192,4 +228,56 @@ pub async fn watch(
         )
     };
     tokio::join!(endpoints, deployments);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes_with(addresses: &[&str]) -> Routes {
+        let routes = Routes::default();
+        routes.ready.write().unwrap().insert(
+            ("ns".into(), "f".into()),
+            Arc::new(addresses.iter().map(|a| a.to_string()).collect()),
+        );
+        routes
+    }
+
+    async fn picks(routes: &Routes, n: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            match routes.pick("ns", "f", Duration::ZERO).await {
+                Endpoint::Ready(uri) => out.push(uri.authority().unwrap().to_string()),
+                Endpoint::Unavailable(why) => panic!("{why}"),
+            }
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_pod_is_passed_over_for_a_while() {
+        let routes = routes_with(&["10.0.0.1:8080", "10.0.0.2:8080"]);
+        assert_eq!(
+            picks(&routes, 4).await,
+            [
+                "10.0.0.1:8080",
+                "10.0.0.2:8080",
+                "10.0.0.1:8080",
+                "10.0.0.2:8080"
+            ]
+        );
+        routes.avoid("10.0.0.1:8080");
+        assert_eq!(picks(&routes, 3).await, ["10.0.0.2:8080"; 3]);
+        tokio::time::advance(AVOID_FOR).await;
+        assert_eq!(picks(&routes, 2).await, ["10.0.0.2:8080", "10.0.0.1:8080"]);
+        assert!(!routes.avoiding.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn when_every_pod_is_avoided_the_round_goes_on() {
+        let routes = routes_with(&["10.0.0.1:8080", "10.0.0.2:8080"]);
+        routes.avoid("10.0.0.1:8080");
+        routes.avoid("10.0.0.2:8080");
+        assert_eq!(picks(&routes, 2).await, ["10.0.0.1:8080", "10.0.0.2:8080"]);
+    }
 }
