@@ -102,6 +102,10 @@ pub struct UpArgs {
     #[arg(long, env = "kube_probe", value_enum, default_value_t = crate::gateway::provider::kubernetes::ProbeKind::Http)]
     pub kube_probe: crate::gateway::provider::kubernetes::ProbeKind,
 
+    /// Kubernetes provider: how calls reach function pods.
+    #[arg(long, env = "kube_route", value_enum, default_value_t = crate::gateway::provider::kubernetes::RouteKind::Direct)]
+    pub kube_route: crate::gateway::provider::kubernetes::RouteKind,
+
     /// Static provider: URL of functions without a fixed upstream, with {name} and {namespace}
     /// filled in, e.g. http://{name}.{namespace}.svc.cluster.local:8080.
     #[arg(long, env = "upstream_template", value_name = "URL")]

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 
 use super::Gateway;
 use super::metrics::GatewayMetrics;
+use super::provider::Via;
 use super::registry::Resolved;
 use crate::http::body::{self, BoxError, ResponseBody};
 use crate::http::pinned::Pinned;
@@ -289,7 +290,7 @@ pub async fn call(
         pinned,
         start_time,
     } = req;
-    let (mut upstream, label, mut key) = resolve(gateway, function, namespace, deadline)
+    let (mut upstream, mut via, label, mut key) = resolve(gateway, function, namespace, deadline)
         .await
         .map_err(|e| (e, None))?;
     let mut record = CallRecord {
@@ -335,8 +336,13 @@ pub async fn call(
         } else {
             headers.clone()
         };
-        let error = match proxy::send_via(&gateway.client, forwarded, Some(deadline), pinned).await
-        {
+        let sent = match &via {
+            None => proxy::send_via(&gateway.client, forwarded, Some(deadline), pinned).await,
+            Some(via) => tokio::time::timeout_at(deadline, (via.0)(forwarded))
+                .await
+                .unwrap_or(Err(proxy::SendError::TimedOut)),
+        };
+        let error = match sent {
             Ok(resp) => {
                 record.code = resp.status().as_u16();
                 return Ok((resp, record));
@@ -369,7 +375,7 @@ pub async fn call(
         tracing::debug!(function, attempt, "{}", error.message(function).trim_end());
         body = unread;
         attempt += 1;
-        (upstream, _, key) = match resolve(gateway, function, namespace, deadline).await {
+        (upstream, via, _, key) = match resolve(gateway, function, namespace, deadline).await {
             Ok(resolved) => resolved,
             Err(e) => {
                 record.code = e.status().as_u16();
@@ -380,19 +386,21 @@ pub async fn call(
 }
 
 /// Where a call to `function` goes (waiting for a ready replica until `deadline`): the
-/// replica's URL, the function's label for metrics and messages, and its registry key.
+/// replica's URL, the provider's sender when the pool is not the way there, the function's
+/// label for metrics and messages, and its registry key.
 async fn resolve(
     gateway: &Gateway,
     function: &str,
     namespace: Option<&str>,
     deadline: Instant,
-) -> Result<(http::Uri, String, String), CallError> {
+) -> Result<(http::Uri, Option<Via>, String, String), CallError> {
     let wait = deadline.saturating_duration_since(Instant::now());
     match gateway.registry.resolve(function, namespace, wait).await {
         Resolved::Unknown => Err(CallError::Unknown),
         Resolved::Unavailable(why) => Err(CallError::Unavailable(why)),
         Resolved::Ready {
             uri,
+            via,
             label,
             key,
             cold_start,
@@ -400,7 +408,7 @@ async fn resolve(
             if let Some(took) = cold_start {
                 gateway.metrics.scaling.cold_start(&label, took);
             }
-            Ok((uri, label, key))
+            Ok((uri, via, label, key))
         }
     }
 }

@@ -307,6 +307,7 @@ impl Gateway {
                         pull: args.image_pull,
                         probe: args.kube_probe,
                     },
+                    args.kube_route,
                     Arc::clone(&function_logs),
                     Arc::clone(&metrics),
                 )

@@ -135,6 +135,23 @@ impl Kube {
     /// Waits while a test has the cluster alone ([`Kube::alone`]).
     pub fn namespace(&'static self, test: &str) -> Namespace {
         let shared = IN_USE.read().unwrap_or_else(|e| e.into_inner());
+        self.make_namespace(test, Some(shared))
+    }
+
+    /// Like [`Kube::namespace`], for a test that has the cluster alone.
+    pub fn namespace_alone(
+        &'static self,
+        test: &str,
+        _alone: &RwLockWriteGuard<'static, ()>,
+    ) -> Namespace {
+        self.make_namespace(test, None)
+    }
+
+    fn make_namespace(
+        &'static self,
+        test: &str,
+        shared: Option<RwLockReadGuard<'static, ()>>,
+    ) -> Namespace {
         let name = format!(
             "t-{test}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..6]
@@ -193,8 +210,9 @@ pub struct Namespace {
     kube: &'static Kube,
     /// Its name.
     pub name: String,
-    /// The cluster, shared with other tests while this lives.
-    _shared: RwLockReadGuard<'static, ()>,
+    /// The cluster, shared with other tests while this lives (none when the test has it
+    /// alone).
+    _shared: Option<RwLockReadGuard<'static, ()>>,
 }
 
 impl Drop for Namespace {

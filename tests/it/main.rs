@@ -20,6 +20,7 @@ mod jetstream_cluster;
 mod kube_cluster;
 mod kube_deploy;
 mod kube_failover;
+mod kube_route;
 mod kubernetes;
 mod nats_cluster;
 mod podman;

@@ -55,8 +55,28 @@ pub enum ProviderError {
 pub enum Endpoint {
     /// Send them here.
     Ready(http::Uri),
+    /// Send them here through the provider's own sender (a route the gateway's pool cannot
+    /// take, such as the Kubernetes API server's authenticated proxy).
+    Through(http::Uri, Via),
     /// The function has no replica ready (scaled to zero, starting, or crashing).
     Unavailable(String),
+}
+
+/// A provider's own way of sending a request (see [`Endpoint::Through`]): the response head,
+/// or why there is none.
+#[derive(Clone)]
+pub struct Via(pub Arc<dyn Fn(ProxiedRequest) -> BoxFuture<'static, ViaResult> + Send + Sync>);
+
+/// A request as the gateway forwards it.
+pub type ProxiedRequest = http::Request<crate::http::body::ResponseBody>;
+
+/// What a [`Via`] answers.
+pub type ViaResult = Result<http::Response<hyper::body::Incoming>, crate::http::proxy::SendError>;
+
+impl std::fmt::Debug for Via {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Via(..)")
+    }
 }
 
 /// A function as the place that holds the deployed set sees it (see [`Provider::holds_state`]).

@@ -59,6 +59,8 @@ pub enum Resolved {
     Ready {
         /// Where.
         uri: http::Uri,
+        /// How, when not through the gateway's own connection pool.
+        via: Option<crate::gateway::provider::Via>,
         /// The function's name, with `.NAMESPACE` outside the default namespace.
         label: String,
         /// The function's key (`NAME.NAMESPACE`), to report an unreachable `uri` with
@@ -372,6 +374,16 @@ impl Registry {
                 Endpoint::Ready(uri) => {
                     return Resolved::Ready {
                         uri,
+                        via: None,
+                        label,
+                        key,
+                        cold_start: woke.map(|t| t.elapsed()),
+                    };
+                }
+                Endpoint::Through(uri, via) => {
+                    return Resolved::Ready {
+                        uri,
+                        via: Some(via),
                         label,
                         key,
                         cold_start: woke.map(|t| t.elapsed()),

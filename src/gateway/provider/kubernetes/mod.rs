@@ -7,6 +7,7 @@
 //! The client is configured as kubectl's is: inside a pod, from its service account; outside,
 //! from `KUBECONFIG` or `~/.kube/config`.
 
+pub mod api_proxy;
 pub mod coordination;
 pub mod namespaces;
 pub mod objects;
@@ -28,6 +29,7 @@ use super::{
     ProviderError,
 };
 use crate::gateway::types::{FUNCTION_NAME_LABEL, FunctionDeployment, split_function_key};
+pub use api_proxy::RouteKind;
 pub use objects::{ProbeKind, Shape};
 use routes::Routes;
 
@@ -90,6 +92,7 @@ impl KubernetesProvider {
     /// listing.
     pub async fn connect(
         shape: Shape,
+        route: RouteKind,
         logs: Arc<crate::gateway::logs::FunctionLogs>,
         metrics: Arc<crate::gateway::metrics::GatewayMetrics>,
     ) -> Result<KubernetesProvider, KubernetesError> {
@@ -99,6 +102,10 @@ impl KubernetesProvider {
         // No read timeout: it would cut watches and log follows, which stay quiet for minutes;
         // single requests are bounded one by one (API_TIMEOUT).
         config.connect_timeout = Some(Duration::from_secs(10));
+        let proxy = match route {
+            RouteKind::Direct => None,
+            RouteKind::Proxy => Some(api_proxy::ApiProxy::new(&config)?),
+        };
         let client = Client::try_from(config).map_err(KubernetesError::Client)?;
         // One listing now, so that a cluster that cannot be reached (or an account that may
         // not list) stops start-up with its reason.
@@ -111,7 +118,7 @@ impl KubernetesProvider {
             )
             .await
             .map_err(KubernetesError::List)?;
-        let routes = Arc::new(Routes::default());
+        let routes = Arc::new(proxy.map_or_else(Routes::default, Routes::through));
         let (observed_tx, observed) = tokio::sync::watch::channel(None);
         let watches = routes::watch(client.clone(), Arc::clone(&routes), observed_tx);
         let followed = pod_logs::follow(client.clone(), logs);

@@ -14,6 +14,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector};
 use kube::{Api, Client, ResourceExt};
 
+use super::api_proxy::ApiProxy;
 use super::objects::FUNCTION_PORT;
 use super::observed_functions;
 use crate::gateway::provider::{Endpoint, ObservedFunction};
@@ -26,11 +27,25 @@ type Name = (String, String);
 /// about as long as the cluster takes to mark a crashed container's pod not ready.
 const AVOID_FOR: Duration = Duration::from_secs(3);
 
+/// A ready pod of a function.
+#[derive(Debug, Clone, PartialEq)]
+struct Target {
+    /// `ip:port`.
+    address: String,
+    /// The pod's name, when the Endpoints say (for the API server's proxy).
+    pod: Option<String>,
+    /// The function's port.
+    port: i32,
+}
+
 /// Ready pod addresses per function.
 #[derive(Debug, Default)]
 pub struct Routes {
-    /// `host:port` of each ready pod.
-    ready: RwLock<HashMap<Name, Arc<Vec<String>>>>,
+    /// Each ready pod.
+    ready: RwLock<HashMap<Name, Arc<Vec<Target>>>>,
+    /// Calls go through the API server's proxy instead of straight to pods (`--kube-route
+    /// proxy`).
+    through: Option<ApiProxy>,
     /// Bumped on every change, to wake calls waiting for a pod.
     changed: tokio::sync::watch::Sender<u64>,
     /// Round robin.
@@ -44,12 +59,20 @@ pub struct Routes {
 }
 
 impl Routes {
+    /// Routes whose calls go through the API server's proxy.
+    pub fn through(proxy: ApiProxy) -> Routes {
+        Routes {
+            through: Some(proxy),
+            ..Routes::default()
+        }
+    }
+
     /// How many pods of the function are ready.
     pub fn ready(&self, namespace: &str, name: &str) -> usize {
         self.addresses(namespace, name).map_or(0, |a| a.len())
     }
 
-    fn addresses(&self, namespace: &str, name: &str) -> Option<Arc<Vec<String>>> {
+    fn addresses(&self, namespace: &str, name: &str) -> Option<Arc<Vec<Target>>> {
         self.ready
             .read()
             .unwrap_or_else(PoisonError::into_inner)
@@ -64,11 +87,7 @@ impl Routes {
         loop {
             if let Some(addresses) = self.addresses(namespace, name).filter(|a| !a.is_empty()) {
                 let first = self.next.fetch_add(1, Ordering::Relaxed) % addresses.len();
-                let address = self.usable(&addresses, first);
-                return match format!("http://{address}").parse() {
-                    Ok(uri) => Endpoint::Ready(uri),
-                    Err(e) => Endpoint::Unavailable(format!("bad pod address {address}: {e}")),
-                };
+                return self.endpoint(namespace, self.usable(&addresses, first));
             }
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
@@ -81,9 +100,28 @@ impl Routes {
         }
     }
 
-    /// The address at `first`, or the next one round that no call failed to reach lately
+    /// Where a call to `target` goes: the pod itself, or the API server's proxy to it.
+    fn endpoint(&self, namespace: &str, target: &Target) -> Endpoint {
+        let url = match (&self.through, &target.pod) {
+            (None, _) => format!("http://{}", target.address),
+            (Some(proxy), Some(pod)) => proxy.pod_url(namespace, pod, target.port),
+            (Some(_), None) => {
+                return Endpoint::Unavailable(format!(
+                    "the Endpoints do not name the pod at {}, which the API server's proxy needs",
+                    target.address
+                ));
+            }
+        };
+        match (url.parse(), &self.through) {
+            (Ok(uri), None) => Endpoint::Ready(uri),
+            (Ok(uri), Some(proxy)) => Endpoint::Through(uri, proxy.via()),
+            (Err(e), _) => Endpoint::Unavailable(format!("bad pod address {url}: {e}")),
+        }
+    }
+
+    /// The pod at `first`, or the next one round that no call failed to reach lately
     /// (`first` again when every one was).
-    fn usable<'a>(&self, addresses: &'a [String], first: usize) -> &'a str {
+    fn usable<'a>(&self, addresses: &'a [Target], first: usize) -> &'a Target {
         if !self.avoiding.load(Ordering::Relaxed) {
             return &addresses[first];
         }
@@ -95,7 +133,7 @@ impl Routes {
         }
         (0..addresses.len())
             .map(|k| &addresses[(first + k) % addresses.len()])
-            .find(|a| !avoided.contains_key(a.as_str()))
+            .find(|a| !avoided.contains_key(&a.address))
             .unwrap_or(&addresses[first])
     }
 
@@ -113,7 +151,7 @@ impl Routes {
     /// Records one Endpoints object.
     fn set(&self, ep: &Endpoints) {
         let key = (ep.namespace().unwrap_or_default(), ep.name_any());
-        let addresses: Vec<String> = ep
+        let addresses: Vec<Target> = ep
             .subsets
             .iter()
             .flatten()
@@ -125,10 +163,15 @@ impl Routes {
                     .find(|p| p.name.as_deref() == Some("http"))
                     .or_else(|| s.ports.iter().flatten().next())
                     .map_or(FUNCTION_PORT, |p| p.port);
-                s.addresses
-                    .iter()
-                    .flatten()
-                    .map(move |a| format!("{}:{port}", a.ip))
+                s.addresses.iter().flatten().map(move |a| Target {
+                    address: format!("{}:{port}", a.ip),
+                    pod: a
+                        .target_ref
+                        .as_ref()
+                        .filter(|r| r.kind.as_deref() == Some("Pod"))
+                        .and_then(|r| r.name.clone()),
+                    port,
+                })
             })
             .collect();
         self.ready
@@ -238,7 +281,16 @@ mod tests {
         let routes = Routes::default();
         routes.ready.write().unwrap().insert(
             ("ns".into(), "f".into()),
-            Arc::new(addresses.iter().map(|a| a.to_string()).collect()),
+            Arc::new(
+                addresses
+                    .iter()
+                    .map(|a| Target {
+                        address: a.to_string(),
+                        pod: None,
+                        port: 8080,
+                    })
+                    .collect(),
+            ),
         );
         routes
     }
@@ -248,7 +300,7 @@ mod tests {
         for _ in 0..n {
             match routes.pick("ns", "f", Duration::ZERO).await {
                 Endpoint::Ready(uri) => out.push(uri.authority().unwrap().to_string()),
-                Endpoint::Unavailable(why) => panic!("{why}"),
+                other => panic!("{other:?}"),
             }
         }
         out
