@@ -138,7 +138,7 @@ impl Routes {
     }
 
     /// A call could not reach pod address `address` (`host:port`): pass it over for
-    /// [`AVOID_FOR`] while others are ready.
+    /// 3 s while others are ready.
     pub fn avoid(&self, address: &str) {
         let until = tokio::time::Instant::now() + AVOID_FOR;
         self.avoided
