@@ -7,7 +7,9 @@
 #   (c) deploy → first 200: a new function deployed through the gateway, polled until it
 #       answers, RUNS times (p50, p90);
 #   (d) scale from zero → first 200: the function scaled to zero (no pod left), then one call,
-#       which wakes it and waits for a ready pod, RUNS times (p50, p90).
+#       which wakes it and waits for a ready pod, RUNS times (p50, p90);
+#   (e) the calls of (b) through a second gateway with `--kube-route proxy`, which reaches the
+#       pod through the API server's proxy (what a gateway outside the cluster's network does).
 # The function is fwatchdog in http mode in front of examples/fast-upstream, both static, in a
 # FROM-scratch image: a fast upstream, so the hop's own cost shows.
 #
@@ -42,6 +44,7 @@ api() {
 }
 cleanup() {
   [ -n "${gw:-}" ] && kill "$gw" 2>/dev/null && wait "$gw" 2>/dev/null
+  [ -n "${gw_proxy:-}" ] && kill "$gw_proxy" 2>/dev/null && wait "$gw_proxy" 2>/dev/null
   api -X DELETE "https://10.250.0.1:6443/api/v1/namespaces/$ns" >/dev/null 2>&1 || true
   [ -n "$started" ] && bash tests/k8s/cluster.sh down >/dev/null 2>&1
   rm -rf "$work"
@@ -89,6 +92,19 @@ direct_16=$(load "http://$pod:8080/" 16 -s "$work/post.lua")
 through_1=$(load "$gateway/function/fast.$ns" 1 -s "$work/post.lua")
 through_16=$(load "$gateway/function/fast.$ns" 16 -s "$work/post.lua")
 
+# (e) through the API server's proxy.
+proxy_port=$(free_port)
+KUBECONFIG=$run/admin.kubeconfig POD_NAMESPACE=$ns RUST_LOG=warn ./target/release/fgateway up \
+  --provider kubernetes --kube-route proxy --port "$proxy_port" --data-dir "$work/gw-proxy" \
+  2>"$work/gateway-proxy.log" &
+gw_proxy=$!
+wait_for "http://127.0.0.1:$proxy_port/healthz"
+until_200 "$(now_ms)" "http://127.0.0.1:$proxy_port/function/fast.$ns" >/dev/null
+proxy_1=$(load "http://127.0.0.1:$proxy_port/function/fast.$ns" 1 -s "$work/post.lua")
+proxy_16=$(load "http://127.0.0.1:$proxy_port/function/fast.$ns" 16 -s "$work/post.lua")
+kill "$gw_proxy"
+wait "$gw_proxy" 2>/dev/null || true
+
 # (c) deploy → first 200.
 deploys=()
 for i in $(seq 1 "$runs"); do
@@ -121,6 +137,11 @@ printf '%-52s %10.0f %10s\n' "(b) through fgateway, 1 connection" "$t1" "$t1p50"
 printf '%-52s %10.0f\n' "(a) the pod directly, 16 connections" "$d16"
 printf '%-52s %10.0f   %.2f of (a)\n' "(b) through fgateway, 16 connections" "$t16" \
   "$(awk -v a="$d16" -v b="$t16" 'BEGIN {print b / a}')"
+read -r p1 p1p50 _ <<<"$proxy_1"
+read -r p16 _ _ <<<"$proxy_16"
+printf '%-52s %10.0f %10s\n' "(e) through the API server's proxy, 1 connection" "$p1" "$p1p50"
+printf '%-52s %10.0f   %.2f of (a)\n' "(e) through the API server's proxy, 16 connections" "$p16" \
+  "$(awk -v a="$d16" -v b="$p16" 'BEGIN {print b / a}')"
 printf '%-52s %7s ms p50 %7s ms p90\n' "(c) deploy -> first 200, $runs runs" \
   "$(printf '%s\n' "${deploys[@]}" | pct 50)" "$(printf '%s\n' "${deploys[@]}" | pct 90)"
 printf '%-52s %7s ms p50 %7s ms p90\n' "(d) scale from zero -> first 200, $runs runs" \

@@ -191,12 +191,18 @@ impl Kube {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    /// Packs an fgateway `binary` into a FROM-scratch image `name` (`/fgateway`, its
-    /// entrypoint) run as `user`, and loads it.
-    pub fn load_fgateway_image(&self, name: &str, binary: &Path, user: u32) {
-        let file = format!("{}:/fgateway", binary.display());
-        let user = format!("--user={user}");
-        let out = run_script(&["image", name, "/fgateway", &file, &user]);
+    /// Packs `files` (each `(source, path in the image)`) into a FROM-scratch image `name`
+    /// with `entrypoint`, run as `user`, and loads it.
+    pub fn load_image(&self, name: &str, entrypoint: &str, files: &[(&Path, &str)], user: u32) {
+        let mut args = vec!["image".to_string(), name.into(), entrypoint.into()];
+        args.extend(
+            files
+                .iter()
+                .map(|(src, dest)| format!("{}:{dest}", src.display())),
+        );
+        args.push(format!("--user={user}"));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_script(&args);
         assert!(
             out.status.success(),
             "cannot load the image {name}: {}",

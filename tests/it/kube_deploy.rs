@@ -31,31 +31,101 @@ const HOST_IP: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::new(1
 /// The credentials the test stores in the Secret basic-auth.
 const AUTH: &str = "Basic YWRtaW46czNjcjN0LWluLWNsdXN0ZXI="; // admin:s3cr3t-in-cluster
 
-/// Where the claim's volume lives on the node (the host), owned by the gateway's user.
-const VOLUME: &str = "/var/tmp/fwatchdog-k8s/volumes/gateway-data";
+/// Where the claims' volumes live on the node (the host), owned by the pods' user.
+const VOLUMES: &str = "/var/tmp/fwatchdog-k8s/volumes";
 
-/// Removes what the test applied, also when it fails.
-struct Applied;
+/// Runs kubectl as the cluster's admin, whatever it answers (for cleaning up).
+fn kubectl_quiet(args: &[&str]) {
+    let _ = std::process::Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/k8s/cluster.sh"))
+        .arg("kubectl")
+        .args(args)
+        .output();
+}
+
+/// `deploy/kubernetes/`, or a directory in it.
+fn manifests(dir: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/kubernetes")
+        .join(dir)
+        .display()
+        .to_string()
+}
+
+/// What a test applied (and the volumes it made, by name): removed on drop, also when the
+/// test fails.
+struct Applied {
+    volumes: Vec<String>,
+}
+
+impl Applied {
+    /// The static fgateway loaded as `fgateway:latest`, then `volumes` made for the claims
+    /// (a cluster without a default StorageClass: volumes as an admin makes them).
+    fn prepare(volumes: &[&str]) -> Applied {
+        let k = kube();
+        k.load_image(
+            "docker.io/library/fgateway:latest",
+            "/fgateway",
+            &[(&static_fgateway(), "/fgateway")],
+            65532,
+        );
+        let applied = Applied {
+            volumes: volumes.iter().map(|v| v.to_string()).collect(),
+        };
+        for name in volumes {
+            let path = format!("{VOLUMES}/{name}");
+            std::fs::create_dir_all(&path).unwrap();
+            nix::unistd::chown(
+                path.as_str(),
+                Some(nix::unistd::Uid::from_raw(65532)),
+                Some(nix::unistd::Gid::from_raw(65532)),
+            )
+            .unwrap();
+            let pv = json!({
+                "apiVersion": "v1",
+                "kind": "PersistentVolume",
+                "metadata": {"name": name},
+                "spec": {
+                    "capacity": {"storage": "1Gi"},
+                    "accessModes": ["ReadWriteOnce"],
+                    "persistentVolumeReclaimPolicy": "Retain",
+                    "hostPath": {"path": path, "type": "Directory"},
+                },
+            });
+            let (code, body) = k.api("POST", "/api/v1/persistentvolumes", Some(pv));
+            assert_eq!(code, 201, "{body}");
+        }
+        applied
+    }
+
+    /// `kubectl apply -f deploy/kubernetes/` and the basic-auth Secret, as the README says;
+    /// then waits for the gateway on the node port.
+    async fn apply_gateway(&self) {
+        let k = kube();
+        k.kubectl(&["apply", "-f", &manifests("")]);
+        k.kubectl(&[
+            "-n",
+            "openfaas",
+            "create",
+            "secret",
+            "generic",
+            "basic-auth",
+            "--from-literal=basic-auth-user=admin",
+            "--from-literal=basic-auth-password=s3cr3t-in-cluster",
+        ]);
+        gateway_ready("the gateway ready on the node port").await;
+    }
+}
 
 impl Drop for Applied {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/k8s/cluster.sh"))
-            .args(["kubectl", "delete", "--ignore-not-found", "--wait=true"])
-            .args(["--timeout=120s", "-f"])
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes"))
-            .output();
-        let _ = std::process::Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/k8s/cluster.sh"))
-            .args([
-                "kubectl",
-                "delete",
-                "--ignore-not-found",
-                "pv",
-                "fgateway-test-data",
-            ])
-            .output();
-        let _ = std::fs::remove_dir_all(VOLUME);
+        let wait = ["--ignore-not-found", "--wait=true", "--timeout=120s", "-f"];
+        kubectl_quiet(&[&["delete"], &wait[..], &[&manifests("jetstream")]].concat());
+        kubectl_quiet(&[&["delete"], &wait[..], &[&manifests("")]].concat());
+        for name in &self.volumes {
+            kubectl_quiet(&["delete", "--ignore-not-found", "pv", name]);
+            let _ = std::fs::remove_dir_all(format!("{VOLUMES}/{name}"));
+        }
     }
 }
 
@@ -84,21 +154,20 @@ async fn gateway_ready(what: &str) {
     .await;
 }
 
-/// The gateway's pods' names.
+/// The gateway's pods' names (those not being deleted).
 fn gateway_pods() -> Vec<String> {
-    kube()
-        .kubectl(&[
-            "-n",
-            "openfaas",
-            "get",
-            "pods",
-            "-l",
-            "app=gateway",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ])
-        .split_whitespace()
-        .map(String::from)
+    let (code, list) = kube().api(
+        "GET",
+        "/api/v1/namespaces/openfaas/pods?labelSelector=app%3Dgateway",
+        None,
+    );
+    assert_eq!(code, 200, "{list}");
+    list["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
         .collect()
 }
 
@@ -109,49 +178,8 @@ fn gateway_pods() -> Vec<String> {
 async fn fgateway_deployed_from_its_manifests_serves_functions() {
     let k = kube();
     let _alone = k.alone();
-    let _applied = Applied;
-    k.load_fgateway_image(
-        "docker.io/library/fgateway:latest",
-        &static_fgateway(),
-        65532,
-    );
-
-    // A cluster without a default StorageClass: a volume for the claim, as an admin makes one.
-    std::fs::create_dir_all(VOLUME).unwrap();
-    nix::unistd::chown(
-        VOLUME,
-        Some(nix::unistd::Uid::from_raw(65532)),
-        Some(nix::unistd::Gid::from_raw(65532)),
-    )
-    .unwrap();
-    let pv = json!({
-        "apiVersion": "v1",
-        "kind": "PersistentVolume",
-        "metadata": {"name": "fgateway-test-data"},
-        "spec": {
-            "capacity": {"storage": "1Gi"},
-            "accessModes": ["ReadWriteOnce"],
-            "persistentVolumeReclaimPolicy": "Retain",
-            "hostPath": {"path": VOLUME, "type": "Directory"},
-        },
-    });
-    let (code, body) = k.api("POST", "/api/v1/persistentvolumes", Some(pv));
-    assert_eq!(code, 201, "{body}");
-
-    // As the README says.
-    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kubernetes/");
-    k.kubectl(&["apply", "-f", &manifests.display().to_string()]);
-    k.kubectl(&[
-        "-n",
-        "openfaas",
-        "create",
-        "secret",
-        "generic",
-        "basic-auth",
-        "--from-literal=basic-auth-user=admin",
-        "--from-literal=basic-auth-password=s3cr3t-in-cluster",
-    ]);
-    gateway_ready("the gateway ready on the node port").await;
+    let applied = Applied::prepare(&["fgateway-test-data"]);
+    applied.apply_gateway().await;
     assert_eq!(
         call(http::Method::GET, "/system/functions", "", false)
             .await
@@ -313,6 +341,142 @@ async fn fgateway_deployed_from_its_manifests_serves_functions() {
     assert_eq!(r.status(), 200, "{}", r.text());
 
     // Nothing the service account was refused.
+    let logs = k.kubectl(&["-n", "openfaas", "logs", "deploy/gateway"]);
+    assert!(
+        !logs.contains("forbidden") && !logs.contains("Forbidden"),
+        "{logs}"
+    );
+}
+
+/// Debian's nats-server (dynamically linked) and what it loads, packed as the image the
+/// JetStream manifest names (there is no registry; `nats-server` takes the same flags).
+fn load_nats_image() {
+    let files: Vec<(std::path::PathBuf, &str)> = [
+        ("/usr/sbin/nats-server", "/nats-server"),
+        (
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "/lib/x86_64-linux-gnu/libc.so.6",
+        ),
+        ("/lib64/ld-linux-x86-64.so.2", "/lib64/ld-linux-x86-64.so.2"),
+    ]
+    .into_iter()
+    .map(|(src, dest)| {
+        let real = std::fs::canonicalize(src).unwrap_or_else(|e| panic!("{src}: {e}"));
+        (real, dest)
+    })
+    .collect();
+    let files: Vec<(&Path, &str)> = files.iter().map(|(p, d)| (p.as_path(), *d)).collect();
+    kube().load_image("docker.io/library/nats:2.10", "/nats-server", &files, 65532);
+}
+
+/// `deploy/kubernetes/` then `deploy/kubernetes/jetstream/`: three NATS nodes and two
+/// gateways on their queue. Asynchronous calls accepted through the node port (either
+/// gateway) are run and called back, also with one gateway's pod killed right after.
+// The cluster is held for the whole test on purpose (see `Kube::alone`).
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateways_share_the_jetstream_queue_of_the_manifests() {
+    assert!(
+        Path::new("/usr/sbin/nats-server").exists(),
+        "nats-server is needed (Debian package nats-server)"
+    );
+    let k = kube();
+    let _alone = k.alone();
+    let applied = Applied::prepare(&[
+        "fgateway-test-data",
+        "fgateway-test-nats-0",
+        "fgateway-test-nats-1",
+        "fgateway-test-nats-2",
+    ]);
+    load_nats_image();
+    applied.apply_gateway().await;
+    k.kubectl(&["apply", "-f", &manifests("jetstream")]);
+    k.kubectl(&[
+        "-n",
+        "openfaas",
+        "rollout",
+        "status",
+        "statefulset/nats",
+        "--timeout=180s",
+    ]);
+    k.kubectl(&[
+        "-n",
+        "openfaas",
+        "rollout",
+        "status",
+        "deployment/gateway",
+        "--timeout=240s",
+    ]);
+    crate::harness::eventually("two gateways", Duration::from_secs(60), || {
+        (gateway_pods().len() == 2).then_some(())
+    })
+    .await;
+    gateway_ready("the gateways on the queue, ready").await;
+    let logs = k.kubectl(&["-n", "openfaas", "logs", "deploy/gateway"]);
+    assert!(
+        logs.contains("nats"),
+        "a gateway on the JetStream queue: {logs}"
+    );
+
+    let r = call(
+        http::Method::POST,
+        "/system/functions",
+        json!({"service": "slow", "image": IMAGE, "envProcess": "sh -c 'sleep 1; cat'"})
+            .to_string(),
+        true,
+    )
+    .await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    eventually_async("slow answering", Duration::from_secs(120), || async {
+        (call(http::Method::POST, "/function/slow", "x", false)
+            .await
+            .status()
+            == 200)
+            .then_some(())
+    })
+    .await;
+
+    // Calls accepted through the node port land on either gateway; one gateway's pod is
+    // killed right after; every call is run once the queue's lease lapses, and called back.
+    let hook = Receiver::start_on(HOST_IP, 0).await;
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let req = Request::post("/async-function/slow")
+            .header("host", "gateway")
+            .header("x-callback-url", hook.url())
+            .body(Full::new(Bytes::from(format!("call {i}"))))
+            .unwrap();
+        let r = send(NODE_PORT, req).await;
+        assert_eq!(r.status(), 202, "{}", r.text());
+        ids.push(r.header("x-call-id").unwrap());
+    }
+    let victim = gateway_pods().remove(0);
+    k.kubectl(&[
+        "-n",
+        "openfaas",
+        "delete",
+        "pod",
+        &victim,
+        "--grace-period=0",
+        "--force",
+        "--wait=false",
+    ]);
+    let got = crate::harness::eventually(
+        "every accepted call called back",
+        Duration::from_secs(150),
+        || {
+            let got = hook.all();
+            ids.iter()
+                .all(|id| got.iter().any(|c| &c.header("x-call-id") == id))
+                .then_some(got)
+        },
+    )
+    .await;
+    for id in &ids {
+        let back = got.iter().find(|c| &c.header("x-call-id") == id);
+        let back = back.unwrap_or_else(|| panic!("no callback for {id}: {got:?}"));
+        assert_eq!(back.header("x-function-status"), "200");
+    }
     let logs = k.kubectl(&["-n", "openfaas", "logs", "deploy/gateway"]);
     assert!(
         !logs.contains("forbidden") && !logs.contains("Forbidden"),

@@ -21,7 +21,9 @@
 # reach the API server at https://10.250.0.1:6443, pods on their IPs and NodePort Services on
 # 10.250.0.1. kube-proxy (iptables mode) gives pods the Service kubernetes (10.96.0.1:443), as
 # in-cluster clients expect; its and the kubelet's iptables chains, the CNI bridge and pod
-# traffic stay in the namespace. There is no cluster DNS. `down` stops the daemons by PID,
+# traffic stay in the namespace. Pods resolve Services and StatefulSet pods
+# (NAME.NS.svc.cluster.local, HOST.NAME.NS.svc.cluster.local) through tests/k8s/dns.py on the
+# node's address. `down` stops the daemons by PID,
 # unmounts what they mounted, deletes the namespace and the veth, and removes the cgroups the
 # kubelet made; `up` runs `down` first, so a run killed half-way is cleaned by the next.
 #
@@ -89,10 +91,17 @@ key() {
 
 bin_dir() { echo "$CACHE/k8s-$(key)/bin"; }
 
+# Builds under a lock (one build per cache at a time), held only while building: the daemons
+# `up` starts afterwards do not inherit it.
 build() {
   mkdir -p "$CACHE"
-  exec 9>"$CACHE/.lock"
-  flock 9
+  (
+    flock 9
+    build_locked
+  ) 9>"$CACHE/.lock"
+}
+
+build_locked() {
   fetch
   [ -z "$SRC_SHA256" ] || echo "$SRC_SHA256  $CACHE/src/$SRC_TARBALL" | sha256sum -c --quiet ||
     die "the source tarball's checksum differs from FGW_K8S_SRC_SHA256"
@@ -335,6 +344,8 @@ up() {
   wait_for "containerd answering" 30 ctr_ version
   ctr_ images import "$RUN/pause.tar" >/dev/null
   wait_for "API server" 90 kubectl_get /readyz
+  # Cluster DNS for Service and StatefulSet pod names (tests/k8s/dns.py), on the node's address.
+  daemon dns python3 "$HERE/dns.py" "$NODE_IP" "https://$NODE_IP:6443" "$p/ca.crt" "$p/admin.token"
   daemon kube-controller-manager "$bin/kube-controller-manager" --kubeconfig="$k" \
     --authentication-kubeconfig="$k" --authorization-kubeconfig="$k" --bind-address=127.0.0.1 \
     --leader-elect=false --service-account-private-key-file="$p/sa.key" --root-ca-file="$p/ca.crt" \
@@ -382,7 +393,7 @@ image() {
 }
 
 down() {
-  local names=(kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver etcd containerd) n pid
+  local names=(dns kube-proxy kubelet kube-scheduler kube-controller-manager kube-apiserver etcd containerd) n pid
   for n in "${names[@]}"; do
     [ -f "$RUN/$n.pid" ] && kill "$(cat "$RUN/$n.pid")" 2>/dev/null || true
   done
