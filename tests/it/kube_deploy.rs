@@ -141,15 +141,12 @@ async fn call(method: http::Method, path: &str, body: impl Into<Bytes>, auth: bo
     send(NODE_PORT, req.body(Full::new(body.into())).unwrap()).await
 }
 
-/// Waits until the gateway behind the node port answers `/healthz`.
+/// Waits until the gateway behind the node port answers `/healthz` (while pods come and go,
+/// a connection may be refused).
 async fn gateway_ready(what: &str) {
     eventually_async(what, Duration::from_secs(180), || async {
-        tokio::net::TcpStream::connect(NODE_PORT).await.ok()?;
-        (call(http::Method::GET, "/healthz", "", false)
-            .await
-            .status()
-            == 200)
-            .then_some(())
+        let answer = crate::kube_failover::try_call(NODE_PORT, http::Method::GET, "/healthz", "");
+        matches!(answer.await, Ok((200, _))).then_some(())
     })
     .await;
 }

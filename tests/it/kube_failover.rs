@@ -50,7 +50,7 @@ struct Load {
 }
 
 /// One request on a new connection: the status and body, or `Err` when no answer came.
-async fn try_call(
+pub async fn try_call(
     addr: SocketAddr,
     method: http::Method,
     path: &str,
