@@ -53,6 +53,8 @@ pub struct GatewayMetrics {
     service_count: Family<FunctionLabel, Gauge>,
     /// Counters kept by the async worker.
     pub worker: WorkerCounters,
+    /// Counters kept by the triggers.
+    pub triggers: super::triggers::board::TriggerCounters,
     /// `gateway_queue_depth`: calls waiting.
     queue_depth: Gauge,
     /// `gateway_queue_oldest_age_seconds`.
@@ -264,6 +266,22 @@ impl GatewayMetrics {
             "Failed callback delivery attempts",
             worker.callback_failures.clone(),
         );
+        let triggers = super::triggers::board::TriggerCounters::default();
+        registry.register(
+            "gateway_trigger_firings",
+            "Calls queued by a trigger (schedule) of this gateway",
+            triggers.firings.clone(),
+        );
+        registry.register(
+            "gateway_trigger_failures",
+            "Trigger firings that could not be queued, or whose call failed",
+            triggers.failures.clone(),
+        );
+        registry.register(
+            "gateway_trigger_missed",
+            "Trigger ticks that did not run (no gateway running, or the previous firing still running)",
+            triggers.missed.clone(),
+        );
         let queue_depth = Gauge::default();
         let queue_oldest = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         let queue_in_flight = Gauge::default();
@@ -289,6 +307,7 @@ impl GatewayMetrics {
             started,
             service_count,
             worker,
+            triggers,
             queue_depth,
             queue_oldest,
             queue_in_flight,

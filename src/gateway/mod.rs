@@ -21,6 +21,7 @@ pub mod scaling;
 pub mod secrets;
 pub mod stack;
 pub mod system;
+pub mod triggers;
 pub mod types;
 pub mod ui;
 
@@ -139,6 +140,9 @@ pub struct GatewayConfig {
     pub callback_allowlist: Vec<String>,
     /// Addresses callbacks may reach.
     pub callback_egress: EgressPolicy,
+    /// How long the queue keeps call records (schedules look back this far for their last
+    /// firing).
+    pub retention: Duration,
 }
 
 /// A running gateway's shared state.
@@ -164,6 +168,8 @@ pub struct Gateway {
     pub secrets: Arc<secrets::SecretStore>,
     /// Upgraded connections (websockets) tunnelled to functions.
     pub tunnels: crate::http::tunnels::Tunnels,
+    /// What the triggers (schedules) did and will do.
+    pub triggers: triggers::board::Board,
 }
 
 /// Opens the queue named by `args`: the embedded one in `data_dir`, or a JetStream server
@@ -342,6 +348,7 @@ impl Gateway {
                 callback_egress: EgressPolicy {
                     deny_private: args.worker.callback_deny_private,
                 },
+                retention: args.queue.retention,
             },
             registry,
             metrics,
@@ -352,6 +359,7 @@ impl Gateway {
             logs: function_logs,
             secrets: secret_store,
             tunnels: crate::http::tunnels::Tunnels::new(),
+            triggers: triggers::board::Board::default(),
         });
         if let Some(file) = &args.file {
             for spec in stack::load(file)? {
@@ -450,6 +458,11 @@ pub async fn run(
             stop_worker.clone(),
         ))
     });
+    let schedules = tokio::spawn(triggers::schedules::run(
+        Arc::clone(&gateway),
+        gateway.config.retention,
+        stop_worker.clone(),
+    ));
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
     let accept = {
@@ -508,6 +521,7 @@ pub async fn run(
         let _ = worker.await;
     }
     let _ = expiry.await;
+    let _ = schedules.await;
     if let Some(autoscaler) = autoscaler {
         let _ = autoscaler.await;
     }

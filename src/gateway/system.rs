@@ -66,6 +66,9 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
             }
         }
         ("/system/info", Method::GET) => json(StatusCode::OK, &info(gateway)),
+        ("/system/triggers", Method::GET) => {
+            json(StatusCode::OK, &super::triggers::listing(gateway).await)
+        }
         ("/system/logs", Method::GET) => logs(gateway, req.uri().query()),
         ("/system/namespaces", Method::GET) => match gateway.registry.namespaces() {
             Ok(names) => json(StatusCode::OK, &names),
@@ -144,7 +147,7 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
         }
         (
             "/system/functions" | "/system/info" | "/system/logs" | "/system/secrets"
-            | "/system/namespaces",
+            | "/system/namespaces" | "/system/triggers",
             _,
         ) => method_not_allowed(),
         (p, _)

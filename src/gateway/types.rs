@@ -91,11 +91,13 @@ impl FunctionDeployment {
         super::scaling::ScalePolicy::of(self).map_or(1, |p| p.min)
     }
 
-    /// Checks the name, namespace and scaling labels; the error says what is wrong.
+    /// Checks the name, namespace, scaling labels and trigger annotations; the error says what
+    /// is wrong.
     pub fn validate(&self) -> Result<(), String> {
         validate_name(&self.service).map_err(|e| format!("service: {e}"))?;
         validate_name(self.namespace()).map_err(|e| format!("namespace: {e}"))?;
         super::scaling::ScalePolicy::of(self)?;
+        super::triggers::TriggerSpec::of(self)?;
         Ok(())
     }
 }

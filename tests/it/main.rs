@@ -28,6 +28,7 @@ mod provider_docker;
 mod quick_start;
 mod system_api;
 mod system_secrets;
+mod triggers;
 mod ui_browser;
 mod watchdog_classic;
 mod watchdog_config;

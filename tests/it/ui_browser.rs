@@ -120,7 +120,7 @@ fn stack(dir: &std::path::Path) -> std::path::PathBuf {
     std::fs::write(
         &file,
         format!(
-            "functions:\n  echo:\n    handler: {repo}/examples/echo\n    fprocess: sh handler.sh\n  markup:\n    fprocess: \"echo '<img src=x onerror=window.__pwned=1><b>bold</b>'\"\n    environment:\n      combine_output: \"false\"\n  fails:\n    fprocess: \"sh -c 'echo run >> {}; exit 1'\"\n",
+            "functions:\n  echo:\n    handler: {repo}/examples/echo\n    fprocess: sh handler.sh\n  markup:\n    fprocess: \"echo '<img src=x onerror=window.__pwned=1><b>bold</b>'\"\n    environment:\n      combine_output: \"false\"\n  fails:\n    fprocess: \"sh -c 'echo run >> {}; exit 1'\"\n  nightly:\n    fprocess: cat\n    annotations:\n      topic: cron-function\n      schedule: \"CRON_TZ=Europe/Paris 0 3 * * *\"\n",
             runs.display()
         ),
     )
@@ -243,6 +243,15 @@ async fn the_ui_lists_deploys_invokes_scales_redrives_and_deletes_in_a_browser()
     // The queue page shows the dead letter.
     b.goto(&format!("{base}/ui/#/queue")).await.unwrap();
     wait_text(&b, "#stat-dead", |t| t == "1").await;
+
+    // The triggers page shows the schedule and its next firing.
+    b.goto(&format!("{base}/ui/#/triggers")).await.unwrap();
+    wait_text(&b, "#triggers-table", |t| {
+        t.contains("nightly")
+            && t.contains("CRON_TZ=Europe/Paris 0 3 * * *")
+            && t.contains("none yet")
+    })
+    .await;
 
     // Delete with a confirmation.
     b.goto(&format!("{base}/ui/#/function/openfaas-fn/fromui"))

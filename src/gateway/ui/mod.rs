@@ -56,6 +56,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         "text/javascript; charset=utf-8",
         include_str!("assets/queue.js"),
     ),
+    (
+        "triggers.js",
+        "text/javascript; charset=utf-8",
+        include_str!("assets/triggers.js"),
+    ),
 ];
 
 /// Total bytes of the UI's files.

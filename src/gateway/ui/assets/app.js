@@ -4,6 +4,7 @@ import { functionsPage } from "./functions.js";
 import { functionPage } from "./function.js";
 import { callsPage, callPage, deadLettersPage } from "./calls.js";
 import { queuePage, startHealth } from "./queue.js";
+import { triggersPage } from "./triggers.js";
 
 const main = document.getElementById("main");
 let leaving = null;
@@ -22,6 +23,7 @@ async function route() {
     else if (parts[0] === "call" && parts.length === 2) await callPage(main, signal, parts[1]);
     else if (parts[0] === "dead-letters") await deadLettersPage(main, signal);
     else if (parts[0] === "queue") await queuePage(main, signal);
+    else if (parts[0] === "triggers") await triggersPage(main, signal);
     else show(main, h("h1", {}, "Not found"), h("p", {}, h("a", { href: "#/" }, "Functions")));
   } catch (e) {
     show(main, h("p", { class: "error", role: "alert" }, e.message));

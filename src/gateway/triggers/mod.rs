@@ -1,0 +1,218 @@
+//! Functions run without an HTTP client, from the durable queue: on a schedule, with
+//! OpenFaaS's cron-connector annotations (`topic: cron-function`, `schedule: "*/5 * * * *"`).
+//!
+//! - [`schedule`]: the schedule syntax (five cron fields, descriptors, `@every`, `CRON_TZ=`).
+//! - [`schedules`]: the scheduler every gateway runs: each firing is an asynchronous call on
+//!   the queue whose call id is made from the function and the scheduled instant, so gateways
+//!   sharing a queue fire each tick once.
+//! - [`board`]: what `GET /system/triggers` and the metrics show.
+//!
+//! [`TriggerSpec::of`] reads and checks a function's annotations; a deployment whose
+//! annotations do not parse is refused, naming the annotation and the accepted form.
+
+pub mod board;
+pub mod schedule;
+pub mod schedules;
+
+use schedule::Schedule;
+
+use super::types::FunctionDeployment;
+
+/// The annotation naming what triggers a function (the connectors' `topic`): a comma-separated
+/// list, `cron-function` for a schedule.
+pub const TOPIC: &str = "topic";
+/// The topic that means "on a schedule".
+pub const CRON_TOPIC: &str = "cron-function";
+/// The schedule, with [`CRON_TOPIC`].
+pub const SCHEDULE: &str = "schedule";
+/// `run-once` (default): a firing missed while no gateway ran is run once when one is back;
+/// `skip`: it is not.
+pub const MISSED: &str = "com.fgateway.schedule.missed";
+/// `skip` (default): a firing is skipped while the previous one is still queued or running;
+/// `allow`: firings may overlap.
+pub const OVERLAP: &str = "com.fgateway.schedule.overlap";
+/// Where a firing's result is POSTed, as `X-Callback-Url` does for an asynchronous call.
+pub const CALLBACK_URL: &str = "com.fgateway.schedule.callback-url";
+
+/// A function's schedule, from its annotations.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleSpec {
+    /// When.
+    pub schedule: Schedule,
+    /// Whether a firing missed while no gateway ran is left out.
+    pub skip_missed: bool,
+    /// Whether firings may overlap.
+    pub allow_overlap: bool,
+    /// Where results go.
+    pub callback_url: Option<String>,
+}
+
+/// What triggers a function, from its annotations.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TriggerSpec {
+    /// Its schedule.
+    pub schedule: Option<ScheduleSpec>,
+}
+
+impl TriggerSpec {
+    /// Reads `spec`'s annotations; the error names the annotation and the accepted form.
+    pub fn of(spec: &FunctionDeployment) -> Result<TriggerSpec, String> {
+        let Some(topic) = spec.annotation(TOPIC) else {
+            return Ok(TriggerSpec::default());
+        };
+        let scheduled = topic.split(',').map(str::trim).any(|t| t == CRON_TOPIC);
+        if !scheduled {
+            return Ok(TriggerSpec::default());
+        }
+        let text = spec.annotation(SCHEDULE).ok_or_else(|| {
+            format!(
+                "annotation {SCHEDULE} is missing, and {TOPIC}: {CRON_TOPIC} needs it; accepted: {}",
+                schedule::ACCEPTED
+            )
+        })?;
+        let schedule = Schedule::parse(text).map_err(|e| {
+            format!(
+                "annotation {SCHEDULE}: {e}; accepted: {}",
+                schedule::ACCEPTED
+            )
+        })?;
+        let skip_missed = match spec.annotation(MISSED).map(str::trim) {
+            None | Some("run-once") => false,
+            Some("skip") => true,
+            Some(other) => {
+                return Err(format!(
+                    "annotation {MISSED}: {other:?}; accepted: run-once (the default) or skip"
+                ));
+            }
+        };
+        let allow_overlap = match spec.annotation(OVERLAP).map(str::trim) {
+            None | Some("skip") => false,
+            Some("allow") => true,
+            Some(other) => {
+                return Err(format!(
+                    "annotation {OVERLAP}: {other:?}; accepted: skip (the default) or allow"
+                ));
+            }
+        };
+        let callback_url = match spec.annotation(CALLBACK_URL).map(str::trim) {
+            None => None,
+            Some(url) => {
+                let uri: http::Uri = url
+                    .parse()
+                    .map_err(|e| format!("annotation {CALLBACK_URL}: {url:?}: {e}"))?;
+                if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                    return Err(format!(
+                        "annotation {CALLBACK_URL}: {url:?}; accepted: an http or https URL"
+                    ));
+                }
+                Some(url.to_string())
+            }
+        };
+        Ok(TriggerSpec {
+            schedule: Some(ScheduleSpec {
+                schedule,
+                skip_missed,
+                allow_overlap,
+                callback_url,
+            }),
+        })
+    }
+}
+
+/// `GET /system/triggers`: every trigger with its last firing (and that call's state, read
+/// now) and its next.
+pub async fn listing(gateway: &super::Gateway) -> Vec<board::TriggerRow> {
+    let mut rows = gateway.triggers.rows();
+    for row in &mut rows {
+        if let Some(firing) = &mut row.last_firing
+            && let Ok(Some(status)) = gateway.queue.status(&firing.call_id).await
+        {
+            firing.state = Some(status.state.as_str().to_string());
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn spec(annotations: &[(&str, &str)]) -> FunctionDeployment {
+        FunctionDeployment {
+            service: "tick".into(),
+            annotations: Some(
+                annotations
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..FunctionDeployment::default()
+        }
+    }
+
+    #[test]
+    fn the_cron_connectors_annotations_make_a_schedule() {
+        let t = TriggerSpec::of(&spec(&[(TOPIC, CRON_TOPIC), (SCHEDULE, "*/5 * * * *")])).unwrap();
+        let s = t.schedule.unwrap();
+        assert_eq!(s.schedule.text(), "*/5 * * * *");
+        assert!(!s.skip_missed && !s.allow_overlap && s.callback_url.is_none());
+        let t = TriggerSpec::of(&spec(&[
+            (TOPIC, "orders, cron-function"),
+            (SCHEDULE, "@every 1s"),
+            (MISSED, "skip"),
+            (OVERLAP, "allow"),
+            (CALLBACK_URL, "http://example.com/hook"),
+        ]))
+        .unwrap();
+        let s = t.schedule.unwrap();
+        assert!(s.skip_missed && s.allow_overlap);
+        assert_eq!(s.callback_url.as_deref(), Some("http://example.com/hook"));
+    }
+
+    #[test]
+    fn no_topic_or_another_topic_is_no_schedule() {
+        assert_eq!(TriggerSpec::of(&spec(&[])).unwrap(), TriggerSpec::default());
+        assert_eq!(
+            TriggerSpec::of(&spec(&[(SCHEDULE, "@hourly")])).unwrap(),
+            TriggerSpec::default()
+        );
+    }
+
+    #[test]
+    fn bad_annotations_are_named_with_the_accepted_form() {
+        for (annotations, says) in [
+            (vec![(TOPIC, CRON_TOPIC)], "annotation schedule is missing"),
+            (
+                vec![(TOPIC, CRON_TOPIC), (SCHEDULE, "every minute")],
+                "annotation schedule:",
+            ),
+            (
+                vec![
+                    (TOPIC, CRON_TOPIC),
+                    (SCHEDULE, "@hourly"),
+                    (MISSED, "never"),
+                ],
+                "run-once (the default) or skip",
+            ),
+            (
+                vec![(TOPIC, CRON_TOPIC), (SCHEDULE, "@hourly"), (OVERLAP, "yes")],
+                "skip (the default) or allow",
+            ),
+            (
+                vec![
+                    (TOPIC, CRON_TOPIC),
+                    (SCHEDULE, "@hourly"),
+                    (CALLBACK_URL, "ftp://x/"),
+                ],
+                "an http or https URL",
+            ),
+        ] {
+            let err = TriggerSpec::of(&spec(&annotations)).unwrap_err();
+            assert!(err.contains(says), "{annotations:?}: {err}");
+        }
+        let err = TriggerSpec::of(&spec(&[(TOPIC, CRON_TOPIC), (SCHEDULE, "* *")])).unwrap_err();
+        assert!(err.contains("five cron fields"), "{err}");
+    }
+}
