@@ -227,6 +227,12 @@ pub struct UpArgs {
     )]
     pub no_worker: bool,
 
+    /// NATS server(s) whose subjects trigger functions (their `topic` annotation), comma-
+    /// separated nats:// URLs [default: the queue's servers when the queue is on NATS; else
+    /// none, and subjects trigger nothing].
+    #[arg(long, env = "triggers_nats", value_name = "URLS")]
+    pub triggers_nats: Option<String>,
+
     /// Queue settings.
     #[command(flatten)]
     pub queue: QueueArgs,

@@ -58,6 +58,9 @@ const PROVIDER_STOP_GRACE: Duration = Duration::from_secs(10);
 /// Errors that stop the gateway at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
+    /// The NATS servers for triggers are not usable (a bad URL).
+    #[error("triggers_nats: cannot use {0} (comma-separated nats:// URLs)")]
+    TriggersNats(String, #[source] async_nats::ConnectError),
     /// The state database failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -168,8 +171,10 @@ pub struct Gateway {
     pub secrets: Arc<secrets::SecretStore>,
     /// Upgraded connections (websockets) tunnelled to functions.
     pub tunnels: crate::http::tunnels::Tunnels,
-    /// What the triggers (schedules) did and will do.
+    /// What the triggers (schedules, NATS subjects) did and will do.
     pub triggers: triggers::board::Board,
+    /// The NATS connection whose subjects trigger functions, when there is one.
+    trigger_nats: Option<async_nats::Client>,
 }
 
 /// Opens the queue named by `args`: the embedded one in `data_dir`, or a JetStream server
@@ -263,6 +268,18 @@ impl Gateway {
             })?;
         let store = Arc::new(Store::open(&data_dir)?);
         let queue = open_queue(&data_dir, &args.queue, args.worker.lease).await?;
+        let trigger_urls = args.triggers_nats.clone().or_else(|| {
+            let q = &args.queue.queue;
+            (q.starts_with("nats://") || q.starts_with("tls://")).then(|| q.clone())
+        });
+        let trigger_nats = match trigger_urls {
+            None => None,
+            Some(urls) => Some(
+                triggers::subjects::connect(&urls)
+                    .await
+                    .map_err(|e| GatewayError::TriggersNats(urls.clone(), e))?,
+            ),
+        };
         let worker_config =
             worker_config(&args.worker, args.upstream_timeout, args.shutdown_timeout)?;
         let function_logs = Arc::new(logs::FunctionLogs::new(args.function_log_buffer));
@@ -360,6 +377,7 @@ impl Gateway {
             secrets: secret_store,
             tunnels: crate::http::tunnels::Tunnels::new(),
             triggers: triggers::board::Board::default(),
+            trigger_nats,
         });
         if let Some(file) = &args.file {
             for spec in stack::load(file)? {
@@ -463,6 +481,13 @@ pub async fn run(
         gateway.config.retention,
         stop_worker.clone(),
     ));
+    let subjects = gateway.trigger_nats.clone().map(|client| {
+        tokio::spawn(triggers::subjects::run(
+            Arc::clone(&gateway),
+            client,
+            stop_worker.clone(),
+        ))
+    });
     let stop_accepting = CancellationToken::new();
     let connections = TaskTracker::new();
     let accept = {
@@ -522,6 +547,9 @@ pub async fn run(
     }
     let _ = expiry.await;
     let _ = schedules.await;
+    if let Some(subjects) = subjects {
+        let _ = subjects.await;
+    }
     if let Some(autoscaler) = autoscaler {
         let _ = autoscaler.await;
     }

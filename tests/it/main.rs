@@ -29,6 +29,7 @@ mod quick_start;
 mod system_api;
 mod system_secrets;
 mod triggers;
+mod triggers_nats;
 mod ui_browser;
 mod watchdog_classic;
 mod watchdog_config;

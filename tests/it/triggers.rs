@@ -300,8 +300,8 @@ async fn a_failing_firing_is_retried_then_dead_lettered() {
     .await;
 }
 
-/// A bad schedule (or option) is refused at deployment, naming the annotation and the
-/// accepted form.
+/// A bad schedule (or option, or NATS subject) is refused at deployment, naming the
+/// annotation and the accepted form.
 #[tokio::test]
 async fn bad_schedules_are_refused_at_deploy() {
     let dir = tempfile::tempdir().unwrap();
@@ -323,6 +323,7 @@ async fn bad_schedules_are_refused_at_deploy() {
             json!({"topic": "cron-function", "schedule": "@hourly", "com.fgateway.schedule.overlap": "sometimes"}),
             "com.fgateway.schedule.overlap",
         ),
+        (json!({"topic": "orders..created"}), "annotation topic"),
     ] {
         let r = post(
             gw.addr,

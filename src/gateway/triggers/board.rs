@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use serde::Serialize;
 
-/// `function_name` and `kind` (`schedule`).
+/// `function_name` and `kind` (`schedule` or `nats`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TriggerLabels {
     /// The function (`NAME`, or `NAME.NAMESPACE` outside the default namespace).
@@ -52,11 +52,14 @@ pub struct TriggerRow {
     pub function: String,
     /// Its namespace.
     pub namespace: String,
-    /// `schedule`.
+    /// `schedule` or `nats`.
     pub kind: &'static str,
     /// The schedule, as written.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<String>,
+    /// The NATS subjects.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subjects: Vec<String>,
     /// The last firing seen (fired here or by another gateway).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_firing: Option<Firing>,
@@ -65,40 +68,40 @@ pub struct TriggerRow {
     pub next_firing: Option<String>,
 }
 
-/// The triggers this gateway runs, by function key.
+/// The triggers this gateway runs, by function key and kind.
 #[derive(Debug, Default)]
 pub struct Board {
-    /// The rows.
-    rows: Mutex<BTreeMap<String, TriggerRow>>,
+    /// The rows, by (function key, kind).
+    rows: Mutex<BTreeMap<(String, &'static str), TriggerRow>>,
 }
 
 impl Board {
-    /// Sets (or replaces) the row of function `key`.
+    /// Sets (or replaces) the row of function `key` (its kind is the row's).
     pub fn set(&self, key: &str, row: TriggerRow) {
         self.rows
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key.to_string(), row);
+            .insert((key.to_string(), row.kind), row);
     }
 
-    /// Changes the row of function `key`, if there is one.
-    pub fn update(&self, key: &str, change: impl FnOnce(&mut TriggerRow)) {
+    /// Changes the `kind` row of function `key`, if there is one.
+    pub fn update(&self, key: &str, kind: &'static str, change: impl FnOnce(&mut TriggerRow)) {
         if let Some(row) = self
             .rows
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get_mut(key)
+            .get_mut(&(key.to_string(), kind))
         {
             change(row);
         }
     }
 
-    /// Forgets every row but those of `keep`.
-    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+    /// Forgets the `kind` rows of the functions not in `keep`.
+    pub fn retain(&self, kind: &'static str, keep: impl Fn(&str) -> bool) {
         self.rows
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .retain(|k, _| keep(k));
+            .retain(|(k, row_kind), _| *row_kind != kind || keep(k));
     }
 
     /// Every row, by function key.

@@ -1,10 +1,13 @@
 //! Functions run without an HTTP client, from the durable queue: on a schedule, with
-//! OpenFaaS's cron-connector annotations (`topic: cron-function`, `schedule: "*/5 * * * *"`).
+//! OpenFaaS's cron-connector annotations (`topic: cron-function`, `schedule: "*/5 * * * *"`),
+//! and by NATS messages, with the nats-connector's (`topic: subject1,subject2`).
 //!
 //! - [`schedule`]: the schedule syntax (five cron fields, descriptors, `@every`, `CRON_TZ=`).
 //! - [`schedules`]: the scheduler every gateway runs: each firing is an asynchronous call on
 //!   the queue whose call id is made from the function and the scheduled instant, so gateways
 //!   sharing a queue fire each tick once.
+//! - [`subjects`]: NATS subjects (the nats-connector's `topic`): a message becomes an
+//!   asynchronous call, once across gateways (a queue group); a reply subject gets the result.
 //! - [`board`]: what `GET /system/triggers` and the metrics show.
 //!
 //! [`TriggerSpec::of`] reads and checks a function's annotations; a deployment whose
@@ -13,6 +16,7 @@
 pub mod board;
 pub mod schedule;
 pub mod schedules;
+pub mod subjects;
 
 use schedule::Schedule;
 
@@ -52,6 +56,33 @@ pub struct ScheduleSpec {
 pub struct TriggerSpec {
     /// Its schedule.
     pub schedule: Option<ScheduleSpec>,
+    /// The NATS subjects whose messages call it (the other topics).
+    pub subjects: Vec<String>,
+}
+
+/// The accepted form of a NATS subject, for error messages.
+pub const SUBJECT_FORM: &str = "NATS subjects separated by commas: tokens of letters, digits, \
+    - and _ joined by dots (e.g. orders.created), * for one token, > for the rest";
+
+/// Checks one NATS subject (`*` and `>` wildcards allowed).
+fn check_subject(subject: &str) -> Result<(), String> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    for (i, token) in tokens.iter().enumerate() {
+        let ok = match *token {
+            "" => false,
+            "*" => true,
+            ">" => i == tokens.len() - 1,
+            t => t
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+        };
+        if !ok {
+            return Err(format!(
+                "annotation {TOPIC}: {subject:?} is not a subject; accepted: {SUBJECT_FORM}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl TriggerSpec {
@@ -60,9 +91,23 @@ impl TriggerSpec {
         let Some(topic) = spec.annotation(TOPIC) else {
             return Ok(TriggerSpec::default());
         };
-        let scheduled = topic.split(',').map(str::trim).any(|t| t == CRON_TOPIC);
+        let mut scheduled = false;
+        let mut subjects = Vec::new();
+        for t in topic.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            if t == CRON_TOPIC {
+                scheduled = true;
+            } else {
+                check_subject(t)?;
+                if !subjects.iter().any(|s| s == t) {
+                    subjects.push(t.to_string());
+                }
+            }
+        }
         if !scheduled {
-            return Ok(TriggerSpec::default());
+            return Ok(TriggerSpec {
+                schedule: None,
+                subjects,
+            });
         }
         let text = spec.annotation(SCHEDULE).ok_or_else(|| {
             format!(
@@ -115,6 +160,7 @@ impl TriggerSpec {
                 allow_overlap,
                 callback_url,
             }),
+            subjects,
         })
     }
 }
@@ -166,6 +212,7 @@ mod tests {
             (CALLBACK_URL, "http://example.com/hook"),
         ]))
         .unwrap();
+        assert_eq!(t.subjects, ["orders"]);
         let s = t.schedule.unwrap();
         assert!(s.skip_missed && s.allow_overlap);
         assert_eq!(s.callback_url.as_deref(), Some("http://example.com/hook"));
@@ -178,6 +225,20 @@ mod tests {
             TriggerSpec::of(&spec(&[(SCHEDULE, "@hourly")])).unwrap(),
             TriggerSpec::default()
         );
+        let t = TriggerSpec::of(&spec(&[(TOPIC, "orders.created, audit.>, jobs.*.done")])).unwrap();
+        assert_eq!(t.schedule, None);
+        assert_eq!(t.subjects, ["orders.created", "audit.>", "jobs.*.done"]);
+    }
+
+    #[test]
+    fn bad_subjects_are_named_with_the_accepted_form() {
+        for bad in ["orders..created", "a b", "audit.>.x", "ord$rs"] {
+            let err = TriggerSpec::of(&spec(&[(TOPIC, bad)])).unwrap_err();
+            assert!(
+                err.contains("is not a subject") && err.contains("NATS subjects"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

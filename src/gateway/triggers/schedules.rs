@@ -31,6 +31,9 @@ use crate::gateway::types::{FunctionDeployment, display_name};
 use crate::queue::CallState;
 use crate::queue::{Enqueued, QueueRequest};
 
+/// The kind of trigger, in listings and metrics.
+const KIND: &str = "schedule";
+
 /// How often the deployed functions are read again.
 const REFRESH: Duration = Duration::from_secs(1);
 
@@ -98,7 +101,9 @@ pub async fn run(gateway: Arc<Gateway>, retention: Duration, stop: CancellationT
             fire(&gateway, key, entry, due, false).await;
             entry.next = entry.schedule.schedule.next_after(due);
             let next = entry.next.map(|t| t.to_string());
-            gateway.triggers.update(key, |row| row.next_firing = next);
+            gateway
+                .triggers
+                .update(key, KIND, |row| row.next_firing = next);
         }
         let wait = entries
             .values()
@@ -134,7 +139,7 @@ fn ticks_between(schedule: &ScheduleSpec, from: Timestamp, to: Timestamp) -> u64
 fn labels(entry: &Entry) -> TriggerLabels {
     TriggerLabels {
         function_name: display_name(&entry.spec.service, entry.spec.namespace()),
-        kind: "schedule".into(),
+        kind: KIND.into(),
     }
 }
 
@@ -151,13 +156,14 @@ async fn refresh(
         // Deployments were checked when made; one that no longer parses has no schedule.
         if let Ok(TriggerSpec {
             schedule: Some(schedule),
+            ..
         }) = TriggerSpec::of(&spec)
         {
             seen.insert(spec.key(), (spec, schedule));
         }
     }
     entries.retain(|key, _| seen.contains_key(key));
-    gateway.triggers.retain(|key| seen.contains_key(key));
+    gateway.triggers.retain(KIND, |key| seen.contains_key(key));
     let now = Timestamp::now();
     for (key, (spec, schedule)) in seen {
         match entries.get_mut(&key) {
@@ -176,8 +182,9 @@ async fn refresh(
                     TriggerRow {
                         function: entry.spec.service.clone(),
                         namespace: entry.spec.namespace().to_string(),
-                        kind: "schedule",
+                        kind: KIND,
                         schedule: Some(entry.schedule.schedule.text().to_string()),
+                        subjects: Vec::new(),
                         last_firing: None,
                         next_firing: next.map(|t| t.to_string()),
                     },
@@ -331,7 +338,7 @@ async fn fire(
                 tracing::debug!(function = key, call_id = %id, at = %instant, "scheduled firing queued");
             }
             entry.last_call = Some(id.clone());
-            gateway.triggers.update(key, |row| {
+            gateway.triggers.update(key, KIND, |row| {
                 row.last_firing = Some(Firing {
                     scheduled_at: instant.to_string(),
                     call_id: id,

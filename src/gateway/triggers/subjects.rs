@@ -1,0 +1,289 @@
+//! NATS subjects as triggers (the nats-connector's `topic` annotation): every gateway
+//! subscribes to each subject a function names, in one queue group ([`QUEUE_GROUP`]), so a
+//! message goes to one gateway, which turns it into an asynchronous call on the durable queue
+//! for each function naming that subject: the message's payload as the body, `X-Topic` (the
+//! subject) and `X-Connector: nats-connector`. A message with a reply subject gets the
+//! function's result published there once the call has finished (its body, with the call's
+//! `X-Call-Id` and `X-Function-Status` as headers), as long as the gateway that took the
+//! message runs until then.
+//!
+//! Subscriptions follow deployments (read once a second); the client resubscribes by itself
+//! after it reconnects (a NATS restart).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio_util::sync::CancellationToken;
+
+use super::TriggerSpec;
+use super::board::{Firing, TriggerLabels, TriggerRow};
+use crate::gateway::Gateway;
+use crate::gateway::invoke::new_call_id;
+use crate::gateway::types::display_name;
+use crate::queue::{CallState, Enqueued, QueueRequest};
+
+/// The queue group every gateway subscribes in.
+pub const QUEUE_GROUP: &str = "fgateway-triggers";
+
+/// The kind of trigger, in listings and metrics.
+const KIND: &str = "nats";
+
+/// How often the deployed functions are read again.
+const REFRESH: Duration = Duration::from_secs(1);
+
+/// Functions (key, label) per subject.
+type Routes = Arc<RwLock<HashMap<String, Vec<(String, String)>>>>;
+
+/// Connects to the trigger server(s) at `urls` (comma-separated), retrying in the background
+/// while none is up.
+pub async fn connect(urls: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+    async_nats::ConnectOptions::new()
+        .name("fgateway-triggers")
+        .retry_on_initial_connect()
+        .connect(urls)
+        .await
+}
+
+/// Runs the subscriptions until `stop`.
+pub async fn run(gateway: Arc<Gateway>, client: async_nats::Client, stop: CancellationToken) {
+    let routes: Routes = Arc::default();
+    let mut subscribed: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    loop {
+        let wanted = wanted(&gateway);
+        *routes.write().unwrap_or_else(PoisonError::into_inner) = wanted.clone();
+        subscribed.retain(|subject, task| {
+            let keep = wanted.contains_key(subject);
+            if !keep {
+                // Dropping the subscription (with its task) unsubscribes.
+                task.abort();
+                tracing::info!(subject, "unsubscribed");
+            }
+            keep
+        });
+        for subject in wanted.keys() {
+            if subscribed.contains_key(subject) {
+                continue;
+            }
+            match client
+                .queue_subscribe(subject.clone(), QUEUE_GROUP.to_string())
+                .await
+            {
+                Ok(subscription) => {
+                    tracing::info!(subject, group = QUEUE_GROUP, "subscribed");
+                    let task = tokio::spawn(serve(
+                        Arc::clone(&gateway),
+                        client.clone(),
+                        Arc::clone(&routes),
+                        subject.clone(),
+                        subscription,
+                    ));
+                    subscribed.insert(subject.clone(), task);
+                }
+                Err(e) => tracing::warn!(subject, error = %e, "cannot subscribe"),
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(REFRESH) => {}
+        }
+    }
+    for (_, task) in subscribed {
+        task.abort();
+    }
+}
+
+/// The subjects the deployed functions name, with their functions; the board's rows follow.
+fn wanted(gateway: &Gateway) -> HashMap<String, Vec<(String, String)>> {
+    let mut wanted: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    let mut keys = Vec::new();
+    for spec in gateway.registry.specs() {
+        let Ok(TriggerSpec { subjects, .. }) = TriggerSpec::of(&spec) else {
+            continue;
+        };
+        if subjects.is_empty() {
+            continue;
+        }
+        let key = spec.key();
+        let label = display_name(&spec.service, spec.namespace());
+        for subject in &subjects {
+            wanted
+                .entry(subject.clone())
+                .or_default()
+                .push((key.clone(), label.clone()));
+        }
+        let mut changed = true;
+        gateway.triggers.update(&key, KIND, |row| {
+            changed = row.subjects != subjects;
+        });
+        if changed {
+            gateway.triggers.set(
+                &key,
+                TriggerRow {
+                    function: spec.service.clone(),
+                    namespace: spec.namespace().to_string(),
+                    kind: KIND,
+                    schedule: None,
+                    subjects,
+                    last_firing: None,
+                    next_firing: None,
+                },
+            );
+        }
+        keys.push(key);
+    }
+    gateway
+        .triggers
+        .retain(KIND, |k| keys.iter().any(|key| key == k));
+    wanted
+}
+
+/// Turns each message of `subscription` into calls of the subject's functions.
+async fn serve(
+    gateway: Arc<Gateway>,
+    client: async_nats::Client,
+    routes: Routes,
+    subject: String,
+    mut subscription: async_nats::Subscriber,
+) {
+    while let Some(message) = subscription.next().await {
+        let functions = routes
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&subject)
+            .cloned()
+            .unwrap_or_default();
+        for (key, label) in functions {
+            let call_id = enqueue(&gateway, &key, &label, &message).await;
+            if let (Some(call_id), Some(reply)) = (call_id, message.reply.clone()) {
+                tokio::spawn(reply_when_done(
+                    Arc::clone(&gateway),
+                    client.clone(),
+                    call_id,
+                    reply,
+                ));
+            }
+        }
+    }
+}
+
+/// Queues one call of function `key` for `message`; its call id, once stored.
+async fn enqueue(
+    gateway: &Gateway,
+    key: &str,
+    label: &str,
+    message: &async_nats::Message,
+) -> Option<String> {
+    let labels = TriggerLabels {
+        function_name: label.to_string(),
+        kind: KIND.into(),
+    };
+    let call_id = new_call_id();
+    let mut header = BTreeMap::new();
+    header.insert("X-Call-Id".to_string(), vec![call_id.clone()]);
+    header.insert("X-Topic".to_string(), vec![message.subject.to_string()]);
+    header.insert(
+        "X-Connector".to_string(),
+        vec!["nats-connector".to_string()],
+    );
+    let request = QueueRequest {
+        header,
+        host: String::new(),
+        body: message.payload.to_vec(),
+        method: "POST".into(),
+        path: "/".into(),
+        query_string: String::new(),
+        function: label.to_string(),
+        callback_url: None,
+        call_id: call_id.clone(),
+        enqueued_at: crate::queue::unix_ms(),
+        attempt: 0,
+    };
+    match gateway.queue.enqueue(request, None).await {
+        Ok(Enqueued::New(_) | Enqueued::Duplicate(_)) => {
+            gateway
+                .metrics
+                .triggers
+                .firings
+                .get_or_create(&labels)
+                .inc();
+            gateway.wake.notify_one();
+            let at = jiff::Timestamp::now().to_string();
+            let id = call_id.clone();
+            gateway.triggers.update(key, KIND, |row| {
+                row.last_firing = Some(Firing {
+                    scheduled_at: at,
+                    call_id: id,
+                    state: None,
+                });
+            });
+            Some(call_id)
+        }
+        Err(e) => {
+            gateway
+                .metrics
+                .triggers
+                .failures
+                .get_or_create(&labels)
+                .inc();
+            tracing::warn!(function = key, subject = %message.subject, error = %e, "cannot queue a message's call");
+            None
+        }
+    }
+}
+
+/// Publishes the result of `call_id` to `reply` once the call has finished (polling its
+/// status, for at most the calls' own time limit and its retries' worth of it).
+async fn reply_when_done(
+    gateway: Arc<Gateway>,
+    client: async_nats::Client,
+    call_id: String,
+    reply: async_nats::Subject,
+) {
+    let limit = gateway.config.upstream_timeout * 4 + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut pause = Duration::from_millis(2);
+    while tokio::time::Instant::now() < deadline {
+        match gateway.queue.status(&call_id).await {
+            Ok(Some(status))
+                if matches!(
+                    status.state,
+                    CallState::Succeeded | CallState::Failed | CallState::Cancelled
+                ) =>
+            {
+                let body: Vec<u8> = match (&status.result, &status.result_base64) {
+                    (Some(text), _) => text.clone().into_bytes(),
+                    (None, Some(b64)) => {
+                        use base64::Engine;
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64)
+                            .unwrap_or_default()
+                    }
+                    (None, None) => Vec::new(),
+                };
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("X-Call-Id", call_id.as_str());
+                headers.insert("X-Call-State", status.state.as_str());
+                if let Some(code) = status.status_code {
+                    headers.insert("X-Function-Status", code.to_string().as_str());
+                }
+                if status.result_truncated {
+                    headers.insert("X-Result-Truncated", "true");
+                }
+                if let Err(e) = client
+                    .publish_with_headers(reply, headers, body.into())
+                    .await
+                {
+                    tracing::warn!(call_id, error = %e, "cannot publish a call's result to its reply subject");
+                }
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(call_id, error = %e, "reading a call's status"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
+    tracing::warn!(call_id, "no result to publish to the reply subject in time");
+}
