@@ -135,7 +135,8 @@ async fn messages_run_once_across_gateways_and_requests_get_replies() {
 }
 
 /// `--triggers-nats` with the embedded queue: the server restarts, the gateway's client
-/// reconnects and resubscribes, and the next messages run.
+/// reconnects and resubscribes, and the next messages run; once the function is deleted, its
+/// subject's messages run nothing.
 #[tokio::test]
 async fn subscriptions_survive_a_nats_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -177,4 +178,40 @@ async fn subscriptions_survive_a_nats_restart() {
         },
     )
     .await;
+
+    // The function deleted: its subject is unsubscribed; a message on it runs nothing (a
+    // request to the other function, answered, shows the gateway took what came after it).
+    let r = crate::harness::send(
+        gw.addr,
+        http::Request::delete("/system/functions")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                serde_json::json!({"functionName": "onmsg"}).to_string(),
+            )))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    eventually(
+        "orders.created unsubscribed",
+        Duration::from_secs(10),
+        || {
+            gw.log
+                .text()
+                .lines()
+                .any(|l| l.contains(" unsubscribed ") && l.contains("orders.created"))
+                .then_some(())
+        },
+    )
+    .await;
+    c.publish("orders.created", "gone".into()).await.unwrap();
+    let reply = tokio::time::timeout(Duration::from_secs(20), c.request("greet", "x".into()))
+        .await
+        .expect("a reply in time")
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&reply.payload).trim(), "hello x");
+    assert!(
+        !runs(dir.path()).contains_key("gone"),
+        "{:?}",
+        runs(dir.path())
+    );
 }

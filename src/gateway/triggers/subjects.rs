@@ -30,6 +30,9 @@ pub const QUEUE_GROUP: &str = "fgateway-triggers";
 /// The kind of trigger, in listings and metrics.
 const KIND: &str = "nats";
 
+/// Messages of one subject being queued at once.
+const IN_FLIGHT: usize = 64;
+
 /// How often the deployed functions are read again.
 const REFRESH: Duration = Duration::from_secs(1);
 
@@ -139,33 +142,39 @@ fn wanted(gateway: &Gateway) -> HashMap<String, Vec<(String, String)>> {
     wanted
 }
 
-/// Turns each message of `subscription` into calls of the subject's functions.
+/// Turns each message of `subscription` into calls of the subject's functions, up to
+/// [`IN_FLIGHT`] messages at a time (so that the queue can store them together).
 async fn serve(
     gateway: Arc<Gateway>,
     client: async_nats::Client,
     routes: Routes,
     subject: String,
-    mut subscription: async_nats::Subscriber,
+    subscription: async_nats::Subscriber,
 ) {
-    while let Some(message) = subscription.next().await {
-        let functions = routes
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&subject)
-            .cloned()
-            .unwrap_or_default();
-        for (key, label) in functions {
-            let call_id = enqueue(&gateway, &key, &label, &message).await;
-            if let (Some(call_id), Some(reply)) = (call_id, message.reply.clone()) {
-                tokio::spawn(reply_when_done(
-                    Arc::clone(&gateway),
-                    client.clone(),
-                    call_id,
-                    reply,
-                ));
+    subscription
+        .for_each_concurrent(IN_FLIGHT, |message| {
+            let (gateway, client, routes, subject) = (&gateway, &client, &routes, &subject);
+            async move {
+                let functions = routes
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .get(subject)
+                    .cloned()
+                    .unwrap_or_default();
+                for (key, label) in functions {
+                    let call_id = enqueue(gateway, &key, &label, &message).await;
+                    if let (Some(call_id), Some(reply)) = (call_id, message.reply.clone()) {
+                        tokio::spawn(reply_when_done(
+                            Arc::clone(gateway),
+                            client.clone(),
+                            call_id,
+                            reply,
+                        ));
+                    }
+                }
             }
-        }
-    }
+        })
+        .await;
 }
 
 /// Queues one call of function `key` for `message`; its call id, once stored.
