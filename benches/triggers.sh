@@ -13,12 +13,8 @@ calls="${1:-20000}"
 source benches/common.sh
 find_nats_server
 cargo build --release --quiet --bin fgateway --example fast-upstream --example trigger-client
-fgateway=${FGATEWAY:-$PWD/target/release/fgateway}
-start_fast_upstream
-cat >"$work/stack.yml" <<YAML
-functions:
-  fast:
-    upstream: http://127.0.0.1:$up_port
+prepare_fast_stack
+cat >>"$work/stack.yml" <<YAML
     annotations:
       topic: bench.fast
 YAML

@@ -88,6 +88,9 @@ impl UpError {
                     | fwatchdog::queue::jetstream::SetupError::Url { .. }
                     | fwatchdog::queue::jetstream::SetupError::Conflict { .. },
                 )
+                | gateway::GatewayError::TriggersNats(
+                    fwatchdog::gateway::triggers::subjects::ConnectError::Url(_),
+                )
                 | gateway::GatewayError::Secret { .. }
                 | gateway::GatewayError::Provider(
                     fwatchdog::gateway::provider::docker::ConnectError::Host(_),

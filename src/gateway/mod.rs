@@ -58,9 +58,9 @@ const PROVIDER_STOP_GRACE: Duration = Duration::from_secs(10);
 /// Errors that stop the gateway at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
-    /// The NATS servers for triggers are not usable (a bad URL).
-    #[error("triggers_nats: cannot use {0} (comma-separated nats:// URLs)")]
-    TriggersNats(String, #[source] async_nats::ConnectError),
+    /// The NATS servers for triggers are not usable.
+    #[error(transparent)]
+    TriggersNats(#[from] triggers::subjects::ConnectError),
     /// The state database failed.
     #[error(transparent)]
     Store(#[from] store::StoreError),
@@ -277,7 +277,7 @@ impl Gateway {
             Some(urls) => Some(
                 triggers::subjects::connect(&urls)
                     .await
-                    .map_err(|e| GatewayError::TriggersNats(urls.clone(), e))?,
+                    .map_err(GatewayError::TriggersNats)?,
             ),
         };
         let worker_config =

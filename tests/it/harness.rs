@@ -433,6 +433,23 @@ where
     collect(send_streaming(addr, req).await).await
 }
 
+/// Sends `req` on a new connection and collects the answer, or says why none came
+/// (`connect: ...` when the connection was refused): for clients that expect failures.
+pub async fn try_send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Reply, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let (head, body) = resp.into_parts();
+    let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+    Ok(Reply { head, body })
+}
+
 /// POSTs `body` to `path`.
 pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply {
     let req = Request::post(path)

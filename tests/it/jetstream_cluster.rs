@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::Request;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use nix::sys::signal::Signal;
 
 use crate::callback::Receiver;
@@ -137,37 +137,15 @@ async fn try_post(
     id: &str,
     callback: &str,
 ) -> Result<(u16, Option<u64>, String), String> {
-    let stream = tokio::net::TcpStream::connect(addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
     let req = Request::post("/async-function/record")
         .header("host", "localhost")
         .header("x-call-id", id)
         .header("x-callback-url", callback)
         .body(Full::new(Bytes::from(id.to_string())))
         .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let retry_after = resp
-        .headers()
-        .get("retry-after")
-        .and_then(|v| v.to_str().ok()?.parse().ok());
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((
-        status,
-        retry_after,
-        String::from_utf8_lossy(&body).into_owned(),
-    ))
+    let reply = crate::harness::try_send(addr, req).await?;
+    let retry_after = reply.header("retry-after").and_then(|v| v.parse().ok());
+    Ok((reply.status(), retry_after, reply.text()))
 }
 
 /// `fgateway up --no-worker` on the cluster, on `port`, its data in `data`.

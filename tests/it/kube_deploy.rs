@@ -151,6 +151,31 @@ async fn gateway_ready(what: &str) {
     .await;
 }
 
+/// Waits up to `limit` until every call of `ids` was called back with status 200.
+async fn all_called_back(hook: &Receiver, ids: &[String], limit: Duration) {
+    let got = crate::harness::eventually("every accepted call called back", limit, || {
+        let got = hook.all();
+        ids.iter()
+            .all(|id| got.iter().any(|c| &c.header("x-call-id") == id))
+            .then_some(got)
+    })
+    .await;
+    for id in ids {
+        let back = got.iter().find(|c| &c.header("x-call-id") == id);
+        let back = back.unwrap_or_else(|| panic!("no callback for {id}: {got:?}"));
+        assert_eq!(back.header("x-function-status"), "200");
+    }
+}
+
+/// Checks that the gateway's log shows no request its service account was refused.
+fn no_refusals() {
+    let logs = kube().kubectl(&["-n", "openfaas", "logs", "deploy/gateway"]);
+    assert!(
+        !logs.contains("forbidden") && !logs.contains("Forbidden"),
+        "{logs}"
+    );
+}
+
 /// The gateway's pods' names (those not being deleted).
 fn gateway_pods() -> Vec<String> {
     let (code, list) = kube().api(
@@ -286,22 +311,7 @@ async fn fgateway_deployed_from_its_manifests_serves_functions() {
     .await;
     gateway_ready("the new gateway pod ready").await;
     // Calls that were running when the pod died run again once their lease (30 s) lapses.
-    let got = crate::harness::eventually(
-        "every accepted call called back",
-        Duration::from_secs(120),
-        || {
-            let got = hook.all();
-            ids.iter()
-                .all(|id| got.iter().any(|c| &c.header("x-call-id") == id))
-                .then_some(got)
-        },
-    )
-    .await;
-    for id in &ids {
-        let back = got.iter().find(|c| &c.header("x-call-id") == id);
-        let back = back.unwrap_or_else(|| panic!("no callback for {id}: {got:?}"));
-        assert_eq!(back.header("x-function-status"), "200");
-    }
+    all_called_back(&hook, &ids, Duration::from_secs(120)).await;
 
     // Scale and delete, through the API.
     let r = call(
@@ -338,11 +348,7 @@ async fn fgateway_deployed_from_its_manifests_serves_functions() {
     assert_eq!(r.status(), 200, "{}", r.text());
 
     // Nothing the service account was refused.
-    let logs = k.kubectl(&["-n", "openfaas", "logs", "deploy/gateway"]);
-    assert!(
-        !logs.contains("forbidden") && !logs.contains("Forbidden"),
-        "{logs}"
-    );
+    no_refusals();
 }
 
 /// Debian's nats-server (dynamically linked) and what it loads, packed as the image the
@@ -458,25 +464,6 @@ async fn gateways_share_the_jetstream_queue_of_the_manifests() {
         "--force",
         "--wait=false",
     ]);
-    let got = crate::harness::eventually(
-        "every accepted call called back",
-        Duration::from_secs(150),
-        || {
-            let got = hook.all();
-            ids.iter()
-                .all(|id| got.iter().any(|c| &c.header("x-call-id") == id))
-                .then_some(got)
-        },
-    )
-    .await;
-    for id in &ids {
-        let back = got.iter().find(|c| &c.header("x-call-id") == id);
-        let back = back.unwrap_or_else(|| panic!("no callback for {id}: {got:?}"));
-        assert_eq!(back.header("x-function-status"), "200");
-    }
-    let logs = k.kubectl(&["-n", "openfaas", "logs", "deploy/gateway"]);
-    assert!(
-        !logs.contains("forbidden") && !logs.contains("Forbidden"),
-        "{logs}"
-    );
+    all_called_back(&hook, &ids, Duration::from_secs(150)).await;
+    no_refusals();
 }

@@ -39,14 +39,27 @@ const REFRESH: Duration = Duration::from_secs(1);
 /// Functions (key, label) per subject.
 type Routes = Arc<RwLock<HashMap<String, Vec<(String, String)>>>>;
 
-/// Connects to the trigger server(s) at `urls` (comma-separated), retrying in the background
-/// while none is up.
-pub async fn connect(urls: &str) -> Result<async_nats::Client, async_nats::ConnectError> {
+/// Why the trigger servers cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// A URL of the list is not one.
+    #[error("triggers_nats: {0}; accepted: comma-separated nats:// or tls:// URLs")]
+    Url(#[source] crate::queue::jetstream::SetupError),
+    /// The client could not be made.
+    #[error("triggers_nats: cannot connect")]
+    Connect(#[source] async_nats::ConnectError),
+}
+
+/// Connects to the trigger server(s) at `urls` (comma-separated; any one that is up will
+/// do), retrying in the background while none is up.
+pub async fn connect(urls: &str) -> Result<async_nats::Client, ConnectError> {
+    let servers = crate::queue::jetstream::servers(urls).map_err(ConnectError::Url)?;
     async_nats::ConnectOptions::new()
         .name("fgateway-triggers")
         .retry_on_initial_connect()
-        .connect(urls)
+        .connect(servers)
         .await
+        .map_err(ConnectError::Connect)
 }
 
 /// Runs the subscriptions until `stop`.

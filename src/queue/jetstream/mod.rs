@@ -122,8 +122,8 @@ use elections::{ATTEMPT, within, within_each};
 use lease::*;
 use listing::entry;
 use record::*;
-pub use setup::SetupError;
 use setup::*;
+pub use setup::{SetupError, servers};
 
 /// Settings of the JetStream queue.
 #[derive(Debug, Clone)]
