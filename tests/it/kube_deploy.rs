@@ -415,11 +415,15 @@ async fn gateways_share_the_jetstream_queue_of_the_manifests() {
     })
     .await;
     gateway_ready("the gateways on the queue, ready").await;
-    let logs = k.kubectl(&["-n", "openfaas", "logs", "deploy/gateway"]);
-    assert!(
-        logs.contains("nats"),
-        "a gateway on the JetStream queue: {logs}"
-    );
+    // `kubectl logs deploy/gateway` may pick a pod of the first Deployment that is still
+    // being deleted; every pod that is not must be on the queue.
+    for pod in gateway_pods() {
+        let logs = k.kubectl(&["-n", "openfaas", "logs", &pod]);
+        assert!(
+            logs.contains("nats"),
+            "gateway {pod} on the JetStream queue: {logs}"
+        );
+    }
 
     let r = call(
         http::Method::POST,
