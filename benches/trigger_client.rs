@@ -7,7 +7,7 @@
 //!
 //! ```sh
 //! cargo build --release --example trigger-client
-//! ./target/release/examples/trigger-client 127.0.0.1:8080 nats://127.0.0.1:4222 bench.fast fast 20000 64
+//! ./target/release/examples/trigger-client 127.0.0.1:8080 nats://127.0.0.1:4222 events.fast fast 20000 64
 //! ```
 //!
 //! Last line, for scripts: `RESULT http_rate=.. nats_rate=.. ratio=..`.

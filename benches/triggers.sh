@@ -16,7 +16,7 @@ cargo build --release --quiet --bin fgateway --example fast-upstream --example t
 prepare_fast_stack
 cat >>"$work/stack.yml" <<YAML
     annotations:
-      topic: bench.fast
+      topic: events.fast
 YAML
 
 nats_port=$(free_port)
@@ -39,7 +39,7 @@ run() {
   wait_for "http://127.0.0.1:$gw_port/healthz"
   # The subscription is made within a second of start-up.
   until grep -q "subscribed" "$work/gateway.log"; do sleep 0.1; done
-  out=$(./target/release/examples/trigger-client "127.0.0.1:$gw_port" "$nats_url" bench.fast fast \
+  out=$(./target/release/examples/trigger-client "127.0.0.1:$gw_port" "$nats_url" events.fast fast \
     "$calls" 64)
   echo "$label"
   grep -v '^RESULT' <<<"$out" | sed 's/^/  /'

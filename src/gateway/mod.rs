@@ -382,6 +382,12 @@ impl Gateway {
         if let Some(file) = &args.file {
             for spec in stack::load(file)? {
                 let name = spec.service.clone();
+                if let Some(why) = triggers::subjects::refusal(&gateway, &spec) {
+                    return Err(GatewayError::Deploy {
+                        function: name,
+                        source: registry::RegistryError::Invalid(why),
+                    });
+                }
                 gateway
                     .registry
                     .deploy(spec, false)

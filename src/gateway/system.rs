@@ -35,6 +35,9 @@ pub async fn handle(gateway: &Gateway, req: Request<Incoming>) -> Response<Respo
             match read_json::<FunctionDeployment>(gateway, req).await {
                 Err(resp) => resp,
                 Ok(spec) => {
+                    if let Some(why) = super::triggers::subjects::refusal(gateway, &spec) {
+                        return failure(&RegistryError::Invalid(why));
+                    }
                     let name = spec.service.clone();
                     let deployed = spec.clone();
                     match gateway.registry.deploy(spec, replace_only).await {

@@ -388,4 +388,12 @@ pub trait Queue: Send + Sync + std::fmt::Debug {
 
     /// Drops finished calls older than the retention period.
     fn expire(&self) -> BoxFuture<'_, Result<u64, QueueError>>;
+
+    /// The first tokens of the NATS subjects this queue publishes its own messages on (none
+    /// for a queue that is not on NATS). NATS triggers leave those alone: a function
+    /// subscribed to them would take every queued call for a message, and each call it made
+    /// would be published there again.
+    fn nats_subject_roots(&self) -> Vec<String> {
+        Vec::new()
+    }
 }

@@ -132,6 +132,86 @@ async fn messages_run_once_across_gateways_and_requests_get_replies() {
     let onmsg = rows.iter().find(|r| r["function"] == "onmsg").unwrap();
     assert_eq!(onmsg["kind"], "nats");
     assert_eq!(onmsg["subjects"][0], "orders.created");
+
+    queue_subjects_are_not_triggers(&a, &c, dir.path()).await;
+}
+
+/// Deploys `spec` through `gw`'s API.
+async fn deploy(gw: &Gateway, spec: serde_json::Value) -> crate::harness::Reply {
+    crate::harness::send(
+        gw.addr,
+        http::Request::post("/system/functions")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                spec.to_string(),
+            )))
+            .unwrap(),
+    )
+    .await
+}
+
+/// On a JetStream queue: a subject of the queue's own is refused at deploy, and a function
+/// subscribed to every subject of two tokens or more (`*.>`) is called for the users'
+/// messages only, not for what the queue and the replies publish (each call it made would
+/// be published again).
+async fn queue_subjects_are_not_triggers(gw: &Gateway, c: &async_nats::Client, dir: &Path) {
+    let r = deploy(
+        gw,
+        serde_json::json!({"service": "loop", "envProcess": "cat",
+            "annotations": {"topic": "orders.created,faas-request.loop"}}),
+    )
+    .await;
+    assert_eq!(r.status(), 400, "{}", r.text());
+    assert!(
+        r.text().contains("topic") && r.text().contains("faas-request.>"),
+        "{}",
+        r.text()
+    );
+
+    let log = dir.join("all.runs");
+    let r = deploy(
+        gw,
+        serde_json::json!({"service": "all", "annotations": {"topic": "*.>"},
+            "envProcess": format!("sh -c 'echo $Http_X_Topic >> {}'", log.display())}),
+    )
+    .await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    let topics = || -> Vec<String> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect()
+    };
+    // Published until one gets through (the subscription is made within a second).
+    eventually_async(
+        "a message for every subject",
+        Duration::from_secs(20),
+        || async {
+            c.publish("misc.first", "x".into()).await.ok()?;
+            c.flush().await.ok()?;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            topics().iter().any(|t| t == "misc.first").then_some(())
+        },
+    )
+    .await;
+    // A request through `greet`: its call is published on the queue's subject and its reply
+    // on an inbox, which `*.>` both match.
+    let reply = tokio::time::timeout(Duration::from_secs(20), c.request("greet", "x".into()))
+        .await
+        .expect("a reply in time")
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&reply.payload).trim(), "hello x");
+    c.publish("misc.last", "x".into()).await.unwrap();
+    c.flush().await.unwrap();
+    let seen = eventually("the last message", Duration::from_secs(20), || {
+        let seen = topics();
+        seen.iter().any(|t| t == "misc.last").then_some(seen)
+    })
+    .await;
+    assert!(
+        seen.iter().all(|t| t.starts_with("misc.")),
+        "{seen:?}"
+    );
 }
 
 /// `--triggers-nats` with the embedded queue: the server restarts, the gateway's client

@@ -9,6 +9,12 @@
 //!
 //! Subscriptions follow deployments (read once a second); the client resubscribes by itself
 //! after it reconnects (a NATS restart).
+//!
+//! Subjects that belong to NATS itself (`$JS.`, `$KV.`, ...), to replies (`_INBOX.`) or to the
+//! queue (its requests, dead letters and callbacks, when the queue is on NATS) are never
+//! triggers ([`reserved`]): a deployment naming one is refused, and a wildcard that also
+//! matches them takes none of their messages. A message there is not the users' own, and a
+//! call made of the queue's own message would be published there again, without end.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -50,6 +56,33 @@ pub enum ConnectError {
     Connect(#[source] async_nats::ConnectError),
 }
 
+/// Whether messages on `subject` are not for triggers: NATS's own (a first token starting
+/// with `$`), replies (`_INBOX`), or the queue's (a first token in `roots`, from
+/// [`crate::queue::Queue::nats_subject_roots`]).
+pub fn reserved(subject: &str, roots: &[String]) -> bool {
+    let first = subject.split('.').next().unwrap_or_default();
+    first.starts_with('$') || first == "_INBOX" || roots.iter().any(|r| r == first)
+}
+
+/// Why `spec` cannot be deployed on `gateway`: a subject its `topic` names is [`reserved`].
+pub fn refusal(
+    gateway: &Gateway,
+    spec: &crate::gateway::types::FunctionDeployment,
+) -> Option<String> {
+    let subjects = TriggerSpec::of(spec).ok()?.subjects;
+    let roots = gateway.queue.nats_subject_roots();
+    let taken = subjects.iter().find(|s| reserved(s, &roots))?;
+    let mut own: Vec<String> = roots.iter().map(|r| format!("{r}.>")).collect();
+    own.push("_INBOX.>".into());
+    Some(format!(
+        "annotation {}: {taken:?} is where NATS or the queue publish their own messages \
+         ({}); accepted: {} outside those",
+        super::TOPIC,
+        own.join(", "),
+        super::SUBJECT_FORM
+    ))
+}
+
 /// Connects to the trigger server(s) at `urls` (comma-separated; any one that is up will
 /// do), retrying in the background while none is up.
 pub async fn connect(urls: &str) -> Result<async_nats::Client, ConnectError> {
@@ -65,9 +98,23 @@ pub async fn connect(urls: &str) -> Result<async_nats::Client, ConnectError> {
 /// Runs the subscriptions until `stop`.
 pub async fn run(gateway: Arc<Gateway>, client: async_nats::Client, stop: CancellationToken) {
     let routes: Routes = Arc::default();
+    let roots: Arc<[String]> = gateway.queue.nats_subject_roots().into();
     let mut subscribed: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut refused = std::collections::BTreeSet::new();
     loop {
-        let wanted = wanted(&gateway);
+        let mut wanted = wanted(&gateway);
+        // Deployments naming one are refused; one from before (a stack file, another
+        // gateway's queue) is left unsubscribed.
+        wanted.retain(|subject, _| {
+            let ok = !reserved(subject, &roots);
+            if !ok && refused.insert(subject.clone()) {
+                tracing::warn!(
+                    subject,
+                    "not subscribed: NATS or the queue publish their own messages there"
+                );
+            }
+            ok
+        });
         *routes.write().unwrap_or_else(PoisonError::into_inner) = wanted.clone();
         subscribed.retain(|subject, task| {
             let keep = wanted.contains_key(subject);
@@ -92,6 +139,7 @@ pub async fn run(gateway: Arc<Gateway>, client: async_nats::Client, stop: Cancel
                         Arc::clone(&gateway),
                         client.clone(),
                         Arc::clone(&routes),
+                        Arc::clone(&roots),
                         subject.clone(),
                         subscription,
                     ));
@@ -161,10 +209,13 @@ async fn serve(
     gateway: Arc<Gateway>,
     client: async_nats::Client,
     routes: Routes,
+    roots: Arc<[String]>,
     subject: String,
     subscription: async_nats::Subscriber,
 ) {
+    // A wildcard also matches what NATS and the queue publish; those are not triggers.
     subscription
+        .filter(|message| std::future::ready(!reserved(&message.subject, &roots)))
         .for_each_concurrent(IN_FLIGHT, |message| {
             let (gateway, client, routes, subject) = (&gateway, &client, &routes, &subject);
             async move {
@@ -308,4 +359,27 @@ async fn reply_when_done(
         pause = (pause * 2).min(Duration::from_millis(200));
     }
     tracing::warn!(call_id, "no result to publish to the reply subject in time");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reserved;
+
+    #[test]
+    fn the_servers_the_replies_and_the_queues_subjects_are_reserved() {
+        let roots = ["faas-request".to_string(), "faas-request-dlq".to_string()];
+        for s in [
+            "$JS.API.INFO",
+            "$KV.faas-request-calls.x",
+            "_INBOX.abc.1",
+            "faas-request.fn",
+            "faas-request-dlq.fn",
+        ] {
+            assert!(reserved(s, &roots), "{s}");
+        }
+        for s in ["orders.created", "faas-requests.fn", "faas", "_INBOXES.x"] {
+            assert!(!reserved(s, &roots), "{s}");
+        }
+        assert!(!reserved("faas-request.fn", &[]));
+    }
 }

@@ -556,6 +556,14 @@ impl Queue for JetStreamQueue {
         Box::pin(self.queue_stats())
     }
 
+    fn nats_subject_roots(&self) -> Vec<String> {
+        vec![
+            self.names.requests.clone(),
+            self.names.dlq.clone(),
+            self.names.callbacks.clone(),
+        ]
+    }
+
     fn expire(&self) -> BoxFuture<'_, Result<u64, QueueError>> {
         // The bucket's max_age drops records and idempotency keys after the retention
         // period, and the object store's drops stored bodies: nothing to do here.
