@@ -482,8 +482,10 @@ pub async fn run(
             stop_worker.clone(),
         ))
     });
+    let deployed = triggers::follow(&gateway, stop_worker.clone());
     let schedules = tokio::spawn(triggers::schedules::run(
         Arc::clone(&gateway),
+        deployed.clone(),
         gateway.config.retention,
         stop_worker.clone(),
     ));
@@ -491,6 +493,7 @@ pub async fn run(
         tokio::spawn(triggers::subjects::run(
             Arc::clone(&gateway),
             client,
+            deployed,
             stop_worker.clone(),
         ))
     });

@@ -15,7 +15,7 @@ use http_body_util::Full;
 use serde_json::json;
 
 use crate::callback::Receiver;
-use crate::harness::{Reply, eventually_async, send};
+use crate::harness::{Reply, eventually_async};
 use crate::kube_cluster::{IMAGE, kube};
 use crate::podman::static_fgateway;
 
@@ -129,16 +129,36 @@ impl Drop for Applied {
     }
 }
 
+/// Sends the request `build` makes to the gateway through its node port. While gateway pods
+/// come and go, the node may have no ready endpoint for a moment and refuse the connection;
+/// one that could not be made (nothing was sent) is made again, for up to a minute.
+async fn via_node_port(build: impl Fn() -> Request<Full<Bytes>>) -> Reply {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match crate::harness::try_send(NODE_PORT, build()).await {
+            Ok(reply) => return reply,
+            Err(e) if e.starts_with("connect:") && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{} {}: {e}", build().method(), build().uri()),
+        }
+    }
+}
+
 /// `METHOD path` to the gateway through its node port, with the credentials when `auth`.
 async fn call(method: http::Method, path: &str, body: impl Into<Bytes>, auth: bool) -> Reply {
-    let mut req = Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", "gateway");
-    if auth {
-        req = req.header("authorization", AUTH);
-    }
-    send(NODE_PORT, req.body(Full::new(body.into())).unwrap()).await
+    let body: Bytes = body.into();
+    via_node_port(|| {
+        let mut req = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header("host", "gateway");
+        if auth {
+            req = req.header("authorization", AUTH);
+        }
+        req.body(Full::new(body.clone())).unwrap()
+    })
+    .await
 }
 
 /// Waits until the gateway behind the node port answers `/healthz` (while pods come and go,
@@ -149,6 +169,44 @@ async fn gateway_ready(what: &str) {
         matches!(answer.await, Ok((200, _))).then_some(())
     })
     .await;
+}
+
+/// Deploys `slow` (answers its body after a second) through the node port and waits until
+/// it answers.
+async fn deploy_slow() {
+    let spec = json!({"service": "slow", "image": IMAGE, "envProcess": "sh -c 'sleep 1; cat'"});
+    let r = call(
+        http::Method::POST,
+        "/system/functions",
+        spec.to_string(),
+        true,
+    )
+    .await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    eventually_async("slow answering", Duration::from_secs(120), || async {
+        let r = call(http::Method::POST, "/function/slow", "x", false).await;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+}
+
+/// Sends `n` asynchronous calls of `slow` through the node port, to be called back at
+/// `hook`; their call ids.
+async fn slow_calls(hook: &Receiver, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        let r = via_node_port(|| {
+            Request::post("/async-function/slow")
+                .header("host", "gateway")
+                .header("x-callback-url", hook.url())
+                .body(Full::new(Bytes::from(format!("call {i}"))))
+                .unwrap()
+        })
+        .await;
+        assert_eq!(r.status(), 202, "{}", r.text());
+        ids.push(r.header("x-call-id").unwrap());
+    }
+    ids
 }
 
 /// Waits up to `limit` until every call of `ids` was called back with status 200.
@@ -167,16 +225,18 @@ async fn all_called_back(hook: &Receiver, ids: &[String], limit: Duration) {
     }
 }
 
-/// Checks that the gateway's log shows no request its service account was refused.
+/// Checks that no gateway pod's log shows a request its service account was refused.
 fn no_refusals() {
-    let logs = kube().kubectl(&["-n", "openfaas", "logs", "deploy/gateway"]);
-    assert!(
-        !logs.contains("forbidden") && !logs.contains("Forbidden"),
-        "{logs}"
-    );
+    for pod in gateway_pods() {
+        let logs = kube().kubectl(&["-n", "openfaas", "logs", &pod]);
+        assert!(
+            !logs.contains("forbidden") && !logs.contains("Forbidden"),
+            "{pod}: {logs}"
+        );
+    }
 }
 
-/// The gateway's pods' names (those not being deleted).
+/// The gateway's running pods' names (not those starting or being deleted).
 fn gateway_pods() -> Vec<String> {
     let (code, list) = kube().api(
         "GET",
@@ -189,6 +249,7 @@ fn gateway_pods() -> Vec<String> {
         .into_iter()
         .flatten()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .filter(|p| p["status"]["phase"] == "Running")
         .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
         .collect()
 }
@@ -260,38 +321,8 @@ async fn fgateway_deployed_from_its_manifests_serves_functions() {
     // Asynchronous calls, accepted, then the gateway's pod killed at once: the new pod (same
     // claim) runs them and calls back.
     let hook = Receiver::start_on(HOST_IP, 0).await;
-    let r = call(
-        http::Method::POST,
-        "/system/functions",
-        json!({
-            "service": "slow",
-            "image": IMAGE,
-            "envProcess": "sh -c 'sleep 1; cat'",
-        })
-        .to_string(),
-        true,
-    )
-    .await;
-    assert_eq!(r.status(), 202, "{}", r.text());
-    eventually_async("slow answering", Duration::from_secs(120), || async {
-        (call(http::Method::POST, "/function/slow", "x", false)
-            .await
-            .status()
-            == 200)
-            .then_some(())
-    })
-    .await;
-    let mut ids = Vec::new();
-    for i in 0..6 {
-        let req = Request::post("/async-function/slow")
-            .header("host", "gateway")
-            .header("x-callback-url", hook.url())
-            .body(Full::new(Bytes::from(format!("call {i}"))))
-            .unwrap();
-        let r = send(NODE_PORT, req).await;
-        assert_eq!(r.status(), 202, "{}", r.text());
-        ids.push(r.header("x-call-id").unwrap());
-    }
+    deploy_slow().await;
+    let ids = slow_calls(&hook, 6).await;
     let before = gateway_pods();
     k.kubectl(&[
         "-n",
@@ -425,38 +456,12 @@ async fn gateways_share_the_jetstream_queue_of_the_manifests() {
         );
     }
 
-    let r = call(
-        http::Method::POST,
-        "/system/functions",
-        json!({"service": "slow", "image": IMAGE, "envProcess": "sh -c 'sleep 1; cat'"})
-            .to_string(),
-        true,
-    )
-    .await;
-    assert_eq!(r.status(), 202, "{}", r.text());
-    eventually_async("slow answering", Duration::from_secs(120), || async {
-        (call(http::Method::POST, "/function/slow", "x", false)
-            .await
-            .status()
-            == 200)
-            .then_some(())
-    })
-    .await;
+    deploy_slow().await;
 
     // Calls accepted through the node port land on either gateway; one gateway's pod is
     // killed right after; every call is run once the queue's lease lapses, and called back.
     let hook = Receiver::start_on(HOST_IP, 0).await;
-    let mut ids = Vec::new();
-    for i in 0..8 {
-        let req = Request::post("/async-function/slow")
-            .header("host", "gateway")
-            .header("x-callback-url", hook.url())
-            .body(Full::new(Bytes::from(format!("call {i}"))))
-            .unwrap();
-        let r = send(NODE_PORT, req).await;
-        assert_eq!(r.status(), 202, "{}", r.text());
-        ids.push(r.header("x-call-id").unwrap());
-    }
+    let ids = slow_calls(&hook, 8).await;
     let victim = gateway_pods().remove(0);
     k.kubectl(&[
         "-n",

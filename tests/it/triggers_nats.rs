@@ -208,10 +208,7 @@ async fn queue_subjects_are_not_triggers(gw: &Gateway, c: &async_nats::Client, d
         seen.iter().any(|t| t == "misc.last").then_some(seen)
     })
     .await;
-    assert!(
-        seen.iter().all(|t| t.starts_with("misc.")),
-        "{seen:?}"
-    );
+    assert!(seen.iter().all(|t| t.starts_with("misc.")), "{seen:?}");
 }
 
 /// `--triggers-nats` with the embedded queue: the server restarts, the gateway's client

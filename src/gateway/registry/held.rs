@@ -39,6 +39,7 @@ impl Registry {
                     changed_at: std::time::Instant::now(),
                 },
             );
+        self.bump_revision();
         Ok(())
     }
 
@@ -56,7 +57,9 @@ impl Registry {
         let keys: std::collections::HashSet<String> = seen.iter().map(|f| f.spec.key()).collect();
         // Gone from the provider, unless this gateway deployed it a moment ago (the
         // observation may predate it).
+        let count = functions.len();
         functions.retain(|k, _| keys.contains(k) || recent.get(k).is_some_and(|(_, del)| !del));
+        let mut changed = functions.len() != count;
         for f in seen {
             let key = f.spec.key();
             match recent.get(&key) {
@@ -67,6 +70,7 @@ impl Registry {
                 Some((_, false)) if functions.contains_key(&key) => continue,
                 _ => {}
             }
+            changed |= functions.get(&key).is_none_or(|e| *e.spec != f.spec);
             let entry = match functions.get(&key) {
                 Some(e) if *e.spec == f.spec && e.replicas == f.replicas => continue,
                 Some(e) => Entry {
@@ -91,6 +95,10 @@ impl Registry {
                 },
             };
             functions.insert(key, entry);
+        }
+        drop(functions);
+        if changed {
+            self.bump_revision();
         }
     }
 
@@ -122,6 +130,7 @@ impl Registry {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&key);
+        self.bump_revision();
         Ok(entry.spec)
     }
 }

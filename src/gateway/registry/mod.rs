@@ -105,6 +105,9 @@ pub struct Registry {
     /// function key (when, and whether it was a delete), which an observation older than them
     /// must not undo.
     recent: Mutex<std::collections::HashMap<String, (std::time::Instant, bool)>>,
+    /// Counts changes of the deployed set (a function deployed, updated or removed; not a
+    /// replica count), for those who follow it ([`Registry::watch_changes`]).
+    revision: tokio::sync::watch::Sender<u64>,
 }
 
 /// Counts a call as waiting for a replica of a function while it lives.
@@ -184,12 +187,24 @@ impl Registry {
             secrets,
             waiting: Arc::default(),
             recent: Mutex::default(),
+            revision: tokio::sync::watch::Sender::new(0),
         })
     }
 
     /// The provider.
     pub fn provider(&self) -> &Arc<dyn Provider> {
         &self.provider
+    }
+
+    /// Sees a new value after each change of the deployed set: a function deployed, updated
+    /// or removed (through this gateway, or observed in a provider that holds the set).
+    pub fn watch_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revision.subscribe()
+    }
+
+    /// Tells [`Registry::watch_changes`]'s receivers.
+    pub(super) fn bump_revision(&self) {
+        self.revision.send_modify(|r| *r += 1);
     }
 
     /// Deploys `spec`, replacing a function of the same name. `replace_only` makes a missing
@@ -261,6 +276,7 @@ impl Registry {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .insert(key, entry);
+        self.bump_revision();
         Ok(())
     }
 
@@ -279,6 +295,7 @@ impl Registry {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&key);
+        self.bump_revision();
         self.provider.remove(&key);
         self.secrets
             .forget_function(entry.spec.namespace(), &entry.spec.service);
@@ -561,3 +578,6 @@ fn not_found(name: &str, namespace: Option<&str>) -> RegistryError {
 fn now() -> String {
     humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
 }
+
+#[cfg(test)]
+mod tests;

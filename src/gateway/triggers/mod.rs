@@ -12,13 +12,18 @@
 //!
 //! [`TriggerSpec::of`] reads and checks a function's annotations; a deployment whose
 //! annotations do not parse is refused, naming the annotation and the accepted form.
+//! [`follow`] reads them once per change of the deployed set, for both kinds.
 
 pub mod board;
 pub mod schedule;
 pub mod schedules;
 pub mod subjects;
 
+use std::sync::Arc;
+
 use schedule::Schedule;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::types::FunctionDeployment;
 
@@ -163,6 +168,53 @@ impl TriggerSpec {
             subjects,
         })
     }
+}
+
+/// A deployed function that has triggers, with them.
+#[derive(Debug, Clone)]
+pub struct Triggered {
+    /// What is deployed.
+    pub spec: Arc<FunctionDeployment>,
+    /// Its triggers.
+    pub triggers: TriggerSpec,
+}
+
+/// The deployed functions that have triggers, as [`follow`] sends them.
+pub type Deployed = Arc<[Triggered]>;
+
+/// Reads the deployed functions' triggers now, and again after each change of the deployed
+/// set (until `stop`); the schedules and the subjects follow the receiver.
+pub fn follow(gateway: &Arc<super::Gateway>, stop: CancellationToken) -> watch::Receiver<Deployed> {
+    let read = |gateway: &super::Gateway| -> Deployed {
+        gateway
+            .registry
+            .specs()
+            .into_iter()
+            // Deployments were checked when made; one that no longer parses has no triggers.
+            .filter_map(|spec| {
+                let triggers = TriggerSpec::of(&spec).ok()?;
+                let some = triggers.schedule.is_some() || !triggers.subjects.is_empty();
+                some.then_some(Triggered { spec, triggers })
+            })
+            .collect()
+    };
+    let mut changes = gateway.registry.watch_changes();
+    changes.mark_unchanged();
+    let (tx, rx) = watch::channel(read(gateway));
+    let gateway = Arc::downgrade(gateway);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = changes.changed() => if changed.is_err() { return },
+            }
+            let Some(gateway) = gateway.upgrade() else {
+                return;
+            };
+            tx.send_replace(read(&gateway));
+        }
+    });
+    rx
 }
 
 /// `GET /system/triggers`: every trigger with its last firing (and that call's state, read

@@ -1,6 +1,6 @@
-//! The scheduler every gateway runs. Once a second (and at each due instant) it reads the
-//! deployed functions, so a deployment, an update or a deletion starts, changes or stops a
-//! schedule within a second; each due firing becomes an asynchronous call on the queue:
+//! The scheduler every gateway runs. It follows the deployed functions ([`super::follow`]),
+//! so a deployment, an update or a deletion starts, changes or stops a schedule at once; each
+//! due firing becomes an asynchronous call on the queue:
 //!
 //! - Its call id is made from the function and the scheduled instant ([`call_id`]): gateways
 //!   on one queue all enqueue the same call, which the queue takes once (the others get it as
@@ -25,7 +25,7 @@ use sha2::Digest;
 use tokio_util::sync::CancellationToken;
 
 use super::board::{Firing, TriggerLabels, TriggerRow};
-use super::{CRON_TOPIC, ScheduleSpec, TriggerSpec};
+use super::{CRON_TOPIC, Deployed, ScheduleSpec};
 use crate::gateway::Gateway;
 use crate::gateway::types::{FunctionDeployment, display_name};
 use crate::queue::CallState;
@@ -34,8 +34,9 @@ use crate::queue::{Enqueued, QueueRequest};
 /// The kind of trigger, in listings and metrics.
 const KIND: &str = "schedule";
 
-/// How often the deployed functions are read again.
-const REFRESH: Duration = Duration::from_secs(1);
+/// Longest sleep between two looks at the clock (the wall clock may jump, a machine may be
+/// suspended).
+const TICK: Duration = Duration::from_secs(1);
 
 /// How many past ticks are looked at for the last firing, at start-up (and most missed ticks
 /// counted at once).
@@ -71,13 +72,17 @@ pub fn call_id(key: &str, instant: Timestamp) -> String {
     )
 }
 
-/// Runs the scheduler until `stop`.
-pub async fn run(gateway: Arc<Gateway>, retention: Duration, stop: CancellationToken) {
+/// Runs the scheduler until `stop`, following `deployed`.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    mut deployed: tokio::sync::watch::Receiver<Deployed>,
+    retention: Duration,
+    stop: CancellationToken,
+) {
     let mut entries: BTreeMap<String, Entry> = BTreeMap::new();
-    let mut started = false;
+    let now = deployed.borrow_and_update().clone();
+    refresh(&gateway, &now, &mut entries, true, retention).await;
     loop {
-        refresh(&gateway, &mut entries, !started, retention).await;
-        started = true;
         let now = Timestamp::now();
         for (key, entry) in entries.iter_mut() {
             let Some(next) = entry.next else { continue };
@@ -111,10 +116,17 @@ pub async fn run(gateway: Arc<Gateway>, retention: Duration, stop: CancellationT
             .min()
             .map(|t| t.duration_since(Timestamp::now()))
             .and_then(|d| Duration::try_from(d).ok())
-            .map_or(REFRESH, |d| d.min(REFRESH));
+            .map_or(TICK, |d| d.min(TICK));
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
+            changed = deployed.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = deployed.borrow_and_update().clone();
+                refresh(&gateway, &now, &mut entries, false, retention).await;
+            }
         }
     }
 }
@@ -147,19 +159,15 @@ fn labels(entry: &Entry) -> TriggerLabels {
 /// each schedule missed while no gateway ran.
 async fn refresh(
     gateway: &Gateway,
+    deployed: &Deployed,
     entries: &mut BTreeMap<String, Entry>,
     starting: bool,
     retention: Duration,
 ) {
     let mut seen: HashMap<String, (Arc<FunctionDeployment>, ScheduleSpec)> = HashMap::new();
-    for spec in gateway.registry.specs() {
-        // Deployments were checked when made; one that no longer parses has no schedule.
-        if let Ok(TriggerSpec {
-            schedule: Some(schedule),
-            ..
-        }) = TriggerSpec::of(&spec)
-        {
-            seen.insert(spec.key(), (spec, schedule));
+    for t in deployed.iter() {
+        if let Some(schedule) = &t.triggers.schedule {
+            seen.insert(t.spec.key(), (Arc::clone(&t.spec), schedule.clone()));
         }
     }
     entries.retain(|key, _| seen.contains_key(key));

@@ -7,8 +7,8 @@
 //! `X-Call-Id` and `X-Function-Status` as headers), as long as the gateway that took the
 //! message runs until then.
 //!
-//! Subscriptions follow deployments (read once a second); the client resubscribes by itself
-//! after it reconnects (a NATS restart).
+//! Subscriptions follow deployments ([`super::follow`]), at once; the client resubscribes by
+//! itself after it reconnects (a NATS restart).
 //!
 //! Subjects that belong to NATS itself (`$JS.`, `$KV.`, ...), to replies (`_INBOX.`) or to the
 //! queue (its requests, dead letters and callbacks, when the queue is on NATS) are never
@@ -23,8 +23,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::TriggerSpec;
 use super::board::{Firing, TriggerLabels, TriggerRow};
+use super::{Deployed, TriggerSpec};
 use crate::gateway::Gateway;
 use crate::gateway::invoke::new_call_id;
 use crate::gateway::types::display_name;
@@ -39,8 +39,8 @@ const KIND: &str = "nats";
 /// Messages of one subject being queued at once.
 const IN_FLIGHT: usize = 64;
 
-/// How often the deployed functions are read again.
-const REFRESH: Duration = Duration::from_secs(1);
+/// How soon a subscription the server refused is tried again.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// Functions (key, label) per subject.
 type Routes = Arc<RwLock<HashMap<String, Vec<(String, String)>>>>;
@@ -95,14 +95,20 @@ pub async fn connect(urls: &str) -> Result<async_nats::Client, ConnectError> {
         .map_err(ConnectError::Connect)
 }
 
-/// Runs the subscriptions until `stop`.
-pub async fn run(gateway: Arc<Gateway>, client: async_nats::Client, stop: CancellationToken) {
+/// Runs the subscriptions until `stop`, following `deployed`.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    client: async_nats::Client,
+    mut deployed: tokio::sync::watch::Receiver<Deployed>,
+    stop: CancellationToken,
+) {
     let routes: Routes = Arc::default();
     let roots: Arc<[String]> = gateway.queue.nats_subject_roots().into();
     let mut subscribed: BTreeMap<String, tokio::task::JoinHandle<()>> = BTreeMap::new();
     let mut refused = std::collections::BTreeSet::new();
     loop {
-        let mut wanted = wanted(&gateway);
+        let now = deployed.borrow_and_update().clone();
+        let mut wanted = wanted(&gateway, &now);
         // Deployments naming one are refused; one from before (a stack file, another
         // gateway's queue) is left unsubscribed.
         wanted.retain(|subject, _| {
@@ -148,9 +154,11 @@ pub async fn run(gateway: Arc<Gateway>, client: async_nats::Client, stop: Cancel
                 Err(e) => tracing::warn!(subject, error = %e, "cannot subscribe"),
             }
         }
+        let all = subscribed.len() == wanted.len();
         tokio::select! {
             () = stop.cancelled() => break,
-            () = tokio::time::sleep(REFRESH) => {}
+            changed = deployed.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep(RETRY), if !all => {}
         }
     }
     for (_, task) in subscribed {
@@ -159,13 +167,11 @@ pub async fn run(gateway: Arc<Gateway>, client: async_nats::Client, stop: Cancel
 }
 
 /// The subjects the deployed functions name, with their functions; the board's rows follow.
-fn wanted(gateway: &Gateway) -> HashMap<String, Vec<(String, String)>> {
+fn wanted(gateway: &Gateway, deployed: &Deployed) -> HashMap<String, Vec<(String, String)>> {
     let mut wanted: HashMap<String, Vec<(String, String)>> = HashMap::new();
     let mut keys = Vec::new();
-    for spec in gateway.registry.specs() {
-        let Ok(TriggerSpec { subjects, .. }) = TriggerSpec::of(&spec) else {
-            continue;
-        };
+    for t in deployed.iter() {
+        let (spec, subjects) = (&t.spec, t.triggers.subjects.clone());
         if subjects.is_empty() {
             continue;
         }
