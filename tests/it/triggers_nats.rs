@@ -133,7 +133,7 @@ async fn messages_run_once_across_gateways_and_requests_get_replies() {
     assert_eq!(onmsg["kind"], "nats");
     assert_eq!(onmsg["subjects"][0], "orders.created");
 
-    queue_subjects_are_not_triggers(&a, &c, dir.path()).await;
+    queue_subjects_are_not_triggers([&a, &b], &c, dir.path()).await;
 }
 
 /// Deploys `spec` through `gw`'s API.
@@ -152,10 +152,14 @@ async fn deploy(gw: &Gateway, spec: serde_json::Value) -> crate::harness::Reply 
 /// On a JetStream queue: a subject of the queue's own is refused at deploy, and a function
 /// subscribed to every subject of two tokens or more (`*.>`) is called for the users'
 /// messages only, not for what the queue and the replies publish (each call it made would
-/// be published again).
-async fn queue_subjects_are_not_triggers(gw: &Gateway, c: &async_nats::Client, dir: &Path) {
+/// be published again). Both gateways deploy it: they share the queue, not their functions.
+async fn queue_subjects_are_not_triggers(
+    gateways: [&Gateway; 2],
+    c: &async_nats::Client,
+    dir: &Path,
+) {
     let r = deploy(
-        gw,
+        gateways[0],
         serde_json::json!({"service": "loop", "envProcess": "cat",
             "annotations": {"topic": "orders.created,faas-request.loop"}}),
     )
@@ -168,13 +172,15 @@ async fn queue_subjects_are_not_triggers(gw: &Gateway, c: &async_nats::Client, d
     );
 
     let log = dir.join("all.runs");
-    let r = deploy(
-        gw,
-        serde_json::json!({"service": "all", "annotations": {"topic": "*.>"},
-            "envProcess": format!("sh -c 'echo $Http_X_Topic >> {}'", log.display())}),
-    )
-    .await;
-    assert_eq!(r.status(), 202, "{}", r.text());
+    for gw in gateways {
+        let r = deploy(
+            gw,
+            serde_json::json!({"service": "all", "annotations": {"topic": "*.>"},
+                "envProcess": format!("sh -c 'echo $Http_X_Topic >> {}'", log.display())}),
+        )
+        .await;
+        assert_eq!(r.status(), 202, "{}", r.text());
+    }
     let topics = || -> Vec<String> {
         std::fs::read_to_string(&log)
             .unwrap_or_default()

@@ -115,7 +115,8 @@ pub async fn run(
             .filter_map(|e| e.next)
             .min()
             .map(|t| t.duration_since(Timestamp::now()))
-            .and_then(|d| Duration::try_from(d).ok())
+            // A tick already due (firing took a while) is run at once.
+            .map(|d| Duration::try_from(d).unwrap_or(Duration::ZERO))
             .map_or(TICK, |d| d.min(TICK));
         tokio::select! {
             () = stop.cancelled() => return,

@@ -39,7 +39,7 @@ const KIND: &str = "nats";
 /// Messages of one subject being queued at once.
 const IN_FLIGHT: usize = 64;
 
-/// How soon a subscription the server refused is tried again.
+/// How soon a subscription the client could not make is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
 /// Functions (key, label) per subject.
@@ -57,11 +57,14 @@ pub enum ConnectError {
 }
 
 /// Whether messages on `subject` are not for triggers: NATS's own (a first token starting
-/// with `$`), replies (`_INBOX`), or the queue's (a first token in `roots`, from
+/// with `$`), replies (`_INBOX.`), or the queue's (`ROOT.` with a root of `roots`, from
 /// [`crate::queue::Queue::nats_subject_roots`]).
 pub fn reserved(subject: &str, roots: &[String]) -> bool {
-    let first = subject.split('.').next().unwrap_or_default();
-    first.starts_with('$') || first == "_INBOX" || roots.iter().any(|r| r == first)
+    let (first, more) = match subject.split_once('.') {
+        Some((first, _)) => (first, true),
+        None => (subject, false),
+    };
+    first.starts_with('$') || (more && (first == "_INBOX" || roots.iter().any(|r| r == first)))
 }
 
 /// Why `spec` cannot be deployed on `gateway`: a subject its `topic` names is [`reserved`].
@@ -108,19 +111,7 @@ pub async fn run(
     let mut refused = std::collections::BTreeSet::new();
     loop {
         let now = deployed.borrow_and_update().clone();
-        let mut wanted = wanted(&gateway, &now);
-        // Deployments naming one are refused; one from before (a stack file, another
-        // gateway's queue) is left unsubscribed.
-        wanted.retain(|subject, _| {
-            let ok = !reserved(subject, &roots);
-            if !ok && refused.insert(subject.clone()) {
-                tracing::warn!(
-                    subject,
-                    "not subscribed: NATS or the queue publish their own messages there"
-                );
-            }
-            ok
-        });
+        let wanted = wanted(&gateway, &now, &roots, &mut refused);
         *routes.write().unwrap_or_else(PoisonError::into_inner) = wanted.clone();
         subscribed.retain(|subject, task| {
             let keep = wanted.contains_key(subject);
@@ -167,11 +158,30 @@ pub async fn run(
 }
 
 /// The subjects the deployed functions name, with their functions; the board's rows follow.
-fn wanted(gateway: &Gateway, deployed: &Deployed) -> HashMap<String, Vec<(String, String)>> {
+/// A [`reserved`] subject is left out, with a warning the first time (`refused`): deployments
+/// naming one are refused, but one may come from before, or from the cluster.
+fn wanted(
+    gateway: &Gateway,
+    deployed: &Deployed,
+    roots: &[String],
+    refused: &mut std::collections::BTreeSet<String>,
+) -> HashMap<String, Vec<(String, String)>> {
     let mut wanted: HashMap<String, Vec<(String, String)>> = HashMap::new();
     let mut keys = Vec::new();
     for t in deployed.iter() {
-        let (spec, subjects) = (&t.spec, t.triggers.subjects.clone());
+        let spec = &t.spec;
+        let mut subjects = t.triggers.subjects.clone();
+        subjects.retain(|subject| {
+            let ok = !reserved(subject, roots);
+            if !ok && refused.insert(subject.clone()) {
+                tracing::warn!(
+                    subject,
+                    function = %spec.key(),
+                    "not subscribed: NATS or the queue publish their own messages there"
+                );
+            }
+            ok
+        });
         if subjects.is_empty() {
             continue;
         }
@@ -383,7 +393,14 @@ mod tests {
         ] {
             assert!(reserved(s, &roots), "{s}");
         }
-        for s in ["orders.created", "faas-requests.fn", "faas", "_INBOXES.x"] {
+        for s in [
+            "orders.created",
+            "faas-requests.fn",
+            "faas",
+            "_INBOXES.x",
+            "faas-request",
+            "_INBOX",
+        ] {
             assert!(!reserved(s, &roots), "{s}");
         }
         assert!(!reserved("faas-request.fn", &[]));
