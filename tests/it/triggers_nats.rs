@@ -62,6 +62,23 @@ async fn subscribed(gw: &Gateway) {
     .await;
 }
 
+/// Publishes `payload` on `subject` until `seen`, for up to `limit`: while a subscription is
+/// being made, a message may find no subscriber.
+async fn publish_until(
+    c: &async_nats::Client,
+    (subject, payload): (&'static str, &'static str),
+    limit: Duration,
+    seen: impl Fn() -> bool,
+) {
+    eventually_async(&format!("a message on {subject} taken"), limit, || async {
+        c.publish(subject, payload.into()).await.ok()?;
+        c.flush().await.ok()?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen().then_some(())
+    })
+    .await;
+}
+
 /// The `gateway_trigger_firings_total` of `onmsg` at `gw`.
 async fn firings(gw: &Gateway) -> f64 {
     get(gw.addr, "/metrics")
@@ -188,17 +205,10 @@ async fn queue_subjects_are_not_triggers(
             .map(String::from)
             .collect()
     };
-    // Published until one gets through (the subscription is made within a second).
-    eventually_async(
-        "a message for every subject",
-        Duration::from_secs(20),
-        || async {
-            c.publish("misc.first", "x".into()).await.ok()?;
-            c.flush().await.ok()?;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            topics().iter().any(|t| t == "misc.first").then_some(())
-        },
-    )
+    // Published until one gets through (the subscription follows the deployment).
+    publish_until(c, ("misc.first", "x"), Duration::from_secs(20), || {
+        topics().iter().any(|t| t == "misc.first")
+    })
     .await;
     // A request through `greet`: its call is published on the queue's subject and its reply
     // on an inbox, which `*.>` both match.
@@ -250,15 +260,11 @@ async fn subscriptions_survive_a_nats_restart() {
     nats.up().await;
     // Published until one gets through: the clients reconnect with backoff.
     let c = client(&nats).await;
-    eventually_async(
-        "a message after the restart",
+    publish_until(
+        &c,
+        ("orders.created", "after"),
         Duration::from_secs(30),
-        || async {
-            c.publish("orders.created", "after".into()).await.ok()?;
-            c.flush().await.ok()?;
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            runs(dir.path()).contains_key("after").then_some(())
-        },
+        || runs(dir.path()).contains_key("after"),
     )
     .await;
 
