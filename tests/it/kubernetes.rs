@@ -490,6 +490,26 @@ async fn one_gateway_autoscales_from_every_gateways_calls() {
         || async { leads(&survivor).then_some(()) },
     )
     .await;
+    // The dead gateway's own lease is removed by the new leader once it is stale (60 s).
+    let members = || {
+        let (code, list) = kube().api(
+            "GET",
+            &format!(
+                "/apis/coordination.k8s.io/v1/namespaces/{}/leases?labelSelector=app.kubernetes.io%2Fcomponent%3Dfgateway-member",
+                ns.name
+            ),
+            None,
+        );
+        assert_eq!(code, 200, "{list}");
+        list["items"].as_array().map_or(0, Vec::len)
+    };
+    assert_eq!(members(), 2, "both gateways' leases");
+    crate::harness::eventually(
+        "the dead gateway's lease removed",
+        Duration::from_secs(120),
+        || (members() == 1).then_some(()),
+    )
+    .await;
 }
 
 /// Function namespaces are the cluster's namespaces labelled `openfaas: "1"`: listed, created,

@@ -8,6 +8,13 @@
 //!   scale to zero. It renews it every [`RENEW`]; another takes it over once it has not been
 //!   renewed for [`TERM`] (a gateway that stops gives it up at once). Every change is a
 //!   compare-and-set on the Lease's resource version, so two gateways cannot both hold it.
+//!
+//! Whether a lease is live is judged by this gateway's own clock, as client-go's leader
+//! election judges it: a lease is live while its resource version changed within its term,
+//! counted from when this gateway saw the change ([`Sightings`]). Clocks that disagree
+//! between nodes cannot make a held lease look lapsed, or a lapsed one live; a lease first
+//! seen is given its term. The leader also removes member leases that have not changed for
+//! [`STALE`] (gateways killed before they could remove their own).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -28,6 +35,9 @@ pub const RENEW: Duration = Duration::from_secs(2);
 /// How long a lease holds without renewal.
 pub const TERM: Duration = Duration::from_secs(10);
 
+/// How long a member lease may go unchanged before the leader removes it.
+const STALE: Duration = Duration::from_secs(60);
+
 /// The autoscaler's lease.
 const LEADER: &str = "fgateway-autoscaler";
 
@@ -36,6 +46,49 @@ const ACTIVITY: &str = "fgateway/activity";
 
 /// The label of the gateways' own leases.
 const MEMBER: (&str, &str) = ("app.kubernetes.io/component", "fgateway-member");
+
+/// When this gateway saw each lease change: lease name to (resource version, when seen).
+#[derive(Debug, Default)]
+struct Sightings(std::sync::Mutex<HashMap<String, (String, std::time::Instant)>>);
+
+impl Sightings {
+    /// Notes `lease` as seen now; how long it has gone unchanged, by this gateway's clock.
+    fn unchanged_for(&self, lease: &Lease) -> Duration {
+        let name = lease.metadata.name.clone().unwrap_or_default();
+        let version = lease.metadata.resource_version.clone().unwrap_or_default();
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match seen.get(&name) {
+            Some((v, at)) if *v == version => at.elapsed(),
+            _ => {
+                seen.insert(name, (version, std::time::Instant::now()));
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Whether `lease` is held and changed within its term (noting it as seen now).
+    fn live(&self, lease: &Lease) -> bool {
+        let Some(spec) = &lease.spec else {
+            return false;
+        };
+        let (Some(_), Some(term)) = (&spec.holder_identity, spec.lease_duration_seconds) else {
+            return false;
+        };
+        let term = Duration::from_secs(u64::try_from(term).unwrap_or(0));
+        self.unchanged_for(lease) < term
+    }
+
+    /// Forgets the leases not in `names`.
+    fn keep_only(&self, names: &std::collections::HashSet<&str>) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|name, _| names.contains(name.as_str()));
+    }
+}
 
 /// This gateway among the others.
 pub struct Coordination {
@@ -50,6 +103,8 @@ pub struct Coordination {
     /// When this gateway last renewed the autoscaler's lease: it stops acting as the leader
     /// before the lease can lapse for the others, however slow the next renewal is.
     renewed: std::sync::Mutex<Option<std::time::Instant>>,
+    /// When the leases were seen to change.
+    sightings: Sightings,
 }
 
 impl std::fmt::Debug for Coordination {
@@ -58,6 +113,7 @@ impl std::fmt::Debug for Coordination {
             .field("namespace", &self.namespace)
             .field("id", &self.id)
             .field("leads", &self.leads)
+            .field("sightings", &self.sightings)
             .finish_non_exhaustive()
     }
 }
@@ -79,18 +135,6 @@ fn seconds(d: Duration) -> i32 {
     i32::try_from(d.as_secs()).unwrap_or(i32::MAX)
 }
 
-/// Whether `lease` was renewed within its term.
-fn live(lease: &Lease, now: Timestamp) -> bool {
-    let Some(spec) = &lease.spec else {
-        return false;
-    };
-    let (Some(renewed), Some(term)) = (&spec.renew_time, spec.lease_duration_seconds) else {
-        return false;
-    };
-    let age = now.duration_since(renewed.0);
-    age.as_secs() < i64::from(term)
-}
-
 impl Coordination {
     /// This gateway, with a fresh id.
     pub fn new(client: Client, namespace: String) -> Coordination {
@@ -100,6 +144,7 @@ impl Coordination {
             id: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             leads: AtomicBool::new(false),
             renewed: std::sync::Mutex::new(None),
+            sightings: Sightings::default(),
         }
     }
 
@@ -179,18 +224,30 @@ impl Coordination {
             .map(drop)
     }
 
-    /// The live gateways' published calls, but this one's.
+    /// The live gateways' published calls, but this one's. The leader removes member leases
+    /// unchanged for [`STALE`].
     async fn read_peers(&self) -> Result<HashMap<String, PeerActivity>, kube::Error> {
         let selector = format!("{}={}", MEMBER.0, MEMBER.1);
-        let leases = self
-            .api()
-            .list(&ListParams::default().labels(&selector))
-            .await?;
-        let now = Timestamp::now();
+        let api = self.api();
+        let leases = api.list(&ListParams::default().labels(&selector)).await?;
+        let mut names: std::collections::HashSet<&str> = leases
+            .items
+            .iter()
+            .filter_map(|l| l.metadata.name.as_deref())
+            .collect();
+        names.insert(LEADER);
+        self.sightings.keep_only(&names);
+        if self.leads() {
+            for lease in &leases.items {
+                if self.sightings.unchanged_for(lease) >= STALE {
+                    self.remove_stale(&api, lease).await;
+                }
+            }
+        }
         Ok(leases
             .items
             .iter()
-            .filter(|l| live(l, now))
+            .filter(|l| self.sightings.live(l))
             .filter_map(|l| {
                 let holder = l.spec.as_ref()?.holder_identity.clone()?;
                 if holder == self.id {
@@ -200,6 +257,25 @@ impl Coordination {
                 Some((holder, serde_json::from_str(activity).ok()?))
             })
             .collect())
+    }
+
+    /// Removes a member lease left by a gateway that is gone, unless it changed since it was
+    /// read (a precondition on its resource version).
+    async fn remove_stale(&self, api: &Api<Lease>, lease: &Lease) {
+        let Some(name) = &lease.metadata.name else {
+            return;
+        };
+        let params = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                resource_version: lease.metadata.resource_version.clone(),
+                uid: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api.delete(name, &params).await {
+            Ok(_) => tracing::info!(lease = %name, "removed the lease of a gateway that is gone"),
+            Err(e) => tracing::debug!(lease = %name, error = %e, "cannot remove a stale lease"),
+        }
     }
 
     /// Renews the autoscaler's lease if this gateway holds it, or takes it when nobody holds
@@ -234,7 +310,7 @@ impl Coordination {
             .as_ref()
             .and_then(|s| s.holder_identity.clone());
         let ours = holder.as_deref() == Some(self.id.as_str());
-        if !ours && holder.is_some() && live(&current, now) {
+        if !ours && self.sightings.live(&current) {
             return Ok(false);
         }
         let mut next = spec;
@@ -273,5 +349,39 @@ impl Coordination {
         if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
             tracing::debug!(error = %e, "cannot remove this gateway's lease");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(version: &str, holder: Option<&str>) -> Lease {
+        Lease {
+            metadata: kube::api::ObjectMeta {
+                name: Some("fgateway-member-a".into()),
+                resource_version: Some(version.into()),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(String::from),
+                lease_duration_seconds: Some(seconds(TERM)),
+                // A clock far off: liveness does not read it.
+                renew_time: Some(MicroTime(Timestamp::UNIX_EPOCH)),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn leases_are_judged_by_when_they_were_seen_to_change() {
+        let s = Sightings::default();
+        assert!(s.live(&lease("1", Some("a"))), "first seen: given its term");
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(s.unchanged_for(&lease("1", Some("a"))) >= Duration::from_millis(20));
+        assert_eq!(s.unchanged_for(&lease("2", Some("a"))), Duration::ZERO);
+        assert!(!s.live(&lease("3", None)), "given up");
+        s.keep_only(&std::collections::HashSet::new());
+        assert!(s.0.lock().unwrap().is_empty());
     }
 }
