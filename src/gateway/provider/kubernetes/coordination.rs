@@ -11,10 +11,10 @@
 //!
 //! Whether a lease is live is judged by this gateway's own clock, as client-go's leader
 //! election judges it: a lease is live while its resource version changed within its term,
-//! counted from when this gateway saw the change ([`Sightings`]). Clocks that disagree
+//! counted from when this gateway saw the change (`Sightings`). Clocks that disagree
 //! between nodes cannot make a held lease look lapsed, or a lapsed one live; a lease first
-//! seen is given its term. The leader also removes member leases that have not changed for
-//! [`STALE`] (gateways killed before they could remove their own).
+//! seen is given its term. The leader also removes member leases that have not changed for a
+//! minute, `STALE` (gateways killed before they could remove their own).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
