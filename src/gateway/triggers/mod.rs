@@ -170,6 +170,38 @@ impl TriggerSpec {
     }
 }
 
+/// The asynchronous call a trigger queues: `POST /` to `function` with `body`, carrying the
+/// connectors' headers, `X-Call-Id`, `X-Topic` and `X-Connector` (`topic`), and `extra` ones.
+pub fn queued_call(
+    call_id: &str,
+    function: &str,
+    (topic, connector): (&str, &str),
+    body: Vec<u8>,
+    callback_url: Option<String>,
+    extra: &[(&str, String)],
+) -> crate::queue::QueueRequest {
+    let mut header = std::collections::BTreeMap::new();
+    header.insert("X-Call-Id".to_string(), vec![call_id.to_string()]);
+    header.insert("X-Topic".to_string(), vec![topic.to_string()]);
+    header.insert("X-Connector".to_string(), vec![connector.to_string()]);
+    for (name, value) in extra {
+        header.insert((*name).to_string(), vec![value.clone()]);
+    }
+    crate::queue::QueueRequest {
+        header,
+        host: String::new(),
+        body,
+        method: "POST".into(),
+        path: "/".into(),
+        query_string: String::new(),
+        function: function.to_string(),
+        callback_url,
+        call_id: call_id.to_string(),
+        enqueued_at: crate::queue::unix_ms(),
+        attempt: 0,
+    }
+}
+
 /// A deployed function that has triggers, with them.
 #[derive(Debug, Clone)]
 pub struct Triggered {

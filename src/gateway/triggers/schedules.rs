@@ -29,7 +29,7 @@ use super::{CRON_TOPIC, Deployed, ScheduleSpec};
 use crate::gateway::Gateway;
 use crate::gateway::types::{FunctionDeployment, display_name};
 use crate::queue::CallState;
-use crate::queue::{Enqueued, QueueRequest};
+use crate::queue::Enqueued;
 
 /// The kind of trigger, in listings and metrics.
 const KIND: &str = "schedule";
@@ -315,30 +315,18 @@ async fn fire(
         }
     }
     let id = call_id(key, instant);
-    let mut header = BTreeMap::new();
-    header.insert("X-Call-Id".to_string(), vec![id.clone()]);
-    header.insert("X-Topic".to_string(), vec![CRON_TOPIC.to_string()]);
-    header.insert(
-        "X-Connector".to_string(),
-        vec!["cron-connector".to_string()],
-    );
-    header.insert("X-Scheduled-At".to_string(), vec![instant.to_string()]);
+    let mut extra = vec![("X-Scheduled-At", instant.to_string())];
     if catching_up {
-        header.insert("X-Missed".to_string(), vec!["true".to_string()]);
+        extra.push(("X-Missed", "true".to_string()));
     }
-    let request = QueueRequest {
-        header,
-        host: String::new(),
-        body: Vec::new(),
-        method: "POST".into(),
-        path: "/".into(),
-        query_string: String::new(),
-        function: labels.function_name.clone(),
-        callback_url: entry.schedule.callback_url.clone(),
-        call_id: id.clone(),
-        enqueued_at: crate::queue::unix_ms(),
-        attempt: 0,
-    };
+    let request = super::queued_call(
+        &id,
+        &labels.function_name,
+        (CRON_TOPIC, "cron-connector"),
+        Vec::new(),
+        entry.schedule.callback_url.clone(),
+        &extra,
+    );
     match gateway.queue.enqueue(request, None).await {
         Ok(enqueued) => {
             if matches!(enqueued, Enqueued::New(_)) {

@@ -28,7 +28,7 @@ use super::{Deployed, TriggerSpec};
 use crate::gateway::Gateway;
 use crate::gateway::invoke::new_call_id;
 use crate::gateway::types::display_name;
-use crate::queue::{CallState, Enqueued, QueueRequest};
+use crate::queue::{CallState, Enqueued};
 
 /// The queue group every gateway subscribes in.
 pub const QUEUE_GROUP: &str = "fgateway-triggers";
@@ -269,26 +269,14 @@ async fn enqueue(
         kind: KIND.into(),
     };
     let call_id = new_call_id();
-    let mut header = BTreeMap::new();
-    header.insert("X-Call-Id".to_string(), vec![call_id.clone()]);
-    header.insert("X-Topic".to_string(), vec![message.subject.to_string()]);
-    header.insert(
-        "X-Connector".to_string(),
-        vec!["nats-connector".to_string()],
+    let request = super::queued_call(
+        &call_id,
+        label,
+        (&message.subject, "nats-connector"),
+        message.payload.to_vec(),
+        None,
+        &[],
     );
-    let request = QueueRequest {
-        header,
-        host: String::new(),
-        body: message.payload.to_vec(),
-        method: "POST".into(),
-        path: "/".into(),
-        query_string: String::new(),
-        function: label.to_string(),
-        callback_url: None,
-        call_id: call_id.clone(),
-        enqueued_at: crate::queue::unix_ms(),
-        attempt: 0,
-    };
     match gateway.queue.enqueue(request, None).await {
         Ok(Enqueued::New(_) | Enqueued::Duplicate(_)) => {
             gateway
