@@ -450,22 +450,30 @@ pub async fn try_send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Rep
     Ok(Reply { head, body })
 }
 
-/// POSTs `body` to `path`.
-pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply {
-    let req = Request::post(path)
+/// Sends `METHOD path` with `body`.
+pub async fn request(
+    addr: SocketAddr,
+    method: http::Method,
+    path: &str,
+    body: impl Into<Bytes>,
+) -> Reply {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", "localhost")
         .body(Full::new(body.into()))
         .unwrap_or_else(|e| panic!("request: {e}"));
     send(addr, req).await
 }
 
+/// POSTs `body` to `path`.
+pub async fn post(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply {
+    request(addr, http::Method::POST, path, body).await
+}
+
 /// GETs `path`.
 pub async fn get(addr: SocketAddr, path: &str) -> Reply {
-    let req = Request::get(path)
-        .header("host", "localhost")
-        .body(Full::new(Bytes::new()))
-        .unwrap_or_else(|e| panic!("request: {e}"));
-    send(addr, req).await
+    request(addr, http::Method::GET, path, Bytes::new()).await
 }
 
 /// Whether a process is gone (or a zombie, which no longer runs anything).

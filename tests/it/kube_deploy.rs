@@ -171,10 +171,8 @@ async fn gateway_ready(what: &str) {
     .await;
 }
 
-/// Deploys `slow` (answers its body after a second) through the node port and waits until
-/// it answers.
-async fn deploy_slow() {
-    let spec = json!({"service": "slow", "image": IMAGE, "envProcess": "sh -c 'sleep 1; cat'"});
+/// Deploys `spec` through the node port (202 expected).
+async fn deploy(spec: serde_json::Value) {
     let r = call(
         http::Method::POST,
         "/system/functions",
@@ -183,6 +181,12 @@ async fn deploy_slow() {
     )
     .await;
     assert_eq!(r.status(), 202, "{}", r.text());
+}
+
+/// Deploys `slow` (answers its body after a second) through the node port and waits until
+/// it answers.
+async fn deploy_slow() {
+    deploy(json!({"service": "slow", "image": IMAGE, "envProcess": "sh -c 'sleep 1; cat'"})).await;
     eventually_async("slow answering", Duration::from_secs(120), || async {
         let r = call(http::Method::POST, "/function/slow", "x", false).await;
         (r.status() == 200).then_some(())
@@ -282,20 +286,13 @@ async fn fgateway_deployed_from_its_manifests_serves_functions() {
     )
     .await;
     assert_eq!(r.status(), 201, "{}", r.text());
-    let deploy = json!({
+    deploy(json!({
         "service": "reader",
         "image": IMAGE,
         "envProcess": "cat /var/openfaas/secrets/api-key",
         "secrets": ["api-key"],
-    });
-    let r = call(
-        http::Method::POST,
-        "/system/functions",
-        deploy.to_string(),
-        true,
-    )
+    }))
     .await;
-    assert_eq!(r.status(), 202, "{}", r.text());
     let answer = eventually_async("reader answering", Duration::from_secs(120), || async {
         let r = call(http::Method::POST, "/function/reader", "", false).await;
         (r.status() == 200).then(|| r.text())

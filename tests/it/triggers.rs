@@ -232,13 +232,11 @@ async fn deployments_switch_and_stop_schedules() {
         })
         .to_string()
     };
-    let r = crate::harness::send(
+    let r = crate::harness::request(
         gw.addr,
-        http::Request::put("/system/functions")
-            .body(http_body_util::Full::new(bytes::Bytes::from(deploy(
-                "@every 1s",
-            ))))
-            .unwrap(),
+        http::Method::PUT,
+        "/system/functions",
+        deploy("@every 1s"),
     )
     .await;
     assert_eq!(r.status(), 202, "{}", r.text());
@@ -249,13 +247,11 @@ async fn deployments_switch_and_stop_schedules() {
     )
     .await;
 
-    let r = crate::harness::send(
+    let r = crate::harness::request(
         gw.addr,
-        http::Request::delete("/system/functions")
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                json!({"functionName": "tick"}).to_string(),
-            )))
-            .unwrap(),
+        http::Method::DELETE,
+        "/system/functions",
+        json!({"functionName": "tick"}).to_string(),
     )
     .await;
     assert_eq!(r.status(), 202, "{}", r.text());

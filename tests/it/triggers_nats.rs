@@ -155,15 +155,7 @@ async fn messages_run_once_across_gateways_and_requests_get_replies() {
 
 /// Deploys `spec` through `gw`'s API.
 async fn deploy(gw: &Gateway, spec: serde_json::Value) -> crate::harness::Reply {
-    crate::harness::send(
-        gw.addr,
-        http::Request::post("/system/functions")
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                spec.to_string(),
-            )))
-            .unwrap(),
-    )
-    .await
+    crate::harness::post(gw.addr, "/system/functions", spec.to_string()).await
 }
 
 /// On a JetStream queue: a subject of the queue's own is refused at deploy, and a function
@@ -270,13 +262,11 @@ async fn subscriptions_survive_a_nats_restart() {
 
     // The function deleted: its subject is unsubscribed; a message on it runs nothing (a
     // request to the other function, answered, shows the gateway took what came after it).
-    let r = crate::harness::send(
+    let r = crate::harness::request(
         gw.addr,
-        http::Request::delete("/system/functions")
-            .body(http_body_util::Full::new(bytes::Bytes::from(
-                serde_json::json!({"functionName": "onmsg"}).to_string(),
-            )))
-            .unwrap(),
+        http::Method::DELETE,
+        "/system/functions",
+        serde_json::json!({"functionName": "onmsg"}).to_string(),
     )
     .await;
     assert_eq!(r.status(), 202, "{}", r.text());
