@@ -86,19 +86,37 @@ async fn status(gw: &Gateway, name: &str, namespace: &str) -> Option<serde_json:
     (r.status() == 200).then(|| serde_json::from_str(&r.text()).unwrap())
 }
 
-/// Waits until `name` has `n` available replicas, as `gw` lists it.
+/// Waits until `name` has `n` available replicas, as `gw` lists it; when it does not in
+/// time, the failure shows the listing, the Deployment's status and the gateway's last log
+/// lines.
 pub async fn available(gw: &Gateway, name: &str, namespace: &str, n: u64) {
-    eventually_async(
-        &format!("{name} with {n} available replicas"),
-        Duration::from_secs(120),
-        || async {
-            let s = status(gw, name, namespace).await?;
-            (s["availableReplicas"].as_u64().unwrap_or(0) == n
-                && s["replicas"].as_u64().unwrap_or(0) == n)
-                .then_some(())
-        },
-    )
-    .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let s = status(gw, name, namespace).await;
+        let reached = s.as_ref().is_some_and(|s| {
+            s["availableReplicas"].as_u64().unwrap_or(0) == n
+                && s["replicas"].as_u64().unwrap_or(0) == n
+        });
+        if reached {
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let (_, deployment) = kube().api(
+                "GET",
+                &format!("/apis/apps/v1/namespaces/{namespace}/deployments/{name}"),
+                None,
+            );
+            let log = gw.log.text();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "timed out waiting for {name} with {n} available replicas: listed {s:?}; \
+                 Deployment status {}; gateway log (last lines, newest first):\n{}",
+                deployment["status"],
+                tail.join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Deploy, call, update, scale up (calls spread over the pods), scale down, delete: each a
