@@ -244,6 +244,8 @@ impl Gateway {
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("TMPDIR", data)
+            // The log filter of the test run, if any (to debug a failure).
+            .envs(std::env::var("RUST_LOG").map(|v| ("RUST_LOG", v)))
             .args(["up", "--port", "0", "--data-dir"])
             .arg(data)
             .args(args)

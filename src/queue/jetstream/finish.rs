@@ -37,9 +37,12 @@ impl JetStreamQueue {
     /// Records the final outcome of a call `owner` holds, queues its callback, and acks (or,
     /// for a dead letter, terms) its message.
     ///
-    /// While a leader election keeps the bucket or a stream from taking the writes, they are
-    /// tried again for up to a lease, and the lease is renewed meanwhile: a call that finished
-    /// keeps its outcome rather than running again once its lease lapses.
+    /// While a leader election or a restart keeps the bucket or a stream from taking the
+    /// writes, they are tried again for up to a lease or the callback's `claim`, whichever is
+    /// longer, and the lease is renewed meanwhile: a call that finished keeps its outcome
+    /// rather than running again once its lease lapses, and a write that landed although its
+    /// answer was lost is recognised when the server is back, so the callback goes out at
+    /// once rather than after the claim.
     pub(super) async fn finalize(
         &self,
         call_id: &str,
@@ -79,7 +82,7 @@ impl JetStreamQueue {
                     claim,
                     dead,
                     carried,
-                    within: lease,
+                    within: lease.max(claim),
                 },
             ));
             let keep = pin!(keep_lease(&message, self.renewal(lease), lease, slow));

@@ -106,6 +106,8 @@ use super::{
     shown_result, unix_ms,
 };
 
+#[cfg(test)]
+mod callback_tests;
 mod callbacks;
 mod dead_letters;
 mod elections;

@@ -18,20 +18,7 @@ impl NatsServer {
             .local_addr()
             .unwrap()
             .port();
-        // On PATH, or where Debian puts it (not on a non-root PATH).
-        let debian = std::path::Path::new("/usr/sbin/nats-server");
-        let bin = if debian.is_file() {
-            debian
-        } else {
-            std::path::Path::new("nats-server")
-        };
-        let child = std::process::Command::new(bin)
-            .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
-            .arg(store.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("nats-server must be installed (Debian package nats-server) to test the JetStream queue");
+        let child = spawn_server(port, store.path());
         NatsServer {
             child,
             url: format!("nats://127.0.0.1:{port}"),
@@ -39,20 +26,66 @@ impl NatsServer {
         }
     }
 
+    /// Kills the server (SIGKILL) and starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.start_again();
+    }
+
+    /// Kills the server (SIGKILL).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a killed server again on the same port and store.
+    pub fn start_again(&mut self) {
+        let port = self
+            .url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap();
+        self.child = spawn_server(port, self._store.path());
+    }
+
     pub async fn queue(&self, stream: &str) -> JetStreamQueue {
+        self.queue_leasing(stream, Duration::from_secs(30)).await
+    }
+
+    /// [`Self::queue`] with the workers' consumer created with `lease` as its `ack_wait`.
+    pub async fn queue_leasing(&self, stream: &str, lease: Duration) -> JetStreamQueue {
         JetStreamQueue::connect(JetStreamConfig {
             url: self.url.clone(),
             stream: stream.into(),
             replicas: 1,
             retention: Duration::from_secs(3600),
             result_cap: 64 * 1024,
-            lease: Duration::from_secs(30),
+            lease,
             enqueue_within: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
         })
         .await
         .unwrap()
     }
+}
+
+/// `nats-server -js` on `port` with its store in `store`.
+fn spawn_server(port: u16, store: &std::path::Path) -> std::process::Child {
+    // On PATH, or where Debian puts it (not on a non-root PATH).
+    let debian = std::path::Path::new("/usr/sbin/nats-server");
+    let bin = if debian.is_file() {
+        debian
+    } else {
+        std::path::Path::new("nats-server")
+    };
+    std::process::Command::new(bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
+        .arg(store)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server must be installed (Debian package nats-server) to test the JetStream queue")
 }
 
 impl Drop for NatsServer {
@@ -427,130 +460,4 @@ fn stream_names_are_checked() {
     let n = Names::new("faas-request").unwrap();
     assert_eq!(n.workers, "faas-workers");
     assert_eq!(n.bucket, "faas-request-calls");
-}
-
-#[tokio::test]
-async fn a_callback_carried_by_its_request_message_survives_its_worker() {
-    use crate::queue::suite::request;
-    let server = NatsServer::start();
-    let outcome = Outcome {
-        status: 201,
-        headers: vec![("content-type".into(), "text/plain".into())],
-        body: b"done".to_vec(),
-        duration: 0.25,
-        error: None,
-    };
-    let dying = server.queue("carried").await;
-    dying
-        .enqueue(request("c1", "f", Some("http://cb/")), None)
-        .await
-        .unwrap();
-    // A short lease: the request message comes back soon after its worker is gone.
-    let got = dying
-        .lease("w1", 1, Duration::from_millis(300), &[])
-        .await
-        .unwrap();
-    assert_eq!(got.len(), 1);
-    // Claim 0: the callback is overdue at once for any other worker.
-    assert!(
-        dying
-            .finish("c1", "w1", outcome.clone(), Duration::ZERO)
-            .await
-            .unwrap()
-    );
-    // One write recorded it: no callback message, the request message still held.
-    let st = dying.status("c1").await.unwrap().unwrap();
-    assert_eq!(st.state, CallState::Succeeded);
-    assert_eq!(st.callback, CallbackState::Pending);
-    assert_eq!(st.result.as_deref(), Some("done"));
-    assert_eq!(dying.callbacks.get_info().await.unwrap().state.messages, 0);
-    assert_eq!(dying.requests.get_info().await.unwrap().state.messages, 1);
-    // Its worker dies before delivering.
-    drop(dying);
-
-    // Another worker meets the request message again and queues the callback from the record.
-    let q = server.queue("carried").await;
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let jobs = loop {
-        assert!(
-            q.lease("w2", 10, Duration::from_secs(30), &[])
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        let jobs = q.due_callbacks(10, Duration::from_secs(60)).await.unwrap();
-        if !jobs.is_empty() {
-            break jobs;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the carried callback was never queued"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    assert_eq!(jobs.len(), 1);
-    assert_eq!(jobs[0].url, "http://cb/");
-    assert_eq!(jobs[0].outcome, outcome);
-    assert_eq!(jobs[0].attempts, 1);
-    q.callback_result("c1", true, None, None).await.unwrap();
-    let st = q.status("c1").await.unwrap().unwrap();
-    assert_eq!(st.callback, CallbackState::Delivered);
-    assert_eq!(st.callback_attempts, 1);
-    assert!(
-        q.due_callbacks(10, Duration::ZERO)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert_eq!(q.requests.get_info().await.unwrap().state.messages, 0);
-    assert_eq!(q.callbacks.get_info().await.unwrap().state.messages, 0);
-
-    // A carried callback whose first delivery failed moves to the callback stream, with the
-    // attempt counted; one delivered at once leaves nothing behind.
-    for id in ["c2", "c3"] {
-        q.enqueue(request(id, "f", Some("http://cb/")), None)
-            .await
-            .unwrap();
-        let got = q
-            .lease("w2", 1, Duration::from_secs(30), &[])
-            .await
-            .unwrap();
-        assert_eq!(got[0].request.call_id, id);
-        assert!(
-            q.finish(id, "w2", outcome.clone(), Duration::from_secs(60))
-                .await
-                .unwrap()
-        );
-    }
-    q.callback_result(
-        "c2",
-        false,
-        Some(Duration::ZERO),
-        Some("receiver answered 500"),
-    )
-    .await
-    .unwrap();
-    q.callback_result("c3", true, None, None).await.unwrap();
-    let jobs = q.due_callbacks(10, Duration::from_secs(60)).await.unwrap();
-    assert_eq!(jobs.len(), 1);
-    assert_eq!(jobs[0].call_id, "c2");
-    assert_eq!(jobs[0].delivery_attempts, 1);
-    assert_eq!(jobs[0].outcome, outcome);
-    let st = q.status("c2").await.unwrap().unwrap();
-    assert_eq!(st.callback_error.as_deref(), Some("receiver answered 500"));
-    q.callback_result("c2", true, None, None).await.unwrap();
-    for id in ["c2", "c3"] {
-        let st = q.status(id).await.unwrap().unwrap();
-        assert_eq!(st.callback, CallbackState::Delivered, "{id}");
-    }
-    // The acks of the request messages are not waited for.
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while q.requests.get_info().await.unwrap().state.messages > 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "request messages left"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(q.callbacks.get_info().await.unwrap().state.messages, 0);
 }
