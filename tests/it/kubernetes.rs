@@ -508,6 +508,15 @@ async fn one_gateway_autoscales_from_every_gateways_calls() {
         || async { leads(&survivor).then_some(()) },
     )
     .await;
+    // Its pods are not needed for the rest: they leave the node to the other tests.
+    let r = send_json(
+        survivor.addr,
+        http::Method::DELETE,
+        "/system/functions",
+        json!({"functionName": "busy", "namespace": ns.name}),
+    )
+    .await;
+    assert_eq!(r.status(), 202, "{}", r.text());
     // The dead gateway's own lease is removed by the new leader once it is stale (60 s).
     let members = || {
         let (code, list) = kube().api(

@@ -1,9 +1,12 @@
 //! Replica counts written to functions' Deployments: only `spec.replicas` (a merge patch), one
 //! write per function at a time, and when counts are set faster than the cluster takes them, only
-//! the latest is written.
+//! the latest is written. A write that fails for a reason that may pass (no answer, the API
+//! server's own error, a conflict) is tried again, with a growing pause, until it lands or a
+//! newer count replaces it: otherwise the watch would bring the old count back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
@@ -40,6 +43,7 @@ impl Scales {
         );
         let api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
         tokio::spawn(async move {
+            let mut pause = RETRY_PAUSE;
             loop {
                 let next = {
                     let mut pending = scales
@@ -60,16 +64,49 @@ impl Scales {
                     api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)),
                 )
                 .await;
-                match written {
-                    Ok(Ok(_)) => {}
+                let retry = match written {
+                    Ok(Ok(_)) => {
+                        pause = RETRY_PAUSE;
+                        continue;
+                    }
                     Ok(Err(e)) => {
-                        tracing::error!(function = %name, namespace, replicas = next, error = %e, "cannot scale the function's Deployment");
+                        let retry = transient(&e);
+                        tracing::error!(function = %name, namespace, replicas = next, error = %e, retry, "cannot scale the function's Deployment");
+                        retry
                     }
                     Err(_) => {
-                        tracing::error!(function = %name, namespace, replicas = next, "the cluster did not answer a scale within {API_TIMEOUT:?}");
+                        tracing::error!(function = %name, namespace, replicas = next, "the cluster did not answer a scale within {API_TIMEOUT:?}; trying again");
+                        true
                     }
+                };
+                if retry {
+                    // The same count again (the patch is idempotent), unless a newer one was
+                    // asked for meanwhile.
+                    scales
+                        .pending
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .entry(key.clone())
+                        .or_default()
+                        .get_or_insert(next);
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RETRY_PAUSE_MAX);
                 }
             }
         });
+    }
+}
+
+/// The first pause before a failed scale is written again; it doubles up to [`RETRY_PAUSE_MAX`].
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+/// The longest pause between attempts at one scale.
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(5);
+
+/// Whether a failed write may succeed later: the API server's own failures, throttling and
+/// conflicts, and errors reaching it; not a Deployment that is gone or a count it refuses.
+fn transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code == 409 || status.code == 429 || status.code >= 500,
+        _ => true,
     }
 }
