@@ -110,3 +110,23 @@ fn transient(error: &kube::Error) -> bool {
         _ => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::transient;
+    use kube::core::Status;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Status::failure("refused", "Test").with_code(code).boxed())
+    }
+
+    #[test]
+    fn only_failures_that_may_pass_are_tried_again() {
+        for code in [409, 429, 500, 503, 504] {
+            assert!(transient(&api(code)), "{code}");
+        }
+        for code in [400, 403, 404, 422] {
+            assert!(!transient(&api(code)), "{code}");
+        }
+    }
+}
