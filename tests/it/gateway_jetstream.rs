@@ -331,12 +331,15 @@ async fn every_202_survives_a_nats_restart_and_the_gateway_recovers() {
                         .join("\n")
                 ));
             }
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let troubles: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("panicked"))
+                .collect();
             panic!(
-                "{} of {} accepted calls never called back:{report}\ngateway log, last lines:\n{}",
+                "{} of {} accepted calls never called back:{report}\ngateway warnings and errors:\n{}",
                 missing.len(),
                 accepted.len(),
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                troubles.join("\n")
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
