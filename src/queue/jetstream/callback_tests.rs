@@ -317,3 +317,61 @@ async fn delivered_once(q: &JetStreamQueue, id: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A carried callback being moved to the callback stream: its message is published before the
+/// record names it. A dispatcher that fetches it in between hands it back rather than dropping
+/// it (which lost the callback once the record named it), and takes it once the record does.
+#[tokio::test]
+async fn a_callback_message_fetched_before_its_record_names_it_is_kept() {
+    let server = NatsServer::start();
+    let q = server.queue_leasing("moving", Duration::from_secs(2)).await;
+    q.enqueue(request("c1", "f", Some("http://cb/")), None)
+        .await
+        .unwrap();
+    let got = q.lease("w1", 1, Duration::from_secs(2), &[]).await.unwrap();
+    assert_eq!(got.len(), 1);
+    let claim = Duration::from_secs(60);
+    assert!(q.finish("c1", "w1", ok_outcome(), claim).await.unwrap());
+    let current = q.read("c1").await.unwrap().unwrap();
+    assert!(current.record.carries_callback());
+
+    // The move's first step: the callback message.
+    let (seq, object) = q
+        .publish_callback(
+            &current.record,
+            "http://cb/",
+            &current.record.outcome(),
+            "moving",
+        )
+        .await
+        .unwrap();
+    assert!(q.due_callbacks(10, claim).await.unwrap().is_empty());
+    assert_eq!(q.callbacks.get_info().await.unwrap().state.messages, 1);
+
+    // Its second: the record names it, due now.
+    let now = unix_ms();
+    q.modify_from("c1", Some(current), |record| {
+        record.callback_seq = Some(seq);
+        record.callback_object.clone_from(&object);
+        record.callback_due = Some(now);
+        Step::Write(())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let jobs = loop {
+        let jobs = q.due_callbacks(10, claim).await.unwrap();
+        if !jobs.is_empty() {
+            break jobs;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the callback message was lost"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].call_id, "c1");
+    assert_eq!(jobs[0].outcome, ok_outcome());
+}

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// How long a callback message is handed back while the record it was published for is
+/// still being written to name it (one round trip, an election at worst).
+const MOVING: Duration = Duration::from_secs(1);
+
 /// Acks a request message that carried a callback no longer needing it (delivered, given up,
 /// or moved to the callback stream). Not waited for: should the ack be lost, the message comes
 /// back after its lease and is dropped, its record no longer carrying the callback.
@@ -119,9 +123,25 @@ impl JetStreamQueue {
             {
                 Decision::Later(claim)
             }
+            // A callback carried by its request message is being moved here: this message is
+            // published, the record does not name it yet (see [`Self::move_callback`]). Once
+            // the record names it, it is taken; if the move loses, it removes the message, or
+            // the record names another and it is dropped then.
+            Some(r) if r.carries_callback() && r.attempts == cb.attempts => Decision::Later(MOVING),
             // Delivered, given up, superseded, or the call is gone.
             _ => Decision::Drop,
         };
+        match &decision {
+            Decision::Drop => {
+                tracing::debug!(call_id = %cb.call_id, seq, "left-over callback message dropped")
+            }
+            Decision::Later(d) => {
+                tracing::debug!(call_id = %cb.call_id, seq, later = ?d, "callback message handed back")
+            }
+            Decision::Take | Decision::Callback => {
+                tracing::debug!(call_id = %cb.call_id, seq, "callback taken for delivery")
+            }
+        }
         match decision {
             Decision::Drop => {
                 message.ack().await.map_err(boxed)?;

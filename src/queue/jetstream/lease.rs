@@ -166,6 +166,18 @@ impl JetStreamQueue {
                 // Finished, dead-lettered or cancelled: this message is left over.
                 _ => Decision::Drop,
             };
+            match &decision {
+                Decision::Take => {}
+                Decision::Drop => {
+                    tracing::debug!(call_id = %request.call_id, seq, delivered, state = ?record.state, "left-over request message dropped")
+                }
+                Decision::Later(d) => {
+                    tracing::debug!(call_id = %request.call_id, seq, delivered, state = ?record.state, later = ?d, "request message handed back")
+                }
+                Decision::Callback => {
+                    tracing::debug!(call_id = %request.call_id, seq, delivered, "request message carries a callback nobody delivers: queueing it")
+                }
+            }
             match decision {
                 Decision::Drop => {
                     message.ack().await.map_err(boxed)?;
