@@ -29,6 +29,10 @@
 //! the record; so does the worker itself when its own delivery failed and is to be retried,
 //! or is still unsettled when the claim lapses. Dead letters, and outcomes larger than the
 //! status size cap, get their callback message before the record write, as they always did.
+//! Either way the callback message is published before the record names it: a dispatcher that
+//! fetches it in between hands it back (for the claim while the call is still running, for a
+//! second while a carried callback is being moved), and drops only a message the record no
+//! longer wants.
 //!
 //! Leases: a fetched message is the worker's until the consumer's `ack_wait`; `in_progress`
 //! acks extend it while the call runs. A caller asking for another lease length gets it with
