@@ -273,8 +273,9 @@ impl JetStreamQueue {
                 self.remove_callback(seq, object.as_deref()).await;
                 Ok(false)
             }
-            // The write may have landed although its answer was lost: the message stays (if
-            // the record does not name it, a dispatcher drops it).
+            // The write may have landed although its answer was lost: the message stays (a
+            // dispatcher hands it back while the record still carries the callback, and drops
+            // it once the record names another).
             Err(e) => Err(e),
         }
     }

@@ -213,19 +213,22 @@ impl JetStreamQueue {
                 record.last_error.clone_from(&outcome.error);
                 record.result = Some(result.clone());
                 record.result_truncated = truncated;
+                // The worker's claim counts from this attempt, not from the first: a write that
+                // lands late still leaves it the whole claim to deliver.
+                let due = unix_ms().saturating_add(ms(how.claim));
                 record.callback_due = None;
                 record.callback_seq = None;
                 record.callback_object = None;
                 match &callback {
                     Some((seq, object)) => {
                         record.callback = CallbackState::Pending;
-                        record.callback_due = Some(now.saturating_add(ms(how.claim)));
+                        record.callback_due = Some(due);
                         record.callback_seq = Some(*seq);
                         record.callback_object.clone_from(object);
                     }
                     None if how.carried => {
                         record.callback = CallbackState::Pending;
-                        record.callback_due = Some(now.saturating_add(ms(how.claim)));
+                        record.callback_due = Some(due);
                         record.result_headers.clone_from(&outcome.headers);
                         record.duration = Some(outcome.duration);
                     }
