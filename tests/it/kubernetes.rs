@@ -76,6 +76,17 @@ pub async fn deploy(
     assert_eq!(r.status(), 202, "{}", r.text());
 }
 
+/// Removes a function through `gw`'s system API.
+async fn remove(gw: &Gateway, name: &str, namespace: &str) -> crate::harness::Reply {
+    send_json(
+        gw.addr,
+        http::Method::DELETE,
+        "/system/functions",
+        json!({"functionName": name, "namespace": namespace}),
+    )
+    .await
+}
+
 /// A function's status through `gw`.
 async fn status(gw: &Gateway, name: &str, namespace: &str) -> Option<serde_json::Value> {
     let r = get(
@@ -193,13 +204,7 @@ async fn deploy_call_scale_and_delete_on_a_cluster() {
     assert_eq!(pods.len(), 2, "calls reached {pods:?}");
 
     // Deleted: gone from the listing and from the cluster.
-    let r = send_json(
-        gw.addr,
-        http::Method::DELETE,
-        "/system/functions",
-        json!({"functionName": "echo", "namespace": ns.name}),
-    )
-    .await;
+    let r = remove(&gw, "echo", &ns.name).await;
     assert_eq!(r.status(), 202, "{}", r.text());
     assert!(status(&gw, "echo", &ns.name).await.is_none());
     eventually_async("the Deployment gone", Duration::from_secs(60), || async {
@@ -390,13 +395,7 @@ async fn secrets_are_the_clusters_and_reach_non_root_functions() {
     };
     let r = delete_secret().await;
     assert_eq!(r.status(), 409, "{}", r.text());
-    let r = send_json(
-        gw.addr,
-        http::Method::DELETE,
-        "/system/functions",
-        json!({"functionName": "reader", "namespace": ns.name}),
-    )
-    .await;
+    let r = remove(&gw, "reader", &ns.name).await;
     assert_eq!(r.status(), 202, "{}", r.text());
     let r = delete_secret().await;
     assert_eq!(r.status(), 200, "{}", r.text());
@@ -520,13 +519,7 @@ async fn one_gateway_autoscales_from_every_gateways_calls() {
     )
     .await;
     // Its pods are not needed for the rest: they leave the node to the other tests.
-    let r = send_json(
-        survivor.addr,
-        http::Method::DELETE,
-        "/system/functions",
-        json!({"functionName": "busy", "namespace": ns.name}),
-    )
-    .await;
+    let r = remove(&survivor, "busy", &ns.name).await;
     assert_eq!(r.status(), 202, "{}", r.text());
     // The dead gateway's own lease is removed by the new leader once it is stale (60 s).
     let members = || {

@@ -140,12 +140,7 @@ async fn a_carried_callback_whose_record_answer_was_lost_is_still_delivered() {
     // Longer than the lease: the message comes back while the claim holds.
     let claim = Duration::from_secs(8);
     let start = std::time::Instant::now();
-    q.enqueue(request("c1", "f", Some("http://cb/")), None)
-        .await
-        .unwrap();
-    let got = q.lease("w1", 1, Duration::from_secs(2), &[]).await.unwrap();
-    assert_eq!(got.len(), 1);
-    assert!(q.finish("c1", "w1", ok_outcome(), claim).await.unwrap());
+    finish_carrying(&q, claim).await;
     // What the worker knows after a lost answer: nothing settled, the message dropped unacked.
     let settled = q
         .settled
@@ -174,6 +169,17 @@ async fn a_carried_callback_whose_record_answer_was_lost_is_still_delivered() {
     };
     assert_eq!(jobs[0].call_id, "c1");
     assert!(start.elapsed() >= claim, "queued within the worker's claim");
+}
+
+/// Enqueues call `c1` with a callback, leases it as `w1` and finishes it with `claim`: its
+/// callback is carried by its request message, which `w1` holds.
+async fn finish_carrying(q: &JetStreamQueue, claim: Duration) {
+    q.enqueue(request("c1", "f", Some("http://cb/")), None)
+        .await
+        .unwrap();
+    let got = q.lease("w1", 1, Duration::from_secs(2), &[]).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert!(q.finish("c1", "w1", ok_outcome(), claim).await.unwrap());
 }
 
 fn ok_outcome() -> Outcome {
@@ -325,13 +331,8 @@ async fn delivered_once(q: &JetStreamQueue, id: &str) {
 async fn a_callback_message_fetched_before_its_record_names_it_is_kept() {
     let server = NatsServer::start();
     let q = server.queue_leasing("moving", Duration::from_secs(2)).await;
-    q.enqueue(request("c1", "f", Some("http://cb/")), None)
-        .await
-        .unwrap();
-    let got = q.lease("w1", 1, Duration::from_secs(2), &[]).await.unwrap();
-    assert_eq!(got.len(), 1);
     let claim = Duration::from_secs(60);
-    assert!(q.finish("c1", "w1", ok_outcome(), claim).await.unwrap());
+    finish_carrying(&q, claim).await;
     let current = q.read("c1").await.unwrap().unwrap();
     assert!(current.record.carries_callback());
 

@@ -131,19 +131,9 @@ impl JetStreamQueue {
             // Delivered, given up, superseded, or the call is gone.
             _ => Decision::Drop,
         };
-        match &decision {
-            Decision::Drop => {
-                tracing::debug!(call_id = %cb.call_id, seq, "left-over callback message dropped")
-            }
-            Decision::Later(d) => {
-                tracing::debug!(call_id = %cb.call_id, seq, later = ?d, "callback message handed back")
-            }
-            Decision::Take | Decision::Callback => {
-                tracing::debug!(call_id = %cb.call_id, seq, "callback taken for delivery")
-            }
-        }
         match decision {
             Decision::Drop => {
+                tracing::debug!(call_id = %cb.call_id, seq, "left-over callback message dropped");
                 message.ack().await.map_err(boxed)?;
                 if let Some(name) = &cb.body_object
                     && record.is_none_or(|r| r.callback_object.as_ref() != Some(name))
@@ -153,11 +143,14 @@ impl JetStreamQueue {
                 return Ok(None);
             }
             Decision::Later(d) => {
+                tracing::debug!(call_id = %cb.call_id, seq, later = ?d, "callback message handed back");
                 message.ack_with(nak(d)).await.map_err(boxed)?;
                 return Ok(None);
             }
             // (`Callback` is for request messages.)
-            Decision::Take | Decision::Callback => {}
+            Decision::Take | Decision::Callback => {
+                tracing::debug!(call_id = %cb.call_id, seq, "callback taken for delivery");
+            }
         }
         let body = match (&cb.body, &cb.body_object) {
             (Some(b), _) => base64::engine::general_purpose::STANDARD

@@ -166,28 +166,19 @@ impl JetStreamQueue {
                 // Finished, dead-lettered or cancelled: this message is left over.
                 _ => Decision::Drop,
             };
-            match &decision {
-                Decision::Take => {}
-                Decision::Drop => {
-                    tracing::debug!(call_id = %request.call_id, seq, delivered, state = ?record.state, "left-over request message dropped")
-                }
-                Decision::Later(d) => {
-                    tracing::debug!(call_id = %request.call_id, seq, delivered, state = ?record.state, later = ?d, "request message handed back")
-                }
-                Decision::Callback => {
-                    tracing::debug!(call_id = %request.call_id, seq, delivered, "request message carries a callback nobody delivers: queueing it")
-                }
-            }
             match decision {
                 Decision::Drop => {
+                    tracing::debug!(call_id = %request.call_id, seq, delivered, state = ?record.state, "left-over request message dropped");
                     message.ack().await.map_err(boxed)?;
                     return Ok(None);
                 }
                 Decision::Later(d) => {
+                    tracing::debug!(call_id = %request.call_id, seq, delivered, state = ?record.state, later = ?d, "request message handed back");
                     message.ack_with(nak(d)).await.map_err(boxed)?;
                     return Ok(None);
                 }
                 Decision::Callback => {
+                    tracing::debug!(call_id = %request.call_id, seq, delivered, "request message carries a callback nobody delivers: queueing it");
                     let current = Versioned { record, revision };
                     if self
                         .move_callback(&request.call_id, Some(current), &message, now, |_| {})

@@ -7,7 +7,10 @@ pub struct NatsServer {
     child: std::process::Child,
     /// Its URL.
     pub url: String,
-    _store: tempfile::TempDir,
+    /// Its port, kept across a restart.
+    port: u16,
+    /// Its store, kept across a restart.
+    store: tempfile::TempDir,
 }
 
 impl NatsServer {
@@ -22,7 +25,8 @@ impl NatsServer {
         NatsServer {
             child,
             url: format!("nats://127.0.0.1:{port}"),
-            _store: store,
+            port,
+            store,
         }
     }
 
@@ -40,13 +44,7 @@ impl NatsServer {
 
     /// Starts a killed server again on the same port and store.
     pub fn start_again(&mut self) {
-        let port = self
-            .url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap();
-        self.child = spawn_server(port, self._store.path());
+        self.child = spawn_server(self.port, self.store.path());
     }
 
     pub async fn queue(&self, stream: &str) -> JetStreamQueue {
@@ -90,8 +88,7 @@ fn spawn_server(port: u16, store: &std::path::Path) -> std::process::Child {
 
 impl Drop for NatsServer {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
     }
 }
 
