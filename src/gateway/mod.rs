@@ -483,6 +483,7 @@ pub async fn run(
         ))
     });
     let deployed = triggers::follow(&gateway, stop_worker.clone());
+    triggers::schedules::list(&gateway, &deployed.borrow());
     let schedules = tokio::spawn(triggers::schedules::run(
         Arc::clone(&gateway),
         deployed.clone(),

@@ -186,24 +186,43 @@ async fn refresh(
                     last_call: None,
                     failed_seen: Vec::new(),
                 };
-                gateway.triggers.set(
-                    &key,
-                    TriggerRow {
-                        function: entry.spec.service.clone(),
-                        namespace: entry.spec.namespace().to_string(),
-                        kind: KIND,
-                        schedule: Some(entry.schedule.schedule.text().to_string()),
-                        subjects: Vec::new(),
-                        last_firing: None,
-                        next_firing: next.map(|t| t.to_string()),
-                    },
-                );
+                gateway
+                    .triggers
+                    .set(&key, row(&entry.spec, &entry.schedule, next));
                 if starting {
                     catch_up(gateway, &key, &mut entry, now, retention).await;
                 }
                 entries.insert(key, entry);
             }
         }
+    }
+}
+
+/// Lists the schedules of `deployed` at once, before the scheduler's first round (which may
+/// wait on the queue to catch up on missed ticks): a gateway lists its stack's schedules from
+/// the moment it accepts connections.
+pub fn list(gateway: &Gateway, deployed: &Deployed) {
+    let now = Timestamp::now();
+    for t in deployed.iter() {
+        if let Some(schedule) = &t.triggers.schedule {
+            let next = schedule.schedule.next_after(now);
+            gateway
+                .triggers
+                .set(&t.spec.key(), row(&t.spec, schedule, next));
+        }
+    }
+}
+
+/// A schedule's row on the board, before any firing.
+fn row(spec: &FunctionDeployment, schedule: &ScheduleSpec, next: Option<Timestamp>) -> TriggerRow {
+    TriggerRow {
+        function: spec.service.clone(),
+        namespace: spec.namespace().to_string(),
+        kind: KIND,
+        schedule: Some(schedule.schedule.text().to_string()),
+        subjects: Vec::new(),
+        last_firing: None,
+        next_firing: next.map(|t| t.to_string()),
     }
 }
 
