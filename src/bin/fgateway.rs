@@ -86,7 +86,8 @@ impl UpError {
                 | gateway::GatewayError::JetStream(
                     fwatchdog::queue::jetstream::SetupError::Name(_)
                     | fwatchdog::queue::jetstream::SetupError::Url { .. }
-                    | fwatchdog::queue::jetstream::SetupError::Conflict { .. },
+                    | fwatchdog::queue::jetstream::SetupError::Conflict { .. }
+                    | fwatchdog::queue::jetstream::SetupError::AckPolicy { .. },
                 )
                 | gateway::GatewayError::TriggersNats(
                     fwatchdog::gateway::triggers::subjects::ConnectError::Url(_),

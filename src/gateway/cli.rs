@@ -285,7 +285,8 @@ pub struct QueueArgs {
     #[arg(long, env = "nats_replicas", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub nats_replicas: u8,
 
-    /// JetStream: how long start-up waits for the server.
+    /// JetStream: how long start-up waits for the server, and for its JetStream to take the
+    /// streams.
     #[arg(long, env = "nats_connect_timeout", default_value = "30s", value_parser = duration)]
     pub nats_connect_timeout: Duration,
 

@@ -187,7 +187,17 @@ fn localize(a: &str) -> SocketAddr {
 
 /// Spawns `cmd` with its output collected, and waits for its `listening addr=` line (the first
 /// line containing `needle`).
-pub async fn launch(mut cmd: Command, what: &str, needle: &str) -> (Child, Log, SocketAddr) {
+pub async fn launch(cmd: Command, what: &str, needle: &str) -> (Child, Log, SocketAddr) {
+    launch_within(cmd, what, needle, DEADLINE).await
+}
+
+/// [`launch`], waiting up to `limit` for the line.
+pub async fn launch_within(
+    mut cmd: Command,
+    what: &str,
+    needle: &str,
+    limit: Duration,
+) -> (Child, Log, SocketAddr) {
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -199,7 +209,7 @@ pub async fn launch(mut cmd: Command, what: &str, needle: &str) -> (Child, Log, 
     if let Some(err) = child.stderr.take() {
         log.collect(err);
     }
-    let addr = eventually("the listening line", DEADLINE, || {
+    let addr = eventually("the listening line", limit, || {
         if let Ok(Some(status)) = child.try_wait() {
             panic!("{what} exited early with {status}:\n{}", log.text());
         }
@@ -239,6 +249,29 @@ impl Gateway {
         env: &[(&str, &str)],
         wrap: impl FnOnce(Command) -> Command,
     ) -> Gateway {
+        let cmd = wrap(Self::command(data, args, env));
+        let (child, log, addr) =
+            launch(cmd, "fgateway", "fwatchdog::gateway: listening addr=").await;
+        Gateway { child, addr, log }
+    }
+
+    /// Like [`Gateway::start`], waiting up to `limit` until it listens (a start-up that waits
+    /// for a server).
+    pub async fn start_within(data: &Path, args: &[&str], limit: Duration) -> Gateway {
+        let cmd = Self::command(data, args, &[]);
+        let (child, log, addr) = launch_within(
+            cmd,
+            "fgateway",
+            "fwatchdog::gateway: listening addr=",
+            limit,
+        )
+        .await;
+        Gateway { child, addr, log }
+    }
+
+    /// `fgateway up --port 0 --data-dir DATA ARGS...` from the repository root, with a clean
+    /// environment plus `env`.
+    fn command(data: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new(fgateway_bin());
         cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
             .env_clear()
@@ -250,10 +283,7 @@ impl Gateway {
             .arg(data)
             .args(args)
             .envs(env.iter().copied());
-        let cmd = wrap(cmd);
-        let (child, log, addr) =
-            launch(cmd, "fgateway", "fwatchdog::gateway: listening addr=").await;
-        Gateway { child, addr, log }
+        cmd
     }
 
     /// The process id.
@@ -450,6 +480,18 @@ pub async fn try_send(addr: SocketAddr, req: Request<Full<Bytes>>) -> Result<Rep
     let (head, body) = resp.into_parts();
     let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
     Ok(Reply { head, body })
+}
+
+/// [`try_send`], but an answer that has not come within `limit` is an error that starts with
+/// "no answer".
+pub async fn try_send_within(
+    addr: SocketAddr,
+    req: Request<Full<Bytes>>,
+    limit: Duration,
+) -> Result<Reply, String> {
+    tokio::time::timeout(limit, try_send(addr, req))
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
 }
 
 /// Sends `METHOD path` with `body`.

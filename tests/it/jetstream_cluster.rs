@@ -345,3 +345,56 @@ async fn accepted_calls_survive_leader_gateway_and_worker_loss() {
     cluster.all_current().await;
     drop((w1, a_again, b));
 }
+
+/// A gateway started beside a cluster that is still starting (one node of three up, so no
+/// JetStream quorum: its requests time out) waits for the cluster instead of exiting, and
+/// takes calls once the other nodes are up, within its --nats-connect-timeout.
+#[tokio::test]
+async fn a_gateway_waits_for_a_cluster_still_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = Cluster::first(dir.path()).await;
+    let urls = cluster.urls();
+    let file = stack(dir.path());
+    let data = dir.path().join("gw");
+    let starting = {
+        let (data, file, urls) = (data.clone(), file.clone(), urls.clone());
+        tokio::spawn(async move {
+            std::fs::create_dir_all(&data).unwrap();
+            let args = [
+                "-f",
+                file.to_str().unwrap(),
+                "--queue",
+                &urls,
+                "--nats-replicas",
+                "3",
+                "--nats-connect-timeout",
+                "2m",
+            ];
+            Gateway::start_within(&data, &args, Duration::from_secs(150)).await
+        })
+    };
+    // Connected, and setting up the streams, which the lone node cannot take.
+    eventually_async("the gateway connected", Duration::from_secs(20), || async {
+        (cluster.clients(0).await > 0).then_some(())
+    })
+    .await;
+    cluster.start_rest().await;
+    let gw = starting.await.unwrap();
+    assert!(
+        gw.log.text().contains("JetStream not ready yet; retrying"),
+        "{}",
+        gw.log.text()
+    );
+    let hook = Receiver::start(0).await;
+    let req = Request::post("/async-function/record")
+        .header("host", "localhost")
+        .header("x-callback-url", hook.url())
+        .body(Full::new(Bytes::from_static(b"after the wait")))
+        .unwrap();
+    let r = crate::harness::send(gw.addr, req).await;
+    assert_eq!(r.status(), 202, "{}", r.text());
+    eventually("the call called back", Duration::from_secs(60), || {
+        (!hook.all().is_empty()).then_some(())
+    })
+    .await;
+}

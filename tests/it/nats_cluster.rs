@@ -45,6 +45,15 @@ pub struct Cluster {
 impl Cluster {
     /// Starts three nodes storing under `dir` and waits until each is healthy.
     pub async fn start(dir: &Path) -> Cluster {
+        let mut cluster = Cluster::first(dir).await;
+        cluster.start_rest().await;
+        cluster
+    }
+
+    /// Starts only the first node, storing under `dir`, and waits until it listens: alone, it
+    /// has no JetStream quorum (a cluster still starting). [`Cluster::start_rest`] starts the
+    /// others.
+    pub async fn first(dir: &Path) -> Cluster {
         let mut cluster = Cluster {
             nodes: (0..3)
                 .map(|i| Node {
@@ -57,13 +66,29 @@ impl Cluster {
                 })
                 .collect(),
         };
-        for i in 0..3 {
-            cluster.spawn(i);
-        }
-        for i in 0..3 {
-            cluster.healthy(i).await;
-        }
+        cluster.spawn(0);
+        cluster.listening(0).await;
         cluster
+    }
+
+    /// Starts the nodes that were never started, and waits until every node is healthy.
+    pub async fn start_rest(&mut self) {
+        for i in 1..3 {
+            if self.nodes[i].child.is_none() {
+                self.spawn(i);
+            }
+        }
+        for i in 0..3 {
+            self.healthy(i).await;
+        }
+    }
+
+    /// How many clients node `i` has connected.
+    pub async fn clients(&self, i: usize) -> u64 {
+        let monitor = std::net::SocketAddr::from(([127, 0, 0, 1], self.nodes[i].monitor));
+        let connz: serde_json::Value = serde_json::from_str(&get(monitor, "/connz").await.text())
+            .unwrap_or_else(|e| panic!("/connz: {e}"));
+        connz["num_connections"].as_u64().unwrap_or(0)
     }
 
     /// Every client URL, comma-separated, as `--queue` takes them.
@@ -134,8 +159,14 @@ impl Cluster {
     /// is [`Cluster::all_current`]'s to wait for).
     pub async fn restart(&mut self, i: usize) {
         self.spawn(i);
+        self.listening(i).await;
+    }
+
+    /// Waits until node `i` takes client connections.
+    async fn listening(&self, i: usize) {
         let port = self.nodes[i].port;
-        eventually_async("the restarted node listening", DEADLINE, || async {
+        let what = format!("{} listening", self.nodes[i].name);
+        eventually_async(&what, DEADLINE, || async {
             tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .ok()

@@ -146,7 +146,7 @@ pub struct JetStreamConfig {
     pub result_cap: usize,
     /// The consumer's `ack_wait` when this process creates it: the workers' lease.
     pub lease: Duration,
-    /// How long start-up waits for the server.
+    /// How long start-up waits for the server and for its JetStream to take the streams.
     pub connect_timeout: Duration,
     /// Longest an enqueue keeps trying while the cluster has no leader for the bucket or the
     /// stream (an election); then the caller is told the queue is unavailable.

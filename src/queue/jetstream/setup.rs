@@ -43,6 +43,17 @@ pub enum SetupError {
         /// What this process needs.
         wanted: String,
     },
+    /// An existing consumer acknowledges otherwise than this process needs.
+    #[error(
+        "JetStream consumer {name:?} exists with ack policy {found}; this gateway needs explicit \
+         acks (delete the consumer to have it made again)"
+    )]
+    AckPolicy {
+        /// The consumer.
+        name: String,
+        /// Its ack policy.
+        found: String,
+    },
     /// A server URL in `--queue` cannot be parsed.
     #[error(
         "invalid --queue (queue) server {url:?}: {reason}; expected nats://HOST:PORT (or tls://), several comma-separated for a cluster"
@@ -230,13 +241,10 @@ pub(super) async fn ensure_consumer(
         .map_err(|e| setup(e.into()))?;
     let found = &consumer.cached_info().config;
     if found.ack_policy != consumer::AckPolicy::Explicit {
-        return Err(setup(
-            format!(
-                "it exists with ack policy {:?}; it needs explicit acks (delete it to have it made again)",
-                found.ack_policy
-            )
-            .into(),
-        ));
+        return Err(SetupError::AckPolicy {
+            name,
+            found: format!("{:?}", found.ack_policy),
+        });
     }
     if found.ack_wait != ack_wait {
         tracing::info!(
@@ -273,11 +281,13 @@ pub fn servers(list: &str) -> Result<Vec<async_nats::ServerAddr>, SetupError> {
     Ok(servers)
 }
 
-/// Connects to any of the servers, retrying until `connect_timeout`; later losses reconnect
-/// forever.
-pub(super) async fn connect(config: &JetStreamConfig) -> Result<async_nats::Client, SetupError> {
+/// Connects to any of the servers, retrying until `deadline` (`connect_timeout` from the
+/// start); later losses reconnect forever.
+async fn connect(
+    config: &JetStreamConfig,
+    deadline: tokio::time::Instant,
+) -> Result<async_nats::Client, SetupError> {
     let servers = servers(&config.url)?;
-    let deadline = tokio::time::Instant::now() + config.connect_timeout;
     let mut delay = Duration::from_millis(100);
     loop {
         let options = async_nats::ConnectOptions::new()
@@ -312,11 +322,39 @@ pub(super) async fn connect(config: &JetStreamConfig) -> Result<async_nats::Clie
 }
 
 impl JetStreamQueue {
-    /// Connects (waiting up to `connect_timeout` for the server), then creates or checks the
-    /// streams, consumers and buckets.
+    /// Connects, then creates or checks the streams, consumers and buckets, waiting up to
+    /// `connect_timeout` in all for a server that answers and a JetStream that can take them:
+    /// a cluster starting beside this process has no JetStream leader for a while, and its
+    /// requests time out or are refused meanwhile. A setting that conflicts with what exists
+    /// is an error at once.
     pub async fn connect(config: JetStreamConfig) -> Result<Self, SetupError> {
         let names = Names::new(&config.stream)?;
-        let client = connect(&config).await?;
+        let deadline = tokio::time::Instant::now() + config.connect_timeout;
+        let client = connect(&config, deadline).await?;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match Self::set_up(&config, &names, &client).await {
+                Ok(queue) => return Ok(queue),
+                Err(e @ SetupError::JetStream { .. })
+                    if tokio::time::Instant::now() + delay < deadline =>
+                {
+                    let error = crate::http::proxy::error_chain(&e);
+                    tracing::warn!(%error, "JetStream not ready yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Creates or checks everything on the server, once.
+    async fn set_up(
+        config: &JetStreamConfig,
+        names: &Names,
+        client: &async_nats::Client,
+    ) -> Result<Self, SetupError> {
+        let (config, names, client) = (config.clone(), names.clone(), client.clone());
         let js = jetstream::new(client.clone());
         let replicas = config.replicas.max(1);
         let requests = ensure_stream(
