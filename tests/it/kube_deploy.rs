@@ -34,13 +34,21 @@ const AUTH: &str = "Basic YWRtaW46czNjcjN0LWluLWNsdXN0ZXI="; // admin:s3cr3t-in-
 /// Where the claims' volumes live on the node (the host), owned by the pods' user.
 const VOLUMES: &str = "/var/tmp/fwatchdog-k8s/volumes";
 
-/// Runs kubectl as the cluster's admin, whatever it answers (for cleaning up).
-fn kubectl_quiet(args: &[&str]) {
-    let _ = std::process::Command::new("bash")
+/// Runs kubectl as the cluster's admin, whatever it answers (for cleaning up and reports):
+/// what it printed, on both streams.
+fn kubectl_quiet(args: &[&str]) -> String {
+    let out = std::process::Command::new("bash")
         .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/k8s/cluster.sh"))
         .arg("kubectl")
         .args(args)
         .output();
+    match out {
+        Ok(out) => {
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr)
+        }
+        Err(e) => format!("kubectl: {e}\n"),
+    }
 }
 
 /// `deploy/kubernetes/`, or a directory in it.
@@ -131,18 +139,97 @@ impl Drop for Applied {
 
 /// Sends the request `build` makes to the gateway through its node port. While gateway pods
 /// come and go, the node may have no ready endpoint for a moment and refuse the connection;
-/// one that could not be made (nothing was sent) is made again, for up to a minute.
+/// one that could not be made (nothing was sent) is made again, for up to two minutes (a
+/// loaded test machine can hold pods unready that long), with a report of the cluster's state
+/// once it has taken 10 s. So is one that got no answer in 20 s: while kube-proxy rewrites its
+/// rules, a connection can reach the socket it holds the node port with, which accepts it and
+/// never answers (no call of these tests takes 20 s; one that did would be sent twice, and
+/// said so here).
 async fn via_node_port(build: impl Fn() -> Request<Full<Bytes>>) -> Reply {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let start = std::time::Instant::now();
+    let mut reported = false;
     loop {
-        match crate::harness::try_send(NODE_PORT, build()).await {
+        let attempt = build();
+        match crate::harness::try_send_within(NODE_PORT, attempt, Duration::from_secs(20)).await {
             Ok(reply) => return reply,
-            Err(e) if e.starts_with("connect:") && std::time::Instant::now() < deadline => {
+            Err(e)
+                if (e.starts_with("connect:") || e.starts_with("no answer"))
+                    && start.elapsed() < Duration::from_secs(120) =>
+            {
+                let what = format!("{} {}", build().method(), build().uri());
+                if e.starts_with("no answer") {
+                    eprintln!("{what}: {e}; sending it again");
+                }
+                if !reported && start.elapsed() > Duration::from_secs(10) {
+                    reported = true;
+                    eprintln!("{what}: {e} for 10 s; the cluster:\n{}", gateway_report());
+                }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
-            Err(e) => panic!("{} {}: {e}", build().method(), build().uri()),
+            Err(e) => panic!(
+                "{} {}: {e}\n{}",
+                build().method(),
+                build().uri(),
+                gateway_report()
+            ),
         }
     }
+}
+
+/// Why the node port may have no endpoint: the node, the namespace `openfaas` and its events,
+/// the functions' pods, kube-proxy's rules for the port and its last log lines, and every
+/// gateway pod's last log lines (also those of a container that restarted).
+fn gateway_report() -> String {
+    // Each read bounded: the API server may be what is slow.
+    let get = |args: &[&str]| kubectl_quiet(&[&["--request-timeout=10s"], args].concat());
+    let mut report = get(&["get", "nodes", "-o", "wide"]);
+    report += &get(&["-n", "default", "get", "events", "--sort-by=.lastTimestamp"]);
+    report += &get(&["-n", "openfaas", "get", "pods,endpoints", "-o", "wide"]);
+    report += &get(&[
+        "-n",
+        "openfaas",
+        "get",
+        "events",
+        "--sort-by=.lastTimestamp",
+    ]);
+    report += &get(&["-n", "openfaas-fn", "get", "pods", "-o", "wide"]);
+    // How kube-proxy routes the node port, and what it last said.
+    report += "--- kube-proxy's rules for the gateway\n";
+    if let Ok(out) = std::process::Command::new("ip")
+        .args(["netns", "exec", "fgwk8s", "iptables-save"])
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if line.contains("31112") || line.contains("openfaas/gateway") {
+                report += &format!("{line}\n");
+            }
+        }
+    }
+    let run = std::env::var("FGW_K8S_RUN").unwrap_or_else(|_| "/var/tmp/fwatchdog-k8s".into());
+    let proxy_log =
+        std::fs::read_to_string(format!("{run}/logs/kube-proxy.log")).unwrap_or_default();
+    let lines: Vec<&str> = proxy_log.lines().collect();
+    report += "--- kube-proxy's log\n";
+    for line in &lines[lines.len().saturating_sub(20)..] {
+        report += &format!("{line}\n");
+    }
+    let pods = get(&[
+        "-n",
+        "openfaas",
+        "get",
+        "pods",
+        "-l",
+        "app=gateway",
+        "-o",
+        "name",
+    ]);
+    for pod in pods.lines().filter(|l| l.starts_with("pod/")) {
+        for previous in ["--previous=false", "--previous=true"] {
+            report += &format!("--- {pod} {previous}\n");
+            report += &get(&["-n", "openfaas", "logs", "--tail=40", previous, pod]);
+        }
+    }
+    report
 }
 
 /// `METHOD path` to the gateway through its node port, with the credentials when `auth`.
@@ -165,8 +252,12 @@ async fn call(method: http::Method, path: &str, body: impl Into<Bytes>, auth: bo
 /// a connection may be refused).
 async fn gateway_ready(what: &str) {
     eventually_async(what, Duration::from_secs(180), || async {
-        let answer = crate::kube_failover::try_call(NODE_PORT, http::Method::GET, "/healthz", "");
-        matches!(answer.await, Ok((200, _))).then_some(())
+        let req = Request::get("/healthz")
+            .header("host", "gateway")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let answer = crate::harness::try_send_within(NODE_PORT, req, Duration::from_secs(5));
+        matches!(answer.await, Ok(r) if r.status() == 200).then_some(())
     })
     .await;
 }
@@ -443,6 +534,32 @@ async fn gateways_share_the_jetstream_queue_of_the_manifests() {
     })
     .await;
     gateway_ready("the gateways on the queue, ready").await;
+    // They started with NATS, before it had a JetStream leader, and waited for it: none
+    // exited and was restarted.
+    let (code, list) = k.api(
+        "GET",
+        "/api/v1/namespaces/openfaas/pods?labelSelector=app%3Dgateway",
+        None,
+    );
+    assert_eq!(code, 200, "{list}");
+    for pod in list["items"].as_array().into_iter().flatten() {
+        let name = &pod["metadata"]["name"];
+        if !pod["metadata"]["deletionTimestamp"].is_null() {
+            continue;
+        }
+        for status in pod["status"]["containerStatuses"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            assert_eq!(
+                status["restartCount"],
+                0,
+                "gateway {name} restarted: {status}\n{}",
+                gateway_report()
+            );
+        }
+    }
     // `kubectl logs deploy/gateway` may pick a pod of the first Deployment that is still
     // being deleted; every pod that is not must be on the queue.
     for pod in gateway_pods() {
