@@ -93,7 +93,8 @@ fn worker(gw: &Gateway, nats: &Nats, cwd: &Path, extra: &[&str]) -> KillOnDrop {
     )
 }
 
-async fn enqueue(gw: &Gateway, function: &str, body: String, callback: &str) -> Reply {
+/// Queues an asynchronous call of `function` with `body`, to be called back at `callback`.
+pub(crate) async fn enqueue(gw: &Gateway, function: &str, body: String, callback: &str) -> Reply {
     send(
         gw.addr,
         Request::post(format!("/async-function/{function}"))

@@ -249,23 +249,19 @@ impl Gateway {
         env: &[(&str, &str)],
         wrap: impl FnOnce(Command) -> Command,
     ) -> Gateway {
-        let cmd = wrap(Self::command(data, args, env));
-        let (child, log, addr) =
-            launch(cmd, "fgateway", "fwatchdog::gateway: listening addr=").await;
-        Gateway { child, addr, log }
+        Self::launch(wrap(Self::command(data, args, env)), DEADLINE).await
     }
 
     /// Like [`Gateway::start`], waiting up to `limit` until it listens (a start-up that waits
     /// for a server).
     pub async fn start_within(data: &Path, args: &[&str], limit: Duration) -> Gateway {
-        let cmd = Self::command(data, args, &[]);
-        let (child, log, addr) = launch_within(
-            cmd,
-            "fgateway",
-            "fwatchdog::gateway: listening addr=",
-            limit,
-        )
-        .await;
+        Self::launch(Self::command(data, args, &[]), limit).await
+    }
+
+    /// Spawns `cmd` and waits up to `limit` for its listening line.
+    async fn launch(cmd: Command, limit: Duration) -> Gateway {
+        let needle = "fwatchdog::gateway: listening addr=";
+        let (child, log, addr) = launch_within(cmd, "fgateway", needle, limit).await;
         Gateway { child, addr, log }
     }
 

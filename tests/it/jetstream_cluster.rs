@@ -17,7 +17,7 @@ use http_body_util::Full;
 use nix::sys::signal::Signal;
 
 use crate::callback::Receiver;
-use crate::gateway_jetstream::{runs, stack};
+use crate::gateway_jetstream::{enqueue, runs, stack};
 use crate::harness::{
     Gateway, KillOnDrop, eventually, eventually_async, fgateway_bin, free_port, get,
 };
@@ -356,23 +356,20 @@ async fn a_gateway_waits_for_a_cluster_still_starting() {
     let urls = cluster.urls();
     let file = stack(dir.path());
     let data = dir.path().join("gw");
-    let starting = {
-        let (data, file, urls) = (data.clone(), file.clone(), urls.clone());
-        tokio::spawn(async move {
-            std::fs::create_dir_all(&data).unwrap();
-            let args = [
-                "-f",
-                file.to_str().unwrap(),
-                "--queue",
-                &urls,
-                "--nats-replicas",
-                "3",
-                "--nats-connect-timeout",
-                "2m",
-            ];
-            Gateway::start_within(&data, &args, Duration::from_secs(150)).await
-        })
-    };
+    let starting = tokio::spawn(async move {
+        std::fs::create_dir_all(&data).unwrap();
+        let args = [
+            "-f",
+            file.to_str().unwrap(),
+            "--queue",
+            &urls,
+            "--nats-replicas",
+            "3",
+            "--nats-connect-timeout",
+            "2m",
+        ];
+        Gateway::start_within(&data, &args, Duration::from_secs(150)).await
+    });
     // Connected, and setting up the streams, which the lone node cannot take.
     eventually_async("the gateway connected", Duration::from_secs(20), || async {
         (cluster.clients(0).await > 0).then_some(())
@@ -386,12 +383,7 @@ async fn a_gateway_waits_for_a_cluster_still_starting() {
         gw.log.text()
     );
     let hook = Receiver::start(0).await;
-    let req = Request::post("/async-function/record")
-        .header("host", "localhost")
-        .header("x-callback-url", hook.url())
-        .body(Full::new(Bytes::from_static(b"after the wait")))
-        .unwrap();
-    let r = crate::harness::send(gw.addr, req).await;
+    let r = enqueue(&gw, "record", "after the wait".into(), &hook.url()).await;
     assert_eq!(r.status(), 202, "{}", r.text());
     eventually("the call called back", Duration::from_secs(60), || {
         (!hook.all().is_empty()).then_some(())

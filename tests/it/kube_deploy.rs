@@ -331,8 +331,8 @@ fn no_refusals() {
     }
 }
 
-/// The gateway's running pods' names (not those starting or being deleted).
-fn gateway_pods() -> Vec<String> {
+/// The gateway's pods that are not being deleted, as the API lists them.
+fn live_gateway_pods() -> Vec<serde_json::Value> {
     let (code, list) = kube().api(
         "GET",
         "/api/v1/namespaces/openfaas/pods?labelSelector=app%3Dgateway",
@@ -344,6 +344,14 @@ fn gateway_pods() -> Vec<String> {
         .into_iter()
         .flatten()
         .filter(|p| p["metadata"]["deletionTimestamp"].is_null())
+        .cloned()
+        .collect()
+}
+
+/// The gateway's running pods' names (not those starting or being deleted).
+fn gateway_pods() -> Vec<String> {
+    live_gateway_pods()
+        .iter()
         .filter(|p| p["status"]["phase"] == "Running")
         .filter_map(|p| p["metadata"]["name"].as_str().map(String::from))
         .collect()
@@ -536,17 +544,8 @@ async fn gateways_share_the_jetstream_queue_of_the_manifests() {
     gateway_ready("the gateways on the queue, ready").await;
     // They started with NATS, before it had a JetStream leader, and waited for it: none
     // exited and was restarted.
-    let (code, list) = k.api(
-        "GET",
-        "/api/v1/namespaces/openfaas/pods?labelSelector=app%3Dgateway",
-        None,
-    );
-    assert_eq!(code, 200, "{list}");
-    for pod in list["items"].as_array().into_iter().flatten() {
+    for pod in live_gateway_pods() {
         let name = &pod["metadata"]["name"];
-        if !pod["metadata"]["deletionTimestamp"].is_null() {
-            continue;
-        }
         for status in pod["status"]["containerStatuses"]
             .as_array()
             .into_iter()
